@@ -1,0 +1,416 @@
+"""The leader elector: one state machine, one thread, nothing else in the process on its path.
+
+Follower: sleep until the key's PTTL runs out (plus jitter; a release event only wakes it
+early), read the DB record, SET NX the key, then compare-and-set the epoch in PostgreSQL.
+Leader, every renew interval: renew the key, then the DB heartbeat (epoch *and* instance).
+Each tick is also the split-brain check: the renew names the Redis holder, the heartbeat
+names the DB holder, and both must be this replica.
+
+The lease is trusted until `t_sent + lease - drift_margin` of the last successful SET or
+PEXPIRE, on CLOCK_BOOTTIME. `fence()` answers from that alone, so a replica that wakes from a
+pause refuses to act before its HA loop has even run.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import psycopg
+import psycopg_pool
+import redis
+
+from coordinator import metrics
+from coordinator.clock import SYSTEM_CLOCK, Clock
+from coordinator.config import ElectionConfig
+from coordinator.epoch import EpochStore
+from coordinator.lease import RedisLease, RenewStatus, holder_instance
+
+log = logging.getLogger("haexec.coordinator")
+
+DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+REDIS_ERRORS = (redis.RedisError,)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    LEADER = "leader"
+
+
+class NotLeader(Exception):
+    """This replica may not act: it is not leader, or its lease is no longer trusted."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    epoch: int
+    remaining_ms: float
+
+
+@dataclass(frozen=True)
+class _Leadership:
+    epoch: int
+    value: str
+    valid_until_ms: float
+    last_renew_ms: float
+    last_db_ok_ms: float
+
+
+OnStarted = Callable[[int], None]
+OnStopped = Callable[[int, str], None]
+
+
+class Elector:
+    def __init__(
+        self,
+        cfg: ElectionConfig,
+        lease: RedisLease,
+        epochs: EpochStore,
+        clock: Clock = SYSTEM_CLOCK,
+        on_started_leading: OnStarted | None = None,
+        on_stopped_leading: OnStopped | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._lease = lease
+        self._epochs = epochs
+        self._clock = clock
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._rng = rng or random.Random()
+        self._leading: _Leadership | None = None
+        self._sit_out_until_ms = 0.0
+        # Step-downs whose DB write failed: (epoch, reason, release_record), retried later.
+        self._unrecorded: list[tuple[int, str, bool]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stop_reason = "released:sigterm"
+        self._stop_handoff: str | None = None
+        # Callbacks run off the HA thread: trading code must never delay a renewal.
+        self._callbacks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haexec-leader-cb")
+        self.last_redis_ok_ms: float | None = None
+        self.last_db_ok_ms: float | None = None
+        self.last_loop_ms: float | None = None
+        self.last_error: str | None = None
+
+    # ---- what the rest of the process may ask ----
+
+    @property
+    def role(self) -> Role:
+        return Role.LEADER if self.is_leader() else Role.FOLLOWER
+
+    @property
+    def epoch(self) -> int | None:
+        leading = self._leading
+        return leading.epoch if leading else None
+
+    def lease_remaining_ms(self) -> float:
+        leading = self._leading
+        if leading is None:
+            return 0.0
+        return max(0.0, leading.valid_until_ms - self._clock.now_ms())
+
+    def is_leader(self) -> bool:
+        return self.lease_remaining_ms() > 0
+
+    def fence(self) -> Fence:
+        """The epoch to fence a write with, only while the lease is trusted."""
+        leading = self._leading
+        if leading is None:
+            raise NotLeader(f"{self.cfg.instance_id} is not the leader")
+        remaining = leading.valid_until_ms - self._clock.now_ms()
+        if remaining <= 0:
+            raise NotLeader(f"{self.cfg.instance_id}: lease of epoch {leading.epoch} expired")
+        return Fence(leading.epoch, remaining)
+
+    def wake(self) -> None:
+        """Look again now (a release was announced). Never trusted, only hurries."""
+        self._wake.set()
+
+    def stop(self, reason: str = "released:sigterm", handoff_to: str | None = None) -> None:
+        self._stop_reason = reason
+        self._stop_handoff = handoff_to
+        self._stop.set()
+        self._wake.set()
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait_ms = self.step()
+            self._wake.wait(max(0.0, wait_ms) / 1000.0)
+        if self._leading is not None:
+            self.release(self._stop_reason, self._stop_handoff)
+        if self._unrecorded:
+            self._try_flush_unrecorded()
+        self._callbacks.shutdown(wait=True, cancel_futures=False)
+
+    def step(self) -> float:
+        """One iteration; returns how long to wait before the next, in milliseconds."""
+        self.last_loop_ms = self._clock.now_ms()
+        try:
+            if self._leading is not None:
+                return self._lead()
+            return self._follow()
+        except Exception:  # the HA loop must outlive any bug in one iteration
+            log.exception("unexpected error in the election loop")
+            return float(self.cfg.renew_ms)
+
+    def release(self, reason: str, handoff_to: str | None = None) -> bool:
+        """Give up leadership on purpose: DB record first, then the key, then tell followers."""
+        leading = self._leading
+        if leading is None:
+            return False
+        self._step_down(leading, reason, release_record=True, handoff_to=handoff_to)
+        return True
+
+    # ---- follower ----
+
+    def _jitter(self) -> float:
+        return self._rng.uniform(0, self.cfg.jitter_ms)
+
+    def _follow(self) -> float:
+        cfg = self.cfg
+        now = self._clock.now_ms()
+        if now < self._sit_out_until_ms:
+            return self._sit_out_until_ms - now
+        if self._unrecorded and not self._try_flush_unrecorded():
+            return float(cfg.renew_ms) / 2
+        try:
+            pttl = self._lease.pttl_ms()
+        except REDIS_ERRORS as e:
+            return self._redis_failed(e)
+        self._redis_ok()
+        if pttl != -2:
+            return (pttl if pttl > 0 else cfg.renew_ms) + self._jitter()
+
+        try:
+            metrics.DB_SYNC_ATTEMPTS.inc()
+            record = self._epochs.read()
+            self._db_ok()
+        except DB_ERRORS as e:
+            return self._db_failed(e)
+        wait = record.ms_until_free(cfg.instance_id, cfg.stale_after_ms, cfg.handoff_ms)
+        if wait > 0:
+            # The DB holder is alive although its key is gone (Redis restarted, a handoff to
+            # someone else, or the heartbeat trails the renew by a round trip): grabbing the
+            # key now would only cost a failover. Look again when the record turns free.
+            return min(wait, cfg.renew_ms)
+
+        try:
+            grant = self._lease.try_acquire()
+        except REDIS_ERRORS as e:
+            return self._redis_failed(e)
+        if grant is None:
+            return self._jitter()
+
+        claim_sent = self._clock.now_ms()
+        try:
+            metrics.DB_SYNC_ATTEMPTS.inc()
+            epoch = self._epochs.claim(record.epoch, cfg.instance_id)
+        except DB_ERRORS as e:
+            self._quiet_release(grant.value)
+            return self._db_failed(e)
+        if epoch is None:
+            metrics.CAS_LOST.inc()
+            log.warning("won the Redis key but lost the epoch CAS at epoch %d; backing off", record.epoch)
+            self._quiet_release(grant.value)
+            return cfg.renew_ms * self._rng.uniform(0.5, 1.0)
+
+        now = self._clock.now_ms()
+        valid_until = grant.sent_ms + cfg.trusted_ms
+        leading = _Leadership(epoch, grant.value, valid_until, grant.sent_ms, claim_sent)
+        if now >= valid_until:
+            # The CAS took longer than the lease: the key may already be someone else's.
+            self._leading = leading
+            self._step_down(leading, "released:claim_too_late", release_record=True, notify=False)
+            return self._jitter()
+        self._leading = leading
+        self._db_ok()
+        metrics.IS_LEADER.set(1)
+        metrics.LEADER_EPOCH.set(epoch)
+        metrics.LEADERSHIP_CHANGES.labels("acquired").inc()
+        metrics.LAST_HEARTBEAT.set(time.time())
+        log.error("became leader: instance=%s epoch=%d", cfg.instance_id, epoch)
+        if self._on_started:
+            self._callbacks.submit(self._on_started, epoch)
+        return max(0.0, grant.sent_ms + cfg.renew_ms - now)
+
+    # ---- leader ----
+
+    def _lead(self) -> float:
+        cfg = self.cfg
+        leading = self._leading
+        assert leading is not None
+        now = self._clock.now_ms()
+        if now >= leading.valid_until_ms:
+            # Paused (or starved) past the lease: someone else may lead by now.
+            return self._step_down(leading, "lost:lease_expired", release_record=True)
+
+        # Renew first, so a slow database never delays the Redis lease. An absent key may be
+        # re-set only while our last matching heartbeat is younger than stale_after: until
+        # then no rival can have claimed the epoch.
+        may_reassert = now - leading.last_db_ok_ms < cfg.stale_after_ms - cfg.drift_margin_ms
+        renewed = False
+        try:
+            result = self._lease.renew(leading.value, reassert=may_reassert)
+        except REDIS_ERRORS as e:
+            self._redis_failed(e)
+            result = None
+        if result is not None:
+            self._redis_ok()
+            if result.status is RenewStatus.TAKEN:
+                if self._heartbeat(leading):
+                    self._split_brain(leading, f"redis={holder_instance(result.holder)} db=self")
+                return self._step_down(leading, "lost:token_mismatch", release_record=True)
+            if result.status in (RenewStatus.RENEWED, RenewStatus.REASSERTED):
+                renewed = True
+                metrics.LEASE_RENEW_SECONDS.observe((self._clock.now_ms() - result.sent_ms) / 1000.0)
+                if result.status is RenewStatus.REASSERTED:
+                    metrics.LEASE_REASSERTED.inc()
+                    log.warning(
+                        "lease key was gone (Redis restarted?); re-asserted it for epoch %d", leading.epoch
+                    )
+                leading = replace(
+                    leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms
+                )
+                self._leading = leading
+
+        matched = self._heartbeat(leading)
+        leading = self._leading
+        if matched is False:
+            return self._db_moved_on(leading, redis_says_self=renewed)
+        now = self._clock.now_ms()
+        if matched is None and now - leading.last_db_ok_ms > cfg.db_grace_ms:
+            return self._step_down(leading, "released:db_unreachable", release_record=True)
+        if now - leading.last_renew_ms > cfg.renew_deadline_ms:
+            return self._step_down(leading, "lost:renew_deadline", release_record=True)
+        if renewed:
+            return max(0.0, leading.last_renew_ms + cfg.renew_ms - now)
+        return min(cfg.renew_ms / 4, leading.last_renew_ms + cfg.renew_deadline_ms - now)
+
+    def _heartbeat(self, leading: _Leadership) -> bool | None:
+        """DB heartbeat matching epoch *and* instance. None: the database did not answer."""
+        sent = self._clock.now_ms()
+        try:
+            metrics.DB_SYNC_ATTEMPTS.inc()
+            matched = self._epochs.heartbeat(leading.epoch, self.cfg.instance_id)
+        except DB_ERRORS as e:
+            self._db_failed(e)
+            return None
+        self._db_ok()
+        if matched:
+            # Counted from the send: the row's heartbeat_at is no older than that.
+            self._leading = replace(leading, last_db_ok_ms=sent)
+            metrics.LAST_HEARTBEAT.set(time.time())
+        return matched
+
+    def _db_moved_on(self, leading: _Leadership, redis_says_self: bool) -> float:
+        """The heartbeat matched no row: PostgreSQL has another leader or released us."""
+        if redis_says_self:
+            self._split_brain(leading, "redis=self db=other")
+            return self._step_down(leading, "demoted:split_brain", release_record=False)
+        return self._step_down(leading, "lost:epoch_superseded", release_record=False)
+
+    def _split_brain(self, leading: _Leadership, detail: str) -> None:
+        metrics.SPLIT_BRAIN.inc()
+        log.critical(
+            "split brain: instance=%s epoch=%d %s; PostgreSQL wins, stepping down",
+            self.cfg.instance_id,
+            leading.epoch,
+            detail,
+        )
+
+    def _step_down(
+        self,
+        leading: _Leadership,
+        reason: str,
+        release_record: bool,
+        handoff_to: str | None = None,
+        notify: bool = True,
+    ) -> float:
+        cfg = self.cfg
+        self._leading = None  # fence() refuses from here on
+        metrics.IS_LEADER.set(0)
+        metrics.LEADER_EPOCH.set(0)
+        metrics.LEADERSHIP_CHANGES.labels(reason).inc()
+        if reason.startswith("released"):
+            log.critical(
+                "released leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason
+            )
+        else:
+            log.critical(
+                "lost leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason
+            )
+        if self._on_stopped and notify:
+            self._callbacks.submit(self._on_stopped, leading.epoch, reason)
+        try:
+            metrics.DB_SYNC_ATTEMPTS.inc()
+            if release_record:
+                self._epochs.release(leading.epoch, cfg.instance_id, reason, handoff_to)
+            else:
+                self._epochs.record(leading.epoch, cfg.instance_id, reason)
+        except DB_ERRORS as e:
+            self._db_failed(e)
+            self._unrecorded.append((leading.epoch, reason, release_record))
+        try:
+            self._lease.release(leading.value, f"released|{cfg.instance_id}|{leading.epoch}")
+        except REDIS_ERRORS as e:
+            self._redis_failed(e)
+        self._sit_out_until_ms = self._clock.now_ms() + cfg.cooldown_ms
+        return float(cfg.cooldown_ms)
+
+    def _try_flush_unrecorded(self) -> bool:
+        """Write what step-downs could not while the DB was away. Releasing late is still
+        right: it matches only our own epoch, and frees the record sooner than staleness."""
+        try:
+            while self._unrecorded:
+                epoch, reason, release_record = self._unrecorded[0]
+                metrics.DB_SYNC_ATTEMPTS.inc()
+                if release_record:
+                    self._epochs.release(epoch, self.cfg.instance_id, reason)
+                else:
+                    self._epochs.record(epoch, self.cfg.instance_id, reason)
+                self._unrecorded.pop(0)
+        except DB_ERRORS as e:
+            self._db_failed(e)
+            return False
+        self._db_ok()
+        return True
+
+    def _quiet_release(self, value: str) -> None:
+        try:
+            self._lease.release(value)
+        except REDIS_ERRORS as e:
+            self._redis_failed(e)
+
+    # ---- health bookkeeping ----
+
+    def _redis_ok(self) -> None:
+        self.last_redis_ok_ms = self._clock.now_ms()
+
+    def _db_ok(self) -> None:
+        self.last_db_ok_ms = self._clock.now_ms()
+
+    def _redis_failed(self, e: Exception) -> float:
+        self.last_error = f"redis: {e}"
+        log.warning("redis: %s", e)
+        return float(self.cfg.renew_ms) / 2
+
+    def _db_failed(self, e: Exception) -> float:
+        metrics.DB_SYNC_FAILURES.inc()
+        self.last_error = f"database: {first_line(e)}"
+        log.warning("database: %s", first_line(e))
+        return float(self.cfg.renew_ms) / 2

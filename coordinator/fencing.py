@@ -1,0 +1,40 @@
+"""The epoch check. Every fenced write goes through `fenced`; nothing else compares epochs.
+
+The row is read FOR KEY SHARE: it does not wait behind the leader's heartbeat (an UPDATE of
+non-key columns), but it does conflict with the FOR UPDATE that every epoch change and
+release takes first. So a claim either commits before a takeover or sees the new epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+CHECK_EPOCH_SQL = "SELECT epoch, released_at IS NULL FROM leader_record WHERE cluster = %s FOR KEY SHARE"
+
+
+class EpochSuperseded(Exception):
+    """The epoch this write was fenced with is no longer the cluster's current, held epoch."""
+
+    def __init__(self, cluster: str, epoch: int, current: int | None, released: bool) -> None:
+        state = "released" if released else f"current epoch is {current}"
+        super().__init__(f"epoch {epoch} of cluster {cluster!r} is superseded ({state})")
+        self.epoch = epoch
+        self.current = current
+
+
+def check_epoch(cur: psycopg.Cursor, cluster: str, epoch: int) -> None:
+    """Raise EpochSuperseded unless `epoch` is current and unreleased. Call inside a transaction."""
+    row = cur.execute(CHECK_EPOCH_SQL, (cluster,)).fetchone()
+    if row is None or row[0] != epoch or not row[1]:
+        raise EpochSuperseded(cluster, epoch, row[0] if row else None, bool(row and not row[1]))
+
+
+@contextmanager
+def fenced(conn: psycopg.Connection, cluster: str, epoch: int) -> Iterator[psycopg.Cursor]:
+    """One transaction whose writes commit only if `epoch` still holds the cluster."""
+    with conn.transaction(), conn.cursor() as cur:
+        check_epoch(cur, cluster, epoch)
+        yield cur

@@ -1,0 +1,142 @@
+"""The Redis lease: who *should* lead. Liveness only; PostgreSQL decides who may act.
+
+One key per cluster, `haexec:{cluster}:leader`, holding `<instance_id>|<random token>`.
+Every change of an owned key goes through a Lua script that first compares the value,
+so a replica can only ever touch a key it still holds.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from coordinator.clock import Clock
+
+TOKEN_BYTES = 16
+
+# Replaces the TTL (never adds to it). With reassert=1 an *absent* key is set again: the
+# caller allows that only right after its DB heartbeat proved it still holds the epoch
+# (Redis restarted or failed over and lost the key).
+RENEW_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, v}
+end
+if not v then
+  if ARGV[3] == '1' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return {2, ARGV[1]}
+  end
+  return {0, ''}
+end
+return {-1, v}
+"""
+
+# Compare-and-delete; publishes on the events channel only when asked (a lost CAS must not
+# wake every follower).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+  return 1
+end
+return 0
+"""
+
+
+class LeaseError(Exception):
+    pass
+
+
+class LeaseNotOwned(LeaseError):
+    """The key holds another replica's token (or none): this replica no longer owns it."""
+
+
+class RenewStatus(enum.Enum):
+    RENEWED = 1
+    REASSERTED = 2
+    ABSENT = 0
+    TAKEN = -1
+
+
+@dataclass(frozen=True)
+class Grant:
+    value: str
+    sent_ms: float
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    status: RenewStatus
+    holder: str | None
+    sent_ms: float
+
+
+def holder_instance(value: str | None) -> str | None:
+    """The instance id inside a key value (`<instance>|<token>`)."""
+    if not value:
+        return None
+    return value.split("|", 1)[0]
+
+
+def redis_client(url: str, timeout_s: float | None) -> redis.Redis:
+    """A client that never retries on its own: a retried SET NX whose first reply was lost
+    would make a replica believe it failed while its token sits in the key."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+
+
+class RedisLease:
+    def __init__(
+        self, client: redis.Redis, cluster: str, instance_id: str, lease_ms: int, clock: Clock
+    ) -> None:
+        self._r = client
+        self.key = f"haexec:{cluster}:leader"
+        self.events = f"haexec:{cluster}:events"
+        self._instance = instance_id
+        self._lease_ms = lease_ms
+        self._clock = clock
+        self._renew = client.register_script(RENEW_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
+
+    def new_value(self) -> str:
+        return f"{self._instance}|{secrets.token_hex(TOKEN_BYTES)}"
+
+    def try_acquire(self) -> Grant | None:
+        value = self.new_value()
+        sent = self._clock.now_ms()
+        try:
+            ok = self._r.set(self.key, value, nx=True, px=self._lease_ms)
+        except redis.RedisError:
+            # The SET may have landed with its reply lost: our token in the key means we won.
+            if self._r.get(self.key) == value:
+                return Grant(value, sent)
+            raise
+        return Grant(value, sent) if ok else None
+
+    def renew(self, value: str, reassert: bool) -> RenewResult:
+        sent = self._clock.now_ms()
+        status, holder = self._renew(keys=[self.key], args=[value, self._lease_ms, "1" if reassert else "0"])
+        return RenewResult(RenewStatus(int(status)), holder or None, sent)
+
+    def release(self, value: str, event: str = "") -> bool:
+        return bool(self._release(keys=[self.key, self.events], args=[value, event]))
+
+    def holder(self) -> str | None:
+        return self._r.get(self.key)
+
+    def pttl_ms(self) -> int:
+        """-2: no key; -1: no TTL; else the remaining milliseconds."""
+        return int(self._r.pttl(self.key))

@@ -1,0 +1,165 @@
+"""The coordinator as the rest of the process sees it: start, stop, fence, look.
+
+It owns its own connections: the HA loop has a Redis client and a one-connection pool that
+nothing else uses, so no other work in the process can queue in front of a renewal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import redis
+
+from coordinator.clock import SYSTEM_CLOCK, Clock
+from coordinator.config import ElectionConfig
+from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped, first_line
+from coordinator.epoch import EpochStore, HistoryEntry
+from coordinator.events import EventListener
+from coordinator.fencing import fenced
+from coordinator.lease import RedisLease, redis_client
+from coordinator.registry import RegistryPublisher
+from coordinator.view import ClusterView, read_view
+from db.session import SessionLimits, make_pool
+
+log = logging.getLogger("haexec.coordinator")
+
+
+class Coordinator:
+    def __init__(
+        self,
+        cfg: ElectionConfig,
+        redis_url: str,
+        database_url: str,
+        clock: Clock = SYSTEM_CLOCK,
+        on_started_leading: OnStarted | None = None,
+        on_stopped_leading: OnStopped | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        limits = SessionLimits(cfg.db_timeout_ms, application_name=f"haexec-ha-{cfg.instance_id}")
+        redis_timeout_s = cfg.renew_ms / 2000.0
+        self._ha_redis = redis_client(redis_url, redis_timeout_s)
+        self._side_redis = redis_client(redis_url, redis_timeout_s)
+        self._ha_pool = make_pool(database_url, limits, name="haexec-ha", min_size=1, max_size=1)
+        view_limits = SessionLimits(cfg.db_timeout_ms, application_name=f"haexec-view-{cfg.instance_id}")
+        self._view_pool = make_pool(database_url, view_limits, name="haexec-view", min_size=1, max_size=2)
+        self.epochs = EpochStore(self._ha_pool, cfg.cluster, cfg.stale_after_ms, cfg.handoff_ms)
+        self._view_epochs = EpochStore(self._view_pool, cfg.cluster, cfg.stale_after_ms, cfg.handoff_ms)
+        self.lease = RedisLease(self._ha_redis, cfg.cluster, cfg.instance_id, cfg.lease_ms, clock)
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self.elector = Elector(
+            cfg,
+            self.lease,
+            self.epochs,
+            clock=clock,
+            on_started_leading=self._started_leading,
+            on_stopped_leading=self._stopped_leading,
+        )
+        self._describe_extra = describe or (lambda: {})
+        self._events = EventListener(redis_client(redis_url, None), cfg.cluster, self._on_event)
+        self._registry = RegistryPublisher(
+            self._side_redis, cfg.cluster, cfg.instance_id, cfg.registry_ttl_ms, self.describe
+        )
+        self._thread = threading.Thread(target=self.elector.run, name="haexec-elector", daemon=True)
+
+    # ---- lifecycle ----
+
+    def open(self, timeout_s: float) -> None:
+        """Connect the pools; raises psycopg_pool.PoolTimeout when the DB is not reachable."""
+        self._ha_pool.open(wait=True, timeout=timeout_s)
+        self._view_pool.open(wait=True, timeout=timeout_s)
+
+    def start(self) -> None:
+        self._events.start()
+        self._registry.start()
+        self._thread.start()
+
+    def stop(self, reason: str = "released:sigterm", timeout_s: float | None = None) -> None:
+        """Release leadership (if held) and stop every loop."""
+        self.elector.stop(reason)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s if timeout_s is not None else self.cfg.lease_ms / 1000.0 * 2)
+        self._events.stop()
+        self._registry.stop()
+        self._ha_pool.close(timeout=1.0)
+        self._view_pool.close(timeout=1.0)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- for the engine ----
+
+    def fence(self) -> Fence:
+        return self.elector.fence()
+
+    @contextmanager
+    def fenced(self, conn: psycopg.Connection) -> Iterator[tuple[psycopg.Cursor, Fence]]:
+        """A transaction fenced by this replica's current epoch (NotLeader if it has none)."""
+        fence = self.fence()
+        with fenced(conn, self.cfg.cluster, fence.epoch) as cur:
+            yield cur, fence
+
+    # ---- for operators ----
+
+    def view(self) -> ClusterView:
+        return read_view(self._side_redis, self._view_epochs, self.cfg.stale_after_ms, with_replicas=False)
+
+    def history(self, limit: int) -> list[HistoryEntry]:
+        return self._view_epochs.history(limit)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.cfg.instance_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "role": self.elector.role.value,
+            "epoch": self.elector.epoch,
+            **self._describe_extra(),
+        }
+
+    def probe(self) -> dict[str, str]:
+        """Each dependency as "ok" or the reason it is not; a live round trip to each store."""
+        parts: dict[str, str] = {}
+        try:
+            self._side_redis.ping()
+            parts["redis"] = "ok"
+        except redis.RedisError as e:
+            parts["redis"] = f"unreachable: {e}"
+        try:
+            with self._view_pool.connection() as conn:
+                conn.execute("SELECT 1")
+            parts["database"] = "ok"
+        except DB_ERRORS as e:
+            parts["database"] = f"unreachable: {first_line(e)}"
+        last = self.elector.last_loop_ms
+        if not self._thread.is_alive():
+            parts["election_loop"] = "stopped"
+        elif last is None or self._clock.now_ms() - last > 2 * self.cfg.lease_ms + 1000:
+            parts["election_loop"] = "stalled"
+        else:
+            parts["election_loop"] = "ok"
+        return parts
+
+    def _started_leading(self, epoch: int) -> None:
+        self._registry.poke()
+        if self._on_started:
+            self._on_started(epoch)
+
+    def _stopped_leading(self, epoch: int, reason: str) -> None:
+        self._registry.poke()
+        if self._on_stopped:
+            self._on_stopped(epoch, reason)
+
+    def _on_event(self, message: str) -> None:
+        log.debug("event: %s", message)
+        self.elector.wake()

@@ -1,0 +1,172 @@
+"""`haexec up`: a local cluster of N replica processes on the embedded default (or the
+configured servers), restarted when they crash, with a live view of who leads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.config import ConfigError
+from coordinator.epoch import EpochStore
+from coordinator.lease import redis_client
+from coordinator.view import ClusterView, read_view
+from db.session import SessionLimits, make_pool
+from haexec import settings as settings_mod
+from haexec.replica import StartupError, resolve_urls
+
+RESTART_BACKOFF_MAX_S = 10.0
+
+
+@dataclass
+class Child:
+    instance_id: str
+    http: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    backoff_s: float = 0.5
+    last_exit: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def _spawn(child: Child, env: dict[str, str]) -> None:
+    child_env = {**env, "HAEXEC_INSTANCE_ID": child.instance_id, "HAEXEC_HTTP": child.http}
+    log = open(child.log_path, "ab")
+    try:
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "haexec.cli", "run"],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches `up` only; it stops the replicas in order
+        )
+    finally:
+        log.close()
+    child.started_at = time.monotonic()
+
+
+def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
+    lines = []
+    if view is not None:
+        leader = view.leader
+        who = f"{leader['instance_id']} (epoch {leader['epoch']})" if leader else "none"
+        flags = " SPLIT-BRAIN" if view.split_brain else ""
+        flags += " STALE-LEADER" if view.stale_leader else ""
+        lines.append(f"cluster {view.cluster}  leader {who}{flags}")
+        registered = {r.get("instance_id"): r for r in view.replicas}
+    else:
+        registered = {}
+    lines.append(f"{'instance':<14}{'pid':>8}  {'role':<9}{'healthy':<9}{'http':<18}restarts")
+    for c in children:
+        reg = registered.get(c.instance_id, {})
+        alive = c.proc is not None and c.proc.poll() is None
+        pid = str(c.proc.pid) if alive and c.proc else "-"
+        role = reg.get("role", "starting" if alive else f"exit {c.last_exit}")
+        lines.append(
+            f"{c.instance_id:<14}{pid:>8}  {role:<9}{str(reg.get('healthy', '-')):<9}{c.http:<18}{c.restarts}"
+        )
+    for err in view.errors if view else []:
+        lines.append(f"error: {err}")
+    text = "\n".join(lines)
+    return ("\x1b[H\x1b[2J" + text + "\n") if tty else text + "\n"
+
+
+def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
+    try:
+        base = settings_mod.load(env)
+    except ConfigError as e:
+        print(f"haexec up: configuration: {e}", file=sys.stderr)
+        return 2
+    if args.http_base_port + args.replicas > 65535:
+        print("haexec up: --http-base-port + --replicas must stay below 65536", file=sys.stderr)
+        return 2
+    from haexec.embedded import running_servers, stop_servers
+
+    started_servers = base.embedded and running_servers(base.state_dir) is None
+    try:
+        redis_url, database_url = resolve_urls(base)
+    except StartupError as e:
+        print(f"haexec up: {e}", file=sys.stderr)
+        return 1
+    env = {**env, "HAEXEC_REDIS_URL": redis_url, "HAEXEC_DATABASE_URL": database_url}
+    logs = base.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = [
+        Child(f"replica-{i}", f"127.0.0.1:{args.http_base_port + i}", logs / f"replica-{i}.log")
+        for i in range(1, args.replicas + 1)
+    ]
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for c in children:
+        _spawn(c, env)
+
+    client = redis_client(redis_url, 1.0)
+    pool = make_pool(database_url, SessionLimits(1000, "haexec-up"), name="haexec-up", max_size=1)
+    pool.open(wait=False)
+    epochs = EpochStore(pool, base.election.cluster, base.election.stale_after_ms, base.election.handoff_ms)
+    tty = sys.stdout.isatty() and not args.no_view
+    last_summary = None
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            for c in children:
+                if c.proc is not None and c.proc.poll() is not None:
+                    c.last_exit = c.proc.returncode
+                    c.proc = None
+                    # A replica that keeps dying right away backs off; one that ran a while restarts at once.
+                    c.backoff_s = (
+                        0.5 if now - c.started_at > 30 else min(c.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+                    )
+                    c.next_start = now + c.backoff_s
+                    print(
+                        f"{c.instance_id} exited with {c.last_exit}; restarting in {c.backoff_s:.1f}s",
+                        file=sys.stderr,
+                    )
+                if c.proc is None and now >= c.next_start:
+                    c.restarts += 1
+                    _spawn(c, env)
+            view = read_view(client, epochs, base.election.stale_after_ms)
+            if tty:
+                sys.stdout.write(_render(view, children, tty=True))
+                sys.stdout.flush()
+            else:
+                summary = (
+                    view.leader and (view.leader["instance_id"], view.leader["epoch"]),
+                    view.split_brain,
+                )
+                if summary != last_summary:
+                    sys.stdout.write(_render(view, children, tty=False))
+                    sys.stdout.flush()
+                    last_summary = summary
+            stop.wait(1.0)
+    finally:
+        _stop_children(children, base.election.lease_ms)
+        pool.close(timeout=1)
+        client.close()
+        if started_servers:
+            stop_servers(base.state_dir)
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def _stop_children(children: list[Child], lease_ms: int) -> None:
+    running = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
+    for p in running:
+        os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2 * lease_ms / 1000 + 2
+    for p in running:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

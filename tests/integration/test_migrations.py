@@ -1,0 +1,85 @@
+"""Alembic migrations and the `haexec db` commands on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db import migrate
+from db.urls import libpq_url
+from tests.conftest import create_database, drop_database
+from tests.support import run_cli
+
+TABLES = {"leader_record", "leadership_history"}
+
+
+@pytest.fixture
+def empty_db(server_urls: tuple[str, str]) -> Iterator[str]:
+    url = create_database(server_urls[1], prefix="haexec_m")
+    yield url
+    drop_database(server_urls[1], url)
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows} - {"alembic_version"}
+
+
+def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
+    assert migrate.current_revision(empty_db) is None
+    migrate.upgrade(empty_db)
+    assert migrate.is_at_head(empty_db)
+    assert TABLES <= tables(empty_db)
+    migrate.downgrade(empty_db, "base")
+    assert migrate.current_revision(empty_db) is None
+    assert tables(empty_db) == set()
+    migrate.upgrade(empty_db)
+    assert migrate.is_at_head(empty_db)
+    assert TABLES <= tables(empty_db)
+
+
+def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Path) -> None:
+    env = {"HAEXEC_DATABASE_URL": empty_db}
+    up = run_cli(["db", "upgrade", "--backup-dir", str(tmp_path / "backups")], env)
+    assert up.returncode == 0, up.stderr
+    dumps = list((tmp_path / "backups").glob("*.dump"))
+    assert len(dumps) == 1 and dumps[0].stat().st_size > 0
+    current = run_cli(["db", "current"], env)
+    assert current.returncode == 0 and "(head)" in current.stdout
+    hist = run_cli(["db", "history"], env)
+    assert hist.returncode == 0 and migrate.head_revision() in hist.stdout
+
+
+def test_failed_backup_refuses_to_migrate(empty_db: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    result = run_cli(
+        ["db", "upgrade", "--backup-dir", str(blocker / "sub")], {"HAEXEC_DATABASE_URL": empty_db}
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "backup" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert migrate.current_revision(empty_db) is None
+
+
+def test_unknown_revision_is_one_line(empty_db: str) -> None:
+    result = run_cli(["db", "downgrade", "nonexistent"], {"HAEXEC_DATABASE_URL": empty_db})
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_replica_refuses_to_start_below_head(empty_db: str, redis_url: str) -> None:
+    result = run_cli(
+        ["run", "--http", "127.0.0.1:0"],
+        {"HAEXEC_DATABASE_URL": empty_db, "HAEXEC_REDIS_URL": redis_url, "HAEXEC_CLUSTER": "below-head"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"haexec run: database schema is at base, this release needs {migrate.head_revision()}: "
+        "run `haexec db upgrade`"
+    ]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,190 @@
+"""Shared test helpers: waiting on conditions with deadlines, replica processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from db.urls import libpq_url
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.02) -> T:
+    """Poll until predicate() is truthy; fail the test naming `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+        time.sleep(interval_s)
+
+
+def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        status = e.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode(errors="replace")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ReplicaProcess:
+    instance_id: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    paused: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_get(self.base + path)
+
+    def is_leader(self) -> bool:
+        return not self.paused and self.get("/leader")[0] == 200
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGSTOP:
+            self.paused = True
+        elif sig == signal.SIGCONT:
+            self.paused = False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_replica(
+    env: dict[str, str], instance_id: str, log_dir: Path, port: int | None = None
+) -> ReplicaProcess:
+    port = port or free_port()
+    child_env = {**os.environ, **env, "HAEXEC_INSTANCE_ID": instance_id, "HAEXEC_HTTP": f"127.0.0.1:{port}"}
+    log_path = log_dir / f"{instance_id}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "haexec.cli", "run"],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO),
+        )
+    return ReplicaProcess(instance_id, port, proc, log_path, env=child_env)
+
+
+def stop_replica(r: ReplicaProcess, timeout_s: float = 10.0) -> None:
+    if r.proc.poll() is not None:
+        return
+    if r.paused:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    r.proc.terminate()
+    try:
+        r.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        r.proc.kill()
+        r.proc.wait()
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haexec.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=str(REPO),
+    )
+
+
+LEASE_MS = 1500  # short drills; the protocol scales every other timer from the lease
+
+
+def cluster_env(cluster: str, redis_url: str, database_url: str, lease_ms: int = LEASE_MS) -> dict[str, str]:
+    return {
+        "HAEXEC_CLUSTER": cluster,
+        "HAEXEC_REDIS_URL": redis_url,
+        "HAEXEC_DATABASE_URL": database_url,
+        "HAEXEC_LEASE_MS": str(lease_ms),
+        "HAEXEC_STARTUP_TIMEOUT_S": "10",
+    }
+
+
+def wait_ready(replicas: list[ReplicaProcess], timeout_s: float = 30) -> None:
+    for r in replicas:
+        wait_for(lambda r=r: r.get("/ready")[0] == 200 or not r.alive(), timeout_s, f"{r.instance_id} ready")
+        assert r.alive(), f"{r.instance_id} exited:\n{r.log()}"
+
+
+def the_leader(replicas: list[ReplicaProcess], timeout_s: float = 15) -> ReplicaProcess:
+    """Wait until exactly one replica answers 200 on /leader."""
+
+    def one() -> ReplicaProcess | None:
+        found = [r for r in replicas if r.is_leader()]
+        return found[0] if len(found) == 1 else None
+
+    return wait_for(one, timeout_s, "exactly one leader", interval_s=0.05)
+
+
+def epoch_of(r: ReplicaProcess) -> int:
+    status, body = r.get("/leader")
+    assert status == 200, body
+    return int(body["epoch"])
+
+
+def history(database_url: str, cluster: str) -> list[tuple[str, int, str]]:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        rows = conn.execute(
+            "SELECT instance_id, epoch, reason FROM leadership_history WHERE cluster = %s ORDER BY id",
+            (cluster,),
+        ).fetchall()
+    return [(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def epochs_held(database_url: str, cluster: str) -> dict[int, set[str]]:
+    """Which instances ever held each epoch, by the `acquired` rows."""
+    held: dict[int, set[str]] = {}
+    for instance, epoch, reason in history(database_url, cluster):
+        if reason == "acquired":
+            held.setdefault(epoch, set()).add(instance)
+    return held
