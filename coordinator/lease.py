@@ -85,11 +85,13 @@ def holder_instance(value: str | None) -> str | None:
     return value.split("|", 1)[0]
 
 
-def redis_client(url: str, timeout_s: float | None) -> redis.Redis:
+def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> redis.Redis:
     """A client that never retries on its own: a retried SET NX whose first reply was lost
-    would make a replica believe it failed while its token sits in the key."""
+    would make a replica believe it failed while its token sits in the key. The name shows
+    in CLIENT LIST, so an operator can tell each replica's connections apart."""
     return redis.Redis.from_url(
         url,
+        client_name=name,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         socket_keepalive=True,

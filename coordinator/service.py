@@ -46,8 +46,8 @@ class Coordinator:
         self._clock = clock
         limits = SessionLimits(cfg.db_timeout_ms, application_name=f"haexec-ha-{cfg.instance_id}")
         redis_timeout_s = cfg.renew_ms / 2000.0
-        self._ha_redis = redis_client(redis_url, redis_timeout_s)
-        self._side_redis = redis_client(redis_url, redis_timeout_s)
+        self._ha_redis = redis_client(redis_url, redis_timeout_s, f"haexec-ha-{cfg.instance_id}")
+        self._side_redis = redis_client(redis_url, redis_timeout_s, f"haexec-side-{cfg.instance_id}")
         self._ha_pool = make_pool(database_url, limits, name="haexec-ha", min_size=1, max_size=1)
         view_limits = SessionLimits(cfg.db_timeout_ms, application_name=f"haexec-view-{cfg.instance_id}")
         self._view_pool = make_pool(database_url, view_limits, name="haexec-view", min_size=1, max_size=2)
@@ -65,7 +65,9 @@ class Coordinator:
             on_stopped_leading=self._stopped_leading,
         )
         self._describe_extra = describe or (lambda: {})
-        self._events = EventListener(redis_client(redis_url, None), cfg.cluster, self._on_event)
+        self._events = EventListener(
+            redis_client(redis_url, None, f"haexec-events-{cfg.instance_id}"), cfg.cluster, self._on_event
+        )
         self._registry = RegistryPublisher(
             self._side_redis, cfg.cluster, cfg.instance_id, cfg.registry_ttl_ms, self.describe
         )
