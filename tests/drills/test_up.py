@@ -1,0 +1,115 @@
+"""`haexec up` on the embedded default: the README's first command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from haexec.embedded import running_servers
+from tests.conftest import server_workdir
+from tests.support import REPO, run_cli, wait_for
+
+
+def free_port_run(n: int) -> int:
+    """A base port P with P+1..P+n free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        try:
+            for i in range(1, n + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no run of free ports")
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = server_workdir("up")
+    yield path / "state"
+    from haexec.embedded import stop_servers
+
+    stop_servers(path / "state")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAEXEC_")}
+    env["HAEXEC_LEASE_MS"] = "1500"
+    base = free_port_run(2)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "haexec.cli",
+            "up",
+            "--replicas",
+            "2",
+            "--http-base-port",
+            str(base),
+            "--state-dir",
+            str(state_dir),
+        ],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def status() -> dict | None:
+            result = run_cli(["status", "--json", "--state-dir", str(state_dir)], env, timeout_s=20)
+            return json.loads(result.stdout) if result.returncode == 0 else None
+
+        def ready() -> dict | None:
+            s = status()
+            return s if s and s["leader"] and len(s["replicas"]) == 2 else None
+
+        body = wait_for(ready, 90, "a leader and 2 registered replicas", interval_s=0.3)
+        https = sorted(r["http"] for r in body["replicas"])
+        assert https == [f"127.0.0.1:{base + 1}", f"127.0.0.1:{base + 2}"]
+        follower = next(r for r in body["replicas"] if r["role"] == "follower")
+
+        os.kill(follower["pid"], signal.SIGKILL)  # a crash: `up` restarts it
+
+        def restarted() -> bool:
+            s = status()
+            return bool(s) and any(
+                r["instance_id"] == follower["instance_id"] and r["pid"] != follower["pid"]
+                for r in s["replicas"]
+            )
+
+        wait_for(restarted, 60, "the crashed replica restarted", interval_s=0.3)
+        pids = [r["pid"] for r in status()["replicas"]]
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+    assert "leader" in out
+    for pid in pids:
+        wait_for(
+            lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, f"replica {pid} gone"
+        )
+    assert running_servers(state_dir) is None, "up left the embedded servers it started running"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    except OSError:
+        return True
