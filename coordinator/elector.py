@@ -272,8 +272,11 @@ class Elector:
         if result is not None:
             self._redis_ok()
             if result.status is RenewStatus.TAKEN:
+                # Another token in the key: step down now. If PostgreSQL still names us, the
+                # two stores disagree: a split brain, recorded as such.
                 if self._heartbeat(leading):
                     self._split_brain(leading, f"redis={holder_instance(result.holder)} db=self")
+                    return self._step_down(leading, "demoted:split_brain", release_record=True)
                 return self._step_down(leading, "lost:token_mismatch", release_record=True)
             if result.status in (RenewStatus.RENEWED, RenewStatus.REASSERTED):
                 renewed = True

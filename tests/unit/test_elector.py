@@ -131,7 +131,7 @@ def test_lost_token_steps_down_and_counts_split_brain(
     assert_not_leader(a)
     assert split_brains() == sb + 1  # the DB heartbeat still named a: Redis and DB disagree
     assert any(r.levelname == "CRITICAL" and "split brain" in r.getMessage() for r in caplog.records)
-    assert cl.reasons()[-1] == ("a", 1, "lost:token_mismatch")
+    assert cl.reasons()[-1] == ("a", 1, "demoted:split_brain")
     assert cl.store.row.released_at is not None  # a gave the record up
     assert cl.holder() == OTHER  # compare-and-delete left the other value alone
     assert events.drain() == []  # nothing deleted, nothing announced

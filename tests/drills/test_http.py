@@ -1,0 +1,80 @@
+"""A replica's HTTP surface, on a real process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from haexec.embedded import RedisServer
+from tests.support import ReplicaProcess, cluster_env, the_leader, wait_for, wait_ready
+
+Spawn = Callable[[dict[str, str], str], ReplicaProcess]
+
+METRICS = [
+    "haexec_is_leader",
+    "haexec_leader_epoch",
+    "haexec_leadership_changes_total",
+    "haexec_split_brain_total",
+    "haexec_db_sync_attempts_total",
+    "haexec_db_sync_failures_total",
+    "haexec_last_heartbeat_timestamp_seconds",
+    "haexec_lease_renew_seconds",
+]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def test_routes_of_leader_and_follower_and_health_naming_the_lost_part(
+    spawn: Spawn, own_redis: RedisServer, database_url: str, cluster: str
+) -> None:
+    env = cluster_env(cluster, own_redis.url, database_url)
+    replicas = [spawn(env, "r1"), spawn(env, "r2")]
+    wait_ready(replicas)
+    leader = the_leader(replicas)
+    follower = next(r for r in replicas if r is not leader)
+
+    assert follower.get("/leader")[0] == 503
+    status, body = leader.get("/leader")
+    assert status == 200 and body["leader"] is True and body["epoch"] >= 1
+
+    status, body = follower.get("/coordinator/leader")
+    assert status == 200
+    assert body["redis_leader"] == body["db_leader"] == leader.instance_id
+    assert body["this_instance"] == follower.instance_id
+    assert body["is_leader"] is False and body["split_brain"] is False
+    assert body["lease_remaining_ms"] == 0
+    status, body = leader.get("/coordinator/leader")
+    assert body["is_leader"] is True and 0 < body["lease_remaining_ms"] <= 1500
+
+    for r in replicas:
+        status, body = r.get("/health")
+        assert status == 200 and body["checks"] == {"redis": "ok", "database": "ok", "election_loop": "ok"}
+        assert r.get("/ready")[0] == 200
+
+    status, text = leader.get("/metrics")
+    assert status == 200
+    for name in METRICS:
+        assert name in text, name
+    assert "haexec_is_leader 1.0" in text
+    assert 'haexec_leadership_changes_total{event="acquired"} 1.0' in text
+    assert "haexec_is_leader 0.0" in follower.get("/metrics")[1]
+
+    own_redis.stop()
+
+    def unhealthy(r: ReplicaProcess) -> tuple[int, dict] | None:
+        answer = r.get("/health")
+        return answer if answer[0] == 503 else None
+
+    for r in replicas:
+        status, body = wait_for(lambda r=r: unhealthy(r), 10, f"{r.instance_id} answering 503 on /health")
+        assert body["checks"]["redis"].startswith("unreachable")
+        assert body["checks"]["database"] == "ok"
+    wait_for(lambda: not leader.is_leader(), 10, "the leader stepping down without Redis")
+    own_redis.start()
+    the_leader(replicas, timeout_s=20)
