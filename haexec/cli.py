@@ -57,16 +57,19 @@ def _env_with(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from haexec import settings as settings_mod
+    from haexec.alerts import AlertSink
     from haexec.replica import Replica, StartupError, resolve_urls
 
-    cfg = settings_mod.load(_env_with(args))
+    env = _env_with(args)
+    cfg = settings_mod.load(env)
+    alerts = AlertSink.from_env(env, cfg.election.cluster, cfg.election.instance_id)
     _setup_logging(os.environ.get("HAEXEC_LOG_LEVEL", "INFO"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         redis_url, database_url = resolve_urls(cfg)
-        replica = Replica(cfg, redis_url, database_url)
+        replica = Replica(cfg, redis_url, database_url, alerts)
         replica.start()
     except StartupError as e:
         print(f"haexec run: {e}", file=sys.stderr)
@@ -150,15 +153,9 @@ def cmd_leader(args: argparse.Namespace) -> int:
     leader = view.leader
     http = None
     if leader:
-        http = next(
-            (r.get("http") for r in view.replicas if r.get("instance_id") == leader["instance_id"]), None
-        )
+        http = next((r.get("http") for r in view.replicas if r.get("instance_id") == leader["instance_id"]), None)
     if args.json:
-        print(
-            json.dumps(
-                {"leader": leader, "http": http, "split_brain": view.split_brain, "errors": view.errors}
-            )
-        )
+        print(json.dumps({"leader": leader, "http": http, "split_brain": view.split_brain, "errors": view.errors}))
     elif leader:
         print(f"{leader['instance_id']} epoch {leader['epoch']} http {http or '-'}")
     else:
@@ -238,9 +235,7 @@ def _positive(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", help="cluster name (HAEXEC_CLUSTER)")
-    common.add_argument(
-        "--state-dir", help="embedded servers' directory (HAEXEC_STATE_DIR, default ./.haexec)"
-    )
+    common.add_argument("--state-dir", help="embedded servers' directory (HAEXEC_STATE_DIR, default ./.haexec)")
     common.add_argument("--redis-url", help="HAEXEC_REDIS_URL")
     common.add_argument("--database-url", help="HAEXEC_DATABASE_URL")
 
@@ -278,13 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub.add_parser("current", parents=[common])
     dbsub.add_parser("history", parents=[common])
     db.set_defaults(func=cmd_db)
+
+    from haexec import cli_engine
+
+    cli_engine.add_commands(sub, common)
     return parser
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from haexec.cli_engine import EngineCommandError
+
+    try:
+        return args.engine_func(args, _env_with(args))
+    except EngineCommandError as e:
+        raise CommandError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Callable[[argparse.Namespace], int] = cmd_engine if hasattr(args, "engine_func") else args.func
     try:
         return func(args)
     except ConfigError as e:

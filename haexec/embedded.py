@@ -354,8 +354,7 @@ class RedisServer:
         if not ready:
             self.kill()
             raise EmbeddedError(
-                f"redis-server did not answer on {HOST}:{self.port} within {timeout_s:g}s; "
-                f"{_log_hint(self.log_path)}"
+                f"redis-server did not answer on {HOST}:{self.port} within {timeout_s:g}s; {_log_hint(self.log_path)}"
             )
         log.info("redis-server pid %d listening on %s", proc.pid, self.url)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+import json
+import re
 import socket
 import threading
+from decimal import Decimal
 from typing import Protocol
 
+import psycopg
+import psycopg_pool
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,13 +22,45 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from coordinator.service import Coordinator
+from engine import intake, store
+from engine.signal import SignalValidationError
+
+MAX_BODY_BYTES = 64 * 1024
+FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
 
 
 class ReplicaState(Protocol):
     coordinator: Coordinator
+    engine_pool: ConnectionPool
+    api_token: str | None
 
     @property
     def ready(self) -> bool: ...
+
+    def health_extra(self) -> dict[str, str]: ...
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it exceeds the limit (checked while streaming, not trusted from headers)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def build_app(replica: ReplicaState) -> Starlette:
@@ -29,6 +68,7 @@ def build_app(replica: ReplicaState) -> Starlette:
 
     async def health(_: Request) -> Response:
         parts = await run_in_threadpool(coord.probe)
+        parts.update(replica.health_extra())
         ok = all(v == "ok" for v in parts.values())
         body = {"status": "ok" if ok else "degraded", "checks": parts, "role": coord.elector.role.value}
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -62,6 +102,40 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def post_signal(request: Request) -> Response:
+        if not _authorized(request, replica.api_token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        raw = await _read_body(request)
+        if raw is None:
+            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        try:
+            body = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+        cfg = coord.cfg
+        try:
+            accepted = await run_in_threadpool(intake.submit, replica.engine_pool, cfg.cluster, cfg.instance_id, body)
+        except SignalValidationError as e:
+            return JSONResponse({"error": "invalid signal", "errors": e.errors}, status_code=422)
+        except DB_ERRORS:
+            return JSONResponse({"error": "database unavailable; nothing was stored"}, status_code=503)
+        answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
+        if accepted.conflict:
+            return JSONResponse({**answer, "error": "signal_id reused with a different trade intent"}, status_code=409)
+        return JSONResponse(answer, status_code=200 if accepted.duplicate else 202)
+
+    async def get_signal(request: Request) -> Response:
+        fp = request.path_params["fingerprint"]
+        if not FINGERPRINT.match(fp):
+            return JSONResponse({"error": "not a fingerprint (64 lowercase hex digits)"}, status_code=404)
+        try:
+            found = await run_in_threadpool(_show, replica.engine_pool, coord.cfg.cluster, fp)
+        except DB_ERRORS:
+            return JSONResponse({"error": "database unavailable"}, status_code=503)
+        if found is None:
+            return JSONResponse({"error": "no such signal"}, status_code=404)
+        return JSONResponse(found)
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -69,8 +143,19 @@ def build_app(replica: ReplicaState) -> Starlette:
             Route("/leader", leader),
             Route("/coordinator/leader", coordinator_leader),
             Route("/metrics", metrics),
+            Route("/signals", post_signal, methods=["POST"]),
+            Route("/signals/{fingerprint}", get_signal),
         ]
     )
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _show(pool: ConnectionPool, cluster: str, fp: str) -> dict | None:
+    with pool.connection() as conn:
+        return store.show(conn, cluster, fp)
 
 
 class HttpServer:
@@ -87,9 +172,7 @@ class HttpServer:
             raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.port = self._sock.getsockname()[1]
         self._server = uvicorn.Server(
-            uvicorn.Config(
-                app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
-            )
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
         )
         self._thread = threading.Thread(target=self._serve, name="haexec-http", daemon=True)
 

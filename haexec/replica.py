@@ -12,13 +12,21 @@ from typing import Any
 import psycopg_pool
 import redis
 from filelock import FileLock, Timeout
+from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from coordinator.elector import first_line
 from coordinator.lease import redis_client
 from coordinator.service import Coordinator
 from db import migrate
+from db.session import SessionLimits, make_pool
 from db.urls import redact
+from engine.breaker import BreakerState, CircuitBreaker
+from engine.brokers.base import Broker, BrokerError, BrokerUnavailable
+from engine.brokers.paper import PaperBroker
+from engine.executor import Executor, ExecutorConfig
+from engine.reconcile import reconcile
+from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
 from haexec.settings import Settings
 
@@ -64,18 +72,100 @@ def _retrying(timeout_s: float, *errors: type[BaseException]) -> Retrying:
     )
 
 
+def build_broker(settings: Settings, pool: ConnectionPool) -> Broker:
+    engine = settings.engine
+    if engine.broker == "paper":
+        return PaperBroker(pool, settings.election.cluster, settings.election.instance_id, engine.paper_balance)
+    from engine.brokers.mt5 import MT5Broker  # only when selected: it needs the Windows-only package
+
+    return MT5Broker(
+        login=engine.mt5_login,
+        password=engine.mt5_password,
+        server=engine.mt5_server,
+        path=engine.mt5_path,
+        magic=engine.mt5_magic,
+        deadline_ms=engine.broker_deadline_ms,
+    )
+
+
 class Replica:
-    def __init__(self, settings: Settings, redis_url: str, database_url: str) -> None:
+    def __init__(self, settings: Settings, redis_url: str, database_url: str, alerts: Alerts | None = None) -> None:
         self.settings = settings
+        self.alerts: Alerts = alerts or NullSink()
+        self.api_token = settings.api_token
         self._redis_url = redis_url
         self._database_url = database_url
         self._ready = False
-        self.coordinator = Coordinator(settings.election, redis_url, database_url, describe=self._describe)
+        election = settings.election
+        self.coordinator = Coordinator(
+            election,
+            redis_url,
+            database_url,
+            describe=self._describe,
+            on_started_leading=self._started_leading,
+            on_stopped_leading=self._stopped_leading,
+        )
+        limits = SessionLimits(election.db_timeout_ms, application_name=f"haexec-engine-{election.instance_id}")
+        self.engine_pool = make_pool(database_url, limits, name="haexec-engine", min_size=1, max_size=10)
+        self.broker = build_broker(settings, self.engine_pool)
+        engine = settings.engine
+        self.breaker = CircuitBreaker(
+            failure_threshold=3,
+            slow_call_ms=engine.broker_deadline_ms,
+            reset_timeout_ms=max(1000, election.lease_ms),
+            broker=engine.broker,
+            on_change=on_breaker_change(self.alerts, engine.broker),
+        )
+        self.executor = Executor(
+            ExecutorConfig(
+                cluster=election.cluster,
+                instance_id=election.instance_id,
+                broker_deadline_ms=engine.broker_deadline_ms,
+                drift_margin_ms=election.drift_margin_ms,
+                sweep_ms=engine.sweep_ms,
+                in_doubt_policy=engine.in_doubt,
+                in_doubt_grace_ms=engine.in_doubt_grace_ms,
+            ),
+            self.coordinator,
+            self.engine_pool,
+            database_url,
+            self.broker,
+            self.breaker,
+            engine.risk,
+            reconcile=self._reconcile,
+            alert=self.alerts.emit,
+        )
         self.http: HttpServer | None = None
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def health_extra(self) -> dict[str, str]:
+        return {
+            "executor": "ok" if self.executor.alive else "stopped",
+            "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
+        }
+
+    def _started_leading(self, epoch: int) -> None:
+        self.executor.on_started_leading(epoch)
+        self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
+
+    def _stopped_leading(self, epoch: int, reason: str) -> None:
+        self.executor.on_stopped_leading(epoch, reason)
+        kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
+        severity = WARNING if reason.startswith("released") else CRITICAL
+        self.alerts.emit(kind, severity, f"stepped down: {reason}", epoch=epoch, event=reason)
+
+    def _reconcile(self, epoch: int) -> None:
+        reconcile(
+            self.engine_pool,
+            self.broker,
+            self.settings.election.cluster,
+            self.settings.election.instance_id,
+            epoch,
+            timeout_ms=10_000,
+        )
 
     def _describe(self) -> dict[str, Any]:
         http = f"{self.settings.http_host}:{self.http.port}" if self.http else None
@@ -89,9 +179,7 @@ class Replica:
                 with attempt:
                     probe.ping()
         except redis.RedisError as e:
-            raise StartupError(
-                f"redis at {redact(self._redis_url)} unreachable after {timeout:g}s: {e}"
-            ) from None
+            raise StartupError(f"redis at {redact(self._redis_url)} unreachable after {timeout:g}s: {e}") from None
         finally:
             probe.close()
         try:
@@ -105,18 +193,27 @@ class Replica:
         head = migrate.head_revision()
         if current != head:
             raise StartupError(
-                f"database schema is at {current or 'base'}, this release needs {head}: "
-                "run `haexec db upgrade`"
+                f"database schema is at {current or 'base'}, this release needs {head}: run `haexec db upgrade`"
             )
         try:
             self.coordinator.open(timeout)
+            self.engine_pool.open(wait=True, timeout=timeout)
         except psycopg_pool.PoolTimeout as e:
             raise StartupError(f"database pool could not connect: {first_line(e)}") from None
+        try:
+            for attempt in _retrying(timeout, BrokerError):
+                with attempt:
+                    self.broker.connect()
+        except BrokerUnavailable as e:
+            raise StartupError(f"broker {self.settings.engine.broker}: {e}") from None
+        except BrokerError as e:
+            raise StartupError(f"broker {self.settings.engine.broker} unavailable after {timeout:g}s: {e}") from None
         try:
             self.http = HttpServer(build_app(self), self.settings.http_host, self.settings.http_port)
         except OSError as e:
             raise StartupError(str(e)) from None
         self.coordinator.start()
+        self.executor.start()
         self.http.start()
         self._ready = True
         log.info(
@@ -128,7 +225,12 @@ class Replica:
         )
 
     def stop(self, reason: str = "released:sigterm") -> None:
+        """Stop claiming, let an in-flight broker call finish and be recorded, then release."""
         self._ready = False
+        self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.coordinator.stop(reason)
+        self.alerts.stop(2.0)  # after the release, so its alert still goes out
+        self.broker.close()
+        self.engine_pool.close(timeout=1.0)
         if self.http:
             self.http.stop()

@@ -8,10 +8,12 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from coordinator.config import ConfigError, ElectionConfig
 from db.urls import is_postgres_url
+from engine.risk import RiskLimits
 
 # Election field -> the environment variable that sets it.
 TIMER_ENV = {
@@ -39,6 +41,7 @@ class Settings:
     broker: str
     state_dir: Path
     startup_timeout_s: float
+    engine: EngineSettings
 
     @property
     def embedded(self) -> bool:
@@ -56,6 +59,11 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ConfigError(name, f"must be an integer (got {raw!r})") from None
+
+
+def _int_or(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name)
+    return default if value is None else value
 
 
 def parse_http(value: str, setting: str = "HAEXEC_HTTP") -> tuple[str, int]:
@@ -110,8 +118,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     broker = env.get("HAEXEC_BROKER") or "paper"
     if broker not in BROKERS:
         raise ConfigError("HAEXEC_BROKER", f"must be one of {', '.join(BROKERS)} (got {broker!r})")
-    startup = _int(env, "HAEXEC_STARTUP_TIMEOUT_S")
-    if startup is not None and startup <= 0:
+    startup = _int_or(env, "HAEXEC_STARTUP_TIMEOUT_S", 30)
+    if startup <= 0:
         raise ConfigError("HAEXEC_STARTUP_TIMEOUT_S", f"must be positive (got {startup})")
     return Settings(
         election=election,
@@ -122,5 +130,71 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         api_token=token,
         broker=broker,
         state_dir=Path(env.get("HAEXEC_STATE_DIR") or ".haexec"),
-        startup_timeout_s=float(startup or 30),
+        startup_timeout_s=float(startup),
+        engine=engine_settings(env, election, broker),
+    )
+
+
+IN_DOUBT_POLICIES = ("hold", "reexecute")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    broker: str
+    broker_deadline_ms: int
+    in_doubt: str
+    in_doubt_grace_ms: int
+    sweep_ms: int
+    paper_balance: Decimal
+    risk: RiskLimits
+    mt5_login: int | None
+    mt5_password: str | None
+    mt5_server: str | None
+    mt5_path: str | None
+    mt5_magic: int
+
+    def __repr__(self) -> str:  # never print the MT5 password
+        return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
+
+
+def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: str) -> EngineSettings:
+    default_deadline = election.db_timeout_ms if broker == "paper" else election.lease_ms // 2
+    deadline = _int_or(env, "HAEXEC_BROKER_DEADLINE_MS", default_deadline)
+    if deadline <= 0 or deadline + election.drift_margin_ms >= election.trusted_ms:
+        raise ConfigError(
+            "HAEXEC_BROKER_DEADLINE_MS",
+            f"must be positive and leave a lease to send under: deadline + drift_margin < lease - drift_margin "
+            f"({deadline} + {election.drift_margin_ms} >= {election.trusted_ms})",
+        )
+    policy = env.get("HAEXEC_IN_DOUBT") or "hold"
+    if policy not in IN_DOUBT_POLICIES:
+        raise ConfigError("HAEXEC_IN_DOUBT", f"must be one of {', '.join(IN_DOUBT_POLICIES)} (got {policy!r})")
+    grace = _int_or(env, "HAEXEC_IN_DOUBT_GRACE_MS", 2 * deadline)
+    if grace <= deadline:
+        raise ConfigError(
+            "HAEXEC_IN_DOUBT_GRACE_MS", f"must be longer than the broker deadline ({grace} <= {deadline})"
+        )
+    sweep = _int_or(env, "HAEXEC_SWEEP_MS", 1000)
+    if sweep <= 0:
+        raise ConfigError("HAEXEC_SWEEP_MS", f"must be positive (got {sweep})")
+    raw_balance = env.get("HAEXEC_PAPER_BALANCE") or "100000"
+    try:
+        balance = Decimal(raw_balance)
+    except InvalidOperation:
+        raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be a decimal number (got {raw_balance!r})") from None
+    if not balance.is_finite() or balance <= 0:
+        raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be positive (got {raw_balance!r})")
+    return EngineSettings(
+        broker=broker,
+        broker_deadline_ms=deadline,
+        in_doubt=policy,
+        in_doubt_grace_ms=grace,
+        sweep_ms=sweep,
+        paper_balance=balance,
+        risk=RiskLimits.from_env(env),
+        mt5_login=_int(env, "HAEXEC_MT5_LOGIN"),
+        mt5_password=env.get("HAEXEC_MT5_PASSWORD") or None,
+        mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
+        mt5_path=env.get("HAEXEC_MT5_PATH") or None,
+        mt5_magic=_int_or(env, "HAEXEC_MT5_MAGIC", 770077),
     )

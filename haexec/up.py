@@ -71,9 +71,7 @@ def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
         alive = c.proc is not None and c.proc.poll() is None
         pid = str(c.proc.pid) if alive and c.proc else "-"
         role = reg.get("role", "starting" if alive else f"exit {c.last_exit}")
-        lines.append(
-            f"{c.instance_id:<14}{pid:>8}  {role:<9}{str(reg.get('healthy', '-')):<9}{c.http:<18}{c.restarts}"
-        )
+        lines.append(f"{c.instance_id:<14}{pid:>8}  {role:<9}{str(reg.get('healthy', '-')):<9}{c.http:<18}{c.restarts}")
     for err in view.errors if view else []:
         lines.append(f"error: {err}")
     text = "\n".join(lines)
@@ -124,9 +122,7 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
                     c.last_exit = c.proc.returncode
                     c.proc = None
                     # A replica that keeps dying right away backs off; one that ran a while restarts at once.
-                    c.backoff_s = (
-                        0.5 if now - c.started_at > 30 else min(c.backoff_s * 2, RESTART_BACKOFF_MAX_S)
-                    )
+                    c.backoff_s = 0.5 if now - c.started_at > 30 else min(c.backoff_s * 2, RESTART_BACKOFF_MAX_S)
                     c.next_start = now + c.backoff_s
                     print(
                         f"{c.instance_id} exited with {c.last_exit}; restarting in {c.backoff_s:.1f}s",

@@ -93,9 +93,7 @@ class ReplicaProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_replica(
-    env: dict[str, str], instance_id: str, log_dir: Path, port: int | None = None
-) -> ReplicaProcess:
+def start_replica(env: dict[str, str], instance_id: str, log_dir: Path, port: int | None = None) -> ReplicaProcess:
     port = port or free_port()
     child_env = {**os.environ, **env, "HAEXEC_INSTANCE_ID": instance_id, "HAEXEC_HTTP": f"127.0.0.1:{port}"}
     log_path = log_dir / f"{instance_id}.log"
@@ -124,9 +122,7 @@ def stop_replica(r: ReplicaProcess, timeout_s: float = 10.0) -> None:
         r.proc.wait()
 
 
-def run_cli(
-    args: list[str], env: dict[str, str], timeout_s: float = 60.0
-) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "haexec.cli", *args],
         env={**os.environ, **env},

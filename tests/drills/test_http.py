@@ -54,7 +54,13 @@ def test_routes_of_leader_and_follower_and_health_naming_the_lost_part(
 
     for r in replicas:
         status, body = r.get("/health")
-        assert status == 200 and body["checks"] == {"redis": "ok", "database": "ok", "election_loop": "ok"}
+        assert status == 200 and body["checks"] == {
+            "redis": "ok",
+            "database": "ok",
+            "election_loop": "ok",
+            "executor": "ok",
+            "broker": "ok",
+        }
         assert r.get("/ready")[0] == 200
 
     status, text = leader.get("/metrics")

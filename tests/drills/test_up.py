@@ -90,8 +90,7 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
         def restarted() -> bool:
             s = status()
             return bool(s) and any(
-                r["instance_id"] == follower["instance_id"] and r["pid"] != follower["pid"]
-                for r in s["replicas"]
+                r["instance_id"] == follower["instance_id"] and r["pid"] != follower["pid"] for r in s["replicas"]
             )
 
         wait_for(restarted, 60, "the crashed replica restarted", interval_s=0.3)
@@ -102,9 +101,7 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
     assert up.returncode == 0, err
     assert "leader" in out
     for pid in pids:
-        wait_for(
-            lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, f"replica {pid} gone"
-        )
+        wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, f"replica {pid} gone")
     assert running_servers(state_dir) is None, "up left the embedded servers it started running"
 
 

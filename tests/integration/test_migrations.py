@@ -57,9 +57,7 @@ def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Pa
 def test_failed_backup_refuses_to_migrate(empty_db: str, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    result = run_cli(
-        ["db", "upgrade", "--backup-dir", str(blocker / "sub")], {"HAEXEC_DATABASE_URL": empty_db}
-    )
+    result = run_cli(["db", "upgrade", "--backup-dir", str(blocker / "sub")], {"HAEXEC_DATABASE_URL": empty_db})
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "backup" in result.stderr
     assert "Traceback" not in result.stderr
@@ -79,7 +77,6 @@ def test_replica_refuses_to_start_below_head(empty_db: str, redis_url: str) -> N
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"haexec run: database schema is at base, this release needs {migrate.head_revision()}: "
-        "run `haexec db upgrade`"
+        f"haexec run: database schema is at base, this release needs {migrate.head_revision()}: run `haexec db upgrade`"
     ]
     assert "Traceback" not in result.stderr

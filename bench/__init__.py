@@ -1,0 +1,1 @@
+"""Benchmarks run against real replica processes, Redis and PostgreSQL (`python -m bench.failover`)."""

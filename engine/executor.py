@@ -1,0 +1,455 @@
+"""The leader's executor: DESIGN.md's signal path, one signal at a time, on its own thread.
+
+Woken by LISTEN/NOTIFY (a dedicated connection, LISTENing before every sweep), by becoming
+leader, and by a sweep timer, so a lost notification delays a signal, never loses it. Every
+new action is fenced by the coordinator's epoch; every outcome is recorded, even after this
+replica lost leadership.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg_pool import ConnectionPool
+
+from coordinator.elector import NotLeader
+from coordinator.fencing import EpochSuperseded
+from coordinator.service import Coordinator
+from engine import metrics, store
+from engine.breaker import CircuitBreaker
+from engine.brokers.base import Broker, BrokerError, OrderRequest, OrderResult, Outcome
+from engine.model import SignalStatus
+from engine.risk import RiskLimits, RiskRejected, SymbolSpec, size_order
+from engine.signal import intent_from_payload
+
+log = logging.getLogger("haexec.engine")
+
+Alert = Callable[..., None]
+DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    cluster: str
+    instance_id: str
+    broker_deadline_ms: int
+    drift_margin_ms: int
+    sweep_ms: int = 1000
+    batch: int = 64
+    in_doubt_policy: str = "hold"  # or "reexecute"; only for venues that cannot fence
+    in_doubt_grace_ms: int = 0  # 0: twice the broker deadline
+    reconcile_timeout_ms: int = 10_000
+
+    @property
+    def grace_ms(self) -> int:
+        return self.in_doubt_grace_ms or 2 * self.broker_deadline_ms
+
+
+def read_halted(conn: psycopg.Connection, cluster: str) -> bool:
+    row = conn.execute("SELECT halted FROM controls WHERE cluster = %s", (cluster,)).fetchone()
+    return bool(row and row[0])
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: ExecutorConfig,
+        coordinator: Coordinator,
+        pool: ConnectionPool,
+        database_url: str,
+        broker: Broker,
+        breaker: CircuitBreaker,
+        risk_limits: RiskLimits,
+        spec_for: Callable[[str], SymbolSpec] = lambda _symbol: SymbolSpec(),
+        alert: Alert | None = None,
+        reconcile: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._coord = coordinator
+        self._pool = pool
+        self._database_url = database_url
+        self._broker = broker
+        self._breaker = breaker
+        self._limits = risk_limits
+        self._spec_for = spec_for
+        self._alert = alert or (lambda *a, **k: None)
+        self._reconcile = reconcile
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._prepared_epoch: int | None = None
+        self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
+        self.last_loop_ms: float | None = None
+
+    # ---- lifecycle (leadership callbacks only wake; the work is on this thread) ----
+
+    def start(self) -> None:
+        self._listener.start()
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop claiming; an in-flight broker call finishes (up to its deadline) and is recorded."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def on_started_leading(self, epoch: int) -> None:
+        self._wake.set()
+
+    def on_stopped_leading(self, epoch: int, reason: str) -> None:
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- wake-ups ----
+
+    def _listen(self) -> None:
+        """LISTEN on a dedicated connection; every (re)connect also triggers a sweep."""
+        from db.session import SessionLimits, connect
+
+        while not self._stop.is_set():
+            try:
+                conn = connect(self._database_url, SessionLimits(5000, f"haexec-listen-{self.cfg.instance_id}"))
+            except psycopg.Error:
+                self._stop.wait(1.0)
+                continue
+            try:
+                conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+                self._wake.set()  # anything that arrived while not listening
+                while not self._stop.is_set():
+                    for note in conn.notifies(timeout=1.0):
+                        if note.payload == self.cfg.cluster:
+                            self._wake.set()
+            except psycopg.Error as e:
+                log.warning("signal listener lost its connection: %s", str(e).strip().splitlines()[0] if str(e) else e)
+            finally:
+                conn.close()
+
+    # ---- the loop ----
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.sweep_ms / 1000.0)
+            self._wake.clear()
+            self.last_loop_ms = time.monotonic() * 1000
+            if self._stop.is_set():
+                break
+            try:
+                fence = self._coord.fence()
+            except NotLeader:
+                self._prepared_epoch = None
+                continue
+            try:
+                if fence.epoch != self._prepared_epoch:
+                    self._take_office(fence.epoch)
+                    self._prepared_epoch = fence.epoch
+                self._expire(fence.epoch)
+                self._resolve_unsettled(fence.epoch)
+                self._drain(fence.epoch)
+            except NotLeader:
+                continue
+            except EpochSuperseded as e:
+                log.warning("executor stopped: %s", e)
+            except DB_ERRORS as e:
+                log.warning("executor: database: %s", str(e).strip().splitlines()[0] if str(e) else e)
+            except Exception:
+                log.exception("executor: unexpected error; retrying at the next sweep")
+
+    def _take_office(self, epoch: int) -> None:
+        """Before the first claim under a new epoch: reconcile with the broker (bounded)."""
+        if self._reconcile is not None:
+            try:
+                self._reconcile(epoch)
+            except Exception as e:  # a failed reconciliation is reported, never blocks trading forever
+                log.error("reconciliation at epoch %d failed: %s", epoch, e)
+
+    def _expire(self, epoch: int) -> None:
+        with self._pool.connection() as conn, self._coord.fenced(conn) as (cur, fence):
+            expired = store.expire_due(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch)
+        for fp in expired:
+            metrics.SIGNALS.labels("expired").inc()
+            log.error("signal %s expired before execution", fp)
+            self._alert("signal_expired", "error", f"signal {fp} expired before execution", fingerprint=fp)
+
+    def _drain(self, epoch: int) -> None:
+        while not self._stop.is_set():
+            if not self._breaker.allow():
+                return  # signals wait while the broker's circuit is open; they are not failed
+            with self._pool.connection() as conn:
+                ids = store.received_ids(conn, self.cfg.cluster, self.cfg.batch)
+                if not ids:
+                    return
+                halted = read_halted(conn, self.cfg.cluster)
+                with self._coord.fenced(conn) as (cur, fence):
+                    claimed = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, ids)
+            if not claimed:
+                return
+            account = None
+            open_positions = 0
+            for i, c in enumerate(claimed):
+                if self._stop.is_set() or not self._breaker.allow():
+                    self._requeue_all(claimed[i:], fence.epoch, "executor stopping or circuit open")
+                    return
+                if account is None and not halted:
+                    try:
+                        account = self._broker.account()
+                        open_positions = self._open_positions()
+                    except BrokerError as e:
+                        # Nothing was sent: give the whole rest of the batch back, never leave it in doubt.
+                        self._breaker.record_failure("account")
+                        self._requeue_all(claimed[i:], fence.epoch, f"broker unavailable: {e}")
+                        return
+                opened = self._execute(c, fence.epoch, halted, account, open_positions)
+                open_positions += opened
+
+    def _open_positions(self) -> int:
+        counter = getattr(self._broker, "open_position_count", None)
+        return counter() if counter else len(self._broker.positions())
+
+    # ---- one signal ----
+
+    def _execute(self, c: store.Claimed, epoch: int, halted: bool, account: Any, open_positions: int) -> int:
+        """Returns the number of positions opened (0 or 1), to keep the batch's risk view current."""
+        if halted:
+            self._settle(c.id, epoch, SignalStatus.REJECTED, "rejected", error="halted: trading is halted")
+            return 0
+        intent = intent_from_payload(c.payload)
+        try:
+            sized = size_order(intent, account, open_positions, self._spec_for(intent.symbol), self._limits)
+        except RiskRejected as r:
+            self._settle(c.id, epoch, SignalStatus.REJECTED, "rejected", error=f"risk {r.rule}: {r.detail}")
+            return 0
+        req = OrderRequest(
+            tag=c.tag,
+            symbol=intent.symbol,
+            side=intent.side,
+            type=intent.type,
+            volume=sized.volume,
+            price=intent.price,
+            sl=intent.sl,
+            tp=intent.tp,
+            epoch=epoch,
+        )
+        return self._send(c.id, req, sized.volume)
+
+    def _execute_alone(self, c: store.Claimed, epoch: int) -> None:
+        with self._pool.connection() as conn:
+            halted = read_halted(conn, self.cfg.cluster)
+        try:
+            account = None if halted else self._broker.account()
+            open_positions = 0 if halted else self._open_positions()
+        except BrokerError as e:
+            self._breaker.record_failure("account")
+            self._requeue(c.id, epoch, f"broker unavailable: {e}")
+            return
+        self._execute(c, epoch, halted, account, open_positions)
+
+    def _lease_allows_send(self, epoch: int) -> bool:
+        """Send only while the lease outlives the broker call: wait for a renewal if it is
+        short right now (never longer than one renew interval), else give the claim back."""
+        need = self.cfg.broker_deadline_ms + self.cfg.drift_margin_ms
+        deadline = time.monotonic() + self._coord.cfg.renew_ms / 1000.0
+        while True:
+            try:
+                fence = self._coord.fence()
+            except NotLeader:
+                return False
+            if fence.epoch != epoch:
+                return False
+            if fence.remaining_ms >= need:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    def _send(self, signal: int, req: OrderRequest, volume: Decimal) -> int:
+        if not self._lease_allows_send(req.epoch):
+            self._requeue(signal, req.epoch, "lease too short to send; given back")
+            return 0
+        recorded: list[float | None] = []
+
+        def within(cur: psycopg.Cursor, result: OrderResult) -> None:
+            recorded.append(self._record(cur, signal, req.epoch, result, volume))
+
+        started = time.monotonic()
+        try:
+            if self._broker.records_in_transaction:
+                result = self._broker.send(req, within)
+            else:
+                result = self._broker.send(req)
+        except EpochSuperseded as e:
+            # The venue refused a deposed leader: nothing was booked. The fact is kept; the
+            # signal stays with its attempt for the new leader, which re-executes it.
+            self._fact(signal, req.epoch, "fenced", str(e))
+            log.warning("order for signal %d refused by the venue: %s", signal, e)
+            return 0
+        except BrokerError as e:
+            self._breaker.record_failure()
+            self._requeue(signal, req.epoch, f"broker unavailable: {e}")
+            return 0
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if result.outcome is Outcome.UNKNOWN:
+            self._breaker.record_failure()
+        else:
+            self._breaker.record_success(elapsed_ms)
+        if not recorded:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                recorded.append(self._record(cur, signal, req.epoch, result, volume))
+        return 1 if result.outcome is Outcome.DONE and req.type.value == "market" else 0
+
+    def _record(
+        self, cur: psycopg.Cursor, signal: int, epoch: int, result: OrderResult, volume: Decimal
+    ) -> float | None:
+        status = {
+            Outcome.DONE: SignalStatus.EXECUTED,
+            Outcome.REJECTED: SignalStatus.REJECTED,
+            Outcome.UNKNOWN: SignalStatus.IN_DOUBT,
+        }[result.outcome]
+        latency = store.record_outcome(
+            cur,
+            signal,
+            epoch,
+            self.cfg.instance_id,
+            status,
+            result.outcome.value,
+            ref=result.ref,
+            volume=volume if result.outcome is Outcome.DONE else None,
+            price=result.price,
+            error=None if result.outcome is Outcome.DONE else (result.detail or result.outcome.value),
+        )
+        self._count(status, latency)
+        if status is SignalStatus.IN_DOUBT:
+            log.critical("signal %d in doubt after the broker call: %s", signal, result.detail)
+            self._alert("signal_in_doubt", "critical", f"signal {signal} in doubt: {result.detail}", signal=signal)
+            metrics.IN_DOUBT.inc()
+        return latency
+
+    def _count(self, status: SignalStatus, latency: float | None) -> None:
+        if latency is None:
+            return  # a newer attempt or an operator settled it; the fact is in executions
+        metrics.SIGNALS.labels(status.value).inc()
+        metrics.SIGNAL_LATENCY.observe(latency)
+
+    def _settle(self, signal: int, epoch: int, status: SignalStatus, outcome: str, error: str) -> None:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            latency = store.record_outcome(cur, signal, epoch, self.cfg.instance_id, status, outcome, error=error)
+        self._count(status, latency)
+        if status is SignalStatus.REJECTED:
+            log.warning("signal %d rejected: %s", signal, error)
+
+    def _fact(self, signal: int, epoch: int, outcome: str, detail: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(store.EXECUTION_SQL, (signal, epoch, self.cfg.instance_id, outcome, None, detail))
+
+    def _requeue(self, signal: int, epoch: int, reason: str) -> None:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            store.requeue(cur, signal, epoch, self.cfg.instance_id, reason)
+        self._wake.set()
+
+    def _requeue_all(self, claimed: list[store.Claimed], epoch: int, reason: str) -> None:
+        for c in claimed:
+            self._requeue(c.id, epoch, reason)
+
+    # ---- in doubt ----
+
+    def _resolve_unsettled(self, epoch: int) -> None:
+        with self._pool.connection() as conn:
+            pending = store.unsettled(conn, self.cfg.cluster, epoch)
+        held = 0
+        for u in pending:
+            if self._stop.is_set():
+                return
+            held += self._resolve(u, epoch)
+        metrics.IN_DOUBT.set(held)
+
+    def _resolve(self, u: store.Unsettled, epoch: int) -> int:
+        """Settle one attempt an earlier epoch left (or a held one). Returns 1 if still held."""
+        venue = self._broker
+        if u.status == SignalStatus.EXECUTING and not venue.fencing_aware and u.attempt_age_ms < self.cfg.grace_ms:
+            return 0  # a paused ex-leader may still send: wait out the grace before searching
+        found = venue.find_by_tag(u.tag)
+        if found:
+            first, *dupes = sorted(found, key=lambda o: (o.at is None, o.at, o.ticket))
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                done = store.settle_held(
+                    cur,
+                    u.id,
+                    u.status,
+                    u.epoch,
+                    SignalStatus.EXECUTED,
+                    self.cfg.instance_id,
+                    None,
+                    f"found at the broker as ticket {first.ticket}",
+                    ref=first.ticket,
+                )
+            if done:
+                metrics.SIGNALS.labels("executed").inc()
+                log.warning("signal %s settled from the broker: ticket %s", u.fingerprint, first.ticket)
+            for d in dupes:
+                self._duplicate(u, d.ticket, first.ticket, epoch)
+            return 0
+        if u.status == SignalStatus.IN_DOUBT:
+            return 1  # held until its tag turns up or an operator settles it
+        if venue.fencing_aware or self.cfg.in_doubt_policy == "reexecute":
+            with self._pool.connection() as conn, self._coord.fenced(conn) as (cur, fence):
+                taken = store.take_over(
+                    cur,
+                    u.id,
+                    u.status,
+                    u.epoch,
+                    fence.epoch,
+                    self.cfg.instance_id,
+                    "re-executing: tag absent",
+                )
+            if taken:
+                self._execute_alone(store.Claimed(u.id, u.fingerprint, u.tag, u.payload), epoch)
+            return 0
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            held = store.settle_held(
+                cur,
+                u.id,
+                u.status,
+                u.epoch,
+                SignalStatus.IN_DOUBT,
+                self.cfg.instance_id,
+                None,
+                "tag absent at the broker after the grace period; held (HAEXEC_IN_DOUBT=hold)",
+            )
+        if held:
+            metrics.SIGNALS.labels("in_doubt").inc()
+            log.critical("signal %s held in doubt: its tag is absent at the broker", u.fingerprint)
+            self._alert(
+                "signal_in_doubt",
+                "critical",
+                f"signal {u.fingerprint} held in doubt",
+                fingerprint=u.fingerprint,
+            )
+        return 1
+
+    def _duplicate(self, u: store.Unsettled, ticket: str, kept: str, epoch: int) -> None:
+        metrics.DUPLICATES.inc()
+        result = self._broker.close_position(ticket, epoch if self._broker.fencing_aware else None)
+        log.critical(
+            "DUPLICATE order for signal %s: ticket %s (kept %s); compensating close: %s",
+            u.fingerprint,
+            ticket,
+            kept,
+            result.outcome.value,
+        )
+        self._alert(
+            "duplicate_order",
+            "critical",
+            f"signal {u.fingerprint} executed twice: tickets {kept} and {ticket}; closed {ticket}",
+            fingerprint=u.fingerprint,
+            tickets=[kept, ticket],
+        )

@@ -1,0 +1,14 @@
+"""Signal pipeline metrics (prometheus-client, default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SIGNALS = Counter("haexec_signals_total", "Signals by outcome", ["outcome"])
+SIGNAL_LATENCY = Histogram(
+    "haexec_signal_latency_seconds",
+    "Intake to outcome",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+IN_DOUBT = Gauge("haexec_in_doubt", "Signals currently in doubt (held for an operator)")
+DUPLICATES = Counter("haexec_duplicate_orders_total", "Orders found twice under one tag at the broker")

@@ -1,0 +1,230 @@
+"""`haexec signal|broker|halt|resume|reconcile`: the operator's side of the signal pipeline.
+They talk to PostgreSQL (and the broker) directly, so they work with no replica up."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+
+from psycopg_pool import ConnectionPool
+
+from db.session import SessionLimits, make_pool
+from engine import intake, store
+from engine.brokers.base import Broker
+from engine.model import SignalStatus
+from engine.signal import SignalValidationError
+from haexec import settings as settings_mod
+
+EXIT_FAILED = 1
+
+
+class EngineCommandError(Exception):
+    """One line, exit 1."""
+
+
+@contextmanager
+def _pool(args: argparse.Namespace, env: dict[str, str]) -> Iterator[tuple[ConnectionPool, settings_mod.Settings]]:
+    from haexec.cli import CommandError, _database_url
+
+    cfg = settings_mod.load(env)
+    try:
+        url = _database_url(args)
+    except CommandError as e:
+        raise EngineCommandError(str(e)) from None
+    pool = make_pool(url, SessionLimits(5000, "haexec-cli"), name="haexec-cli", max_size=2)
+    try:
+        pool.open(wait=True, timeout=10)
+    except Exception as e:
+        pool.close()
+        raise EngineCommandError(f"database unreachable: {str(e).strip().splitlines()[0]}") from None
+    try:
+        yield pool, cfg
+    finally:
+        pool.close(timeout=1)
+
+
+def _print(obj: object, as_json: bool, text: Callable[[], str]) -> None:
+    print(json.dumps(obj, default=str) if as_json else text())
+
+
+def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
+    with _pool(args, env) as (pool, cfg):
+        cluster = cfg.election.cluster
+        if args.signal_command == "submit":
+            raw = sys.stdin.read() if args.body == "-" else args.body
+            try:
+                body = json.loads(raw, parse_float=str)
+            except ValueError:
+                raise EngineCommandError("the signal is not valid JSON") from None
+            try:
+                accepted = intake.submit(pool, cluster, f"cli:{getpass.getuser()}", body)
+            except SignalValidationError as e:
+                raise EngineCommandError("; ".join(f"{k}: {v}" for k, v in e.errors.items())) from None
+            if accepted.conflict:
+                raise EngineCommandError(f"signal_id reused with a different trade intent ({accepted.fingerprint})")
+            answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
+            _print(
+                answer,
+                args.json,
+                lambda: f"{accepted.fingerprint} {accepted.status}" + (" (duplicate)" if accepted.duplicate else ""),
+            )
+            return 0
+        if args.signal_command == "list":
+            with pool.connection() as conn:
+                rows = store.list_signals(conn, cluster, args.status, args.limit)
+            _print(
+                rows,
+                args.json,
+                lambda: (
+                    "\n".join(
+                        f"{r['fingerprint'][:16]}  {r['status']:<10} epoch={r['epoch']} ref={r['broker_ref']} "
+                        f"{r['received_at']}"
+                        for r in rows
+                    )
+                    or "no signals"
+                ),
+            )
+            return 0
+        if args.signal_command == "show":
+            with pool.connection() as conn:
+                found = store.show(conn, cluster, args.fingerprint)
+            if found is None:
+                raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
+            _print(found, args.json, lambda: json.dumps(found, indent=2, default=str))
+            return 0
+        return _resolve(args, pool, cluster)
+
+
+def _resolve(args: argparse.Namespace, pool: ConnectionPool, cluster: str) -> int:
+    actor = args.actor or f"cli:{getpass.getuser()}"
+    with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        row = cur.execute(
+            "SELECT id, status, epoch FROM signals WHERE cluster = %s AND fingerprint = %s FOR UPDATE",
+            (cluster, args.fingerprint),
+        ).fetchone()
+        if row is None:
+            raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
+        signal, status, epoch = row
+        if status != SignalStatus.IN_DOUBT:
+            raise EngineCommandError(f"signal is {status}; only in_doubt signals can be resolved")
+        why = args.reason or "operator decision"
+        if args.executed:
+            target, detail, ref = (
+                SignalStatus.EXECUTED,
+                f"resolved as executed (ticket {args.executed}): {why}",
+                args.executed,
+            )
+        elif args.cancel:
+            target, detail, ref = SignalStatus.CANCELLED, f"cancelled: {why}", None
+        else:
+            target, detail, ref = SignalStatus.RECEIVED, f"re-execute requested: {why}", None
+        store.settle_held(cur, signal, status, epoch, target, actor, actor, detail, ref=ref)
+    print(f"{args.fingerprint} {target}")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace, env: dict[str, str]) -> int:
+    halted = args.command == "halt"
+    actor = f"cli:{getpass.getuser()}"
+    with _pool(args, env) as (pool, cfg), pool.connection() as conn:
+        conn.execute(
+            """
+            INSERT INTO controls (cluster, halted, reason, actor) VALUES (%s, %s, %s, %s)
+            ON CONFLICT (cluster) DO UPDATE SET halted = EXCLUDED.halted, reason = EXCLUDED.reason,
+                actor = EXCLUDED.actor, at = clock_timestamp()
+            """,
+            (cfg.election.cluster, halted, getattr(args, "reason", None), actor),
+        )
+    print(f"cluster {cfg.election.cluster}: {'halted' if halted else 'trading'}")
+    return 0
+
+
+def _broker(cfg: settings_mod.Settings, pool: ConnectionPool) -> Broker:
+    from haexec.replica import build_broker
+
+    broker = build_broker(cfg, pool)
+    broker.connect()
+    return broker
+
+
+def cmd_broker(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from engine.brokers.base import BrokerError
+
+    with _pool(args, env) as (pool, cfg):
+        try:
+            broker = _broker(cfg, pool)
+            orders = broker.orders()
+        except BrokerError as e:
+            raise EngineCommandError(f"broker {cfg.engine.broker}: {e}") from None
+        rows = [{**asdict(o), "side": o.side.value} for o in orders]
+        _print(
+            rows,
+            args.json,
+            lambda: (
+                "\n".join(
+                    f"{r['ticket']:>8} {r['tag'] or '-':<28} {r['symbol']:<10} {r['side']:<4} "
+                    f"{r['volume']} @ {r['price']} {r['state']} epoch={r['epoch']}"
+                    for r in rows
+                )
+                or "no orders"
+            ),
+        )
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from engine.brokers.base import BrokerError
+    from engine.reconcile import reconcile
+
+    with _pool(args, env) as (pool, cfg):
+        try:
+            broker = _broker(cfg, pool)
+            report = reconcile(pool, broker, cfg.election.cluster, f"cli:{getpass.getuser()}", None, 30_000)
+        except BrokerError as e:
+            raise EngineCommandError(f"broker {cfg.engine.broker}: {e}") from None
+        _print({**asdict(report), "ok": report.ok}, args.json, lambda: json.dumps(asdict(report), indent=2))
+    return 0 if report.ok else EXIT_FAILED
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    sig = sub.add_parser("signal", help="submit, list, show and resolve signals")
+    sigsub = sig.add_subparsers(dest="signal_command", required=True)
+    submit = sigsub.add_parser("submit", parents=[common], help="store a signal (JSON argument, or - for stdin)")
+    submit.add_argument("body")
+    submit.add_argument("--json", action="store_true")
+    lst = sigsub.add_parser("list", parents=[common])
+    lst.add_argument("--status", choices=[s.value for s in SignalStatus])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    show = sigsub.add_parser("show", parents=[common])
+    show.add_argument("fingerprint")
+    show.add_argument("--json", action="store_true")
+    res = sigsub.add_parser("resolve", parents=[common], help="settle a signal held in doubt")
+    res.add_argument("fingerprint")
+    how = res.add_mutually_exclusive_group(required=True)
+    how.add_argument("--executed", metavar="TICKET", help="it was executed: this is the broker's ticket")
+    how.add_argument("--reexecute", action="store_true", help="it was not executed: execute it now")
+    how.add_argument("--cancel", action="store_true", help="do not execute it")
+    res.add_argument("--reason", help="why (kept in the signal's history)")
+    res.add_argument("--actor", help="who (default cli:<user>)")
+    sig.set_defaults(engine_func=cmd_signal)
+
+    broker = sub.add_parser("broker", help="the configured broker")
+    brsub = broker.add_subparsers(dest="broker_command", required=True)
+    orders = brsub.add_parser("orders", parents=[common], help="orders at the broker with their tags")
+    orders.add_argument("--json", action="store_true")
+    broker.set_defaults(engine_func=cmd_broker)
+
+    halt = sub.add_parser("halt", parents=[common], help="kill switch: accept and store signals, execute none")
+    halt.add_argument("--reason")
+    halt.set_defaults(engine_func=cmd_control)
+    resume = sub.add_parser("resume", parents=[common], help="lift the kill switch")
+    resume.set_defaults(engine_func=cmd_control)
+    rec = sub.add_parser("reconcile", parents=[common], help="compare broker positions with the database")
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(engine_func=cmd_reconcile)

@@ -1,0 +1,967 @@
+"""A fake of the `MetaTrader5` Python package (Windows-only, so never installed here).
+
+Module-level functions and constants follow the documented API (names, argument names,
+the real numeric values, results as namedtuples with the documented field names; where a
+structure has dozens of fields -- `symbol_info` -- only the ones a trading client uses).
+Like the real module, everything goes through module-global state, and `last_error()` is
+module-global: it describes the most recent call.
+
+Behaviour worth knowing, copied from the real one:
+- every call before `initialize()` (or after `shutdown()`) returns None, last_error
+  (-10004, 'No IPC connection');
+- `order_send` returns None (last_error -2) when the comment is longer than 31 characters or
+  an argument has the wrong type: volume, price, sl, tp must be float (not Decimal);
+- `positions_get` / `orders_get` / `history_*_get` return a tuple (empty when nothing
+  matches) and cannot filter by comment.
+
+Test controls live on a `FakeTerminal`, reachable as `MetaTrader5._fake` and replaced by
+`MetaTrader5.reset()` (a fixture calls it between tests):
+- `script(*replies)`: the next `order_send` calls answer these retcodes (`None` = return
+  None; `Reply(retcode, execute=...)` to say whether the order really went through);
+- `hang("order_send")`: the next call of that function blocks until `release()`
+  (`entered` / `returned` events tell the test where it is);
+- `fail_next("positions_get", code, text)`: the next call returns None with that error;
+- `connected`, `trade_allowed`, `init_failures`, `comment_limit` (the "broker" truncates
+  stored comments to that many characters), `none_when_empty`, `now` (server time).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+import time
+from collections import Counter, deque, namedtuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__author__ = "haexec tests (fake)"
+__version__ = "5.0.45-fake"
+
+# -- constants (values as documented by MetaQuotes) -----------------------------------------
+
+TRADE_ACTION_DEAL = 1
+TRADE_ACTION_PENDING = 5
+TRADE_ACTION_SLTP = 6
+TRADE_ACTION_MODIFY = 7
+TRADE_ACTION_REMOVE = 8
+TRADE_ACTION_CLOSE_BY = 10
+
+ORDER_TYPE_BUY = 0
+ORDER_TYPE_SELL = 1
+ORDER_TYPE_BUY_LIMIT = 2
+ORDER_TYPE_SELL_LIMIT = 3
+ORDER_TYPE_BUY_STOP = 4
+ORDER_TYPE_SELL_STOP = 5
+ORDER_TYPE_BUY_STOP_LIMIT = 6
+ORDER_TYPE_SELL_STOP_LIMIT = 7
+ORDER_TYPE_CLOSE_BY = 8
+
+ORDER_FILLING_FOK = 0
+ORDER_FILLING_IOC = 1
+ORDER_FILLING_RETURN = 2
+ORDER_FILLING_BOC = 3
+
+ORDER_TIME_GTC = 0
+ORDER_TIME_DAY = 1
+ORDER_TIME_SPECIFIED = 2
+ORDER_TIME_SPECIFIED_DAY = 3
+
+ORDER_STATE_STARTED = 0
+ORDER_STATE_PLACED = 1
+ORDER_STATE_CANCELED = 2
+ORDER_STATE_PARTIAL = 3
+ORDER_STATE_FILLED = 4
+ORDER_STATE_REJECTED = 5
+ORDER_STATE_EXPIRED = 6
+
+POSITION_TYPE_BUY = 0
+POSITION_TYPE_SELL = 1
+
+DEAL_TYPE_BUY = 0
+DEAL_TYPE_SELL = 1
+DEAL_TYPE_BALANCE = 2
+DEAL_TYPE_CREDIT = 3
+DEAL_TYPE_CHARGE = 4
+DEAL_TYPE_CORRECTION = 5
+DEAL_TYPE_BONUS = 6
+DEAL_TYPE_COMMISSION = 7
+
+DEAL_ENTRY_IN = 0
+DEAL_ENTRY_OUT = 1
+DEAL_ENTRY_INOUT = 2
+DEAL_ENTRY_OUT_BY = 3
+
+SYMBOL_TRADE_MODE_DISABLED = 0
+SYMBOL_TRADE_MODE_FULL = 4
+# SymbolInfo.filling_mode is a bit mask: 1 = FOK allowed, 2 = IOC allowed. The Python package
+# does not export SYMBOL_FILLING_* names, so the fake does not either.
+_FILL_FOK_BIT = 1
+_FILL_IOC_BIT = 2
+
+TRADE_RETCODE_REQUOTE = 10004
+TRADE_RETCODE_REJECT = 10006
+TRADE_RETCODE_CANCEL = 10007
+TRADE_RETCODE_PLACED = 10008
+TRADE_RETCODE_DONE = 10009
+TRADE_RETCODE_DONE_PARTIAL = 10010
+TRADE_RETCODE_ERROR = 10011
+TRADE_RETCODE_TIMEOUT = 10012
+TRADE_RETCODE_INVALID = 10013
+TRADE_RETCODE_INVALID_VOLUME = 10014
+TRADE_RETCODE_INVALID_PRICE = 10015
+TRADE_RETCODE_INVALID_STOPS = 10016
+TRADE_RETCODE_TRADE_DISABLED = 10017
+TRADE_RETCODE_MARKET_CLOSED = 10018
+TRADE_RETCODE_NO_MONEY = 10019
+TRADE_RETCODE_PRICE_CHANGED = 10020
+TRADE_RETCODE_PRICE_OFF = 10021
+TRADE_RETCODE_INVALID_EXPIRATION = 10022
+TRADE_RETCODE_ORDER_CHANGED = 10023
+TRADE_RETCODE_TOO_MANY_REQUESTS = 10024
+TRADE_RETCODE_NO_CHANGES = 10025
+TRADE_RETCODE_SERVER_DISABLES_AT = 10026
+TRADE_RETCODE_CLIENT_DISABLES_AT = 10027
+TRADE_RETCODE_LOCKED = 10028
+TRADE_RETCODE_FROZEN = 10029
+TRADE_RETCODE_INVALID_FILL = 10030
+TRADE_RETCODE_CONNECTION = 10031
+TRADE_RETCODE_ONLY_REAL = 10032
+TRADE_RETCODE_LIMIT_ORDERS = 10033
+TRADE_RETCODE_LIMIT_VOLUME = 10034
+TRADE_RETCODE_INVALID_ORDER = 10035
+TRADE_RETCODE_POSITION_CLOSED = 10036
+TRADE_RETCODE_INVALID_CLOSE_VOLUME = 10038
+TRADE_RETCODE_CLOSE_ORDER_EXIST = 10039
+TRADE_RETCODE_LIMIT_POSITIONS = 10040
+TRADE_RETCODE_REJECT_CANCEL = 10041
+TRADE_RETCODE_LONG_ONLY = 10042
+TRADE_RETCODE_SHORT_ONLY = 10043
+TRADE_RETCODE_CLOSE_ONLY = 10044
+TRADE_RETCODE_FIFO_CLOSE = 10045
+TRADE_RETCODE_HEDGE_PROHIBITED = 10046
+
+# last_error() codes
+RES_S_OK = 1
+RES_E_FAIL = -1
+RES_E_INVALID_PARAMS = -2
+RES_E_NO_MEMORY = -3
+RES_E_NOT_FOUND = -4
+RES_E_INVALID_VERSION = -5
+RES_E_AUTH_FAILED = -6
+RES_E_UNSUPPORTED = -7
+RES_E_AUTO_TRADING_DISABLED = -8
+RES_E_INTERNAL_FAIL = -10000
+RES_E_INTERNAL_FAIL_SEND = -10001
+RES_E_INTERNAL_FAIL_RECEIVE = -10002
+RES_E_INTERNAL_FAIL_INIT = -10003
+RES_E_INTERNAL_FAIL_CONNECT = -10004
+RES_E_INTERNAL_FAIL_TIMEOUT = -10005
+
+# -- result structures (documented field names) ---------------------------------------------
+
+TradePosition = namedtuple(
+    "TradePosition",
+    "ticket time time_msc time_update time_update_msc type magic identifier reason volume "
+    "price_open sl tp price_current swap profit symbol comment external_id",
+)
+TradeOrder = namedtuple(
+    "TradeOrder",
+    "ticket time_setup time_setup_msc time_done time_done_msc time_expiration type type_time "
+    "type_filling state magic position_id position_by_id reason volume_initial volume_current "
+    "price_open sl tp price_current price_stoplimit symbol comment external_id",
+)
+TradeDeal = namedtuple(
+    "TradeDeal",
+    "ticket order time time_msc type entry magic position_id reason volume price commission "
+    "swap profit fee symbol comment external_id",
+)
+TradeRequest = namedtuple(
+    "TradeRequest",
+    "action magic order symbol volume price stoplimit sl tp deviation type type_filling "
+    "type_time expiration comment position position_by",
+)
+OrderSendResult = namedtuple(
+    "OrderSendResult",
+    "retcode deal order volume price bid ask comment request_id retcode_external request",
+)
+OrderCheckResult = namedtuple(
+    "OrderCheckResult",
+    "retcode balance equity profit margin margin_free margin_level comment request",
+)
+Tick = namedtuple("Tick", "time bid ask last volume time_msc flags volume_real")
+AccountInfo = namedtuple(
+    "AccountInfo",
+    "login trade_mode leverage limit_orders margin_so_mode trade_allowed trade_expert "
+    "margin_mode currency_digits fifo_close balance credit profit equity margin margin_free "
+    "margin_level margin_so_call margin_so_so margin_initial margin_maintenance assets "
+    "liabilities commission_blocked name server currency company",
+)
+TerminalInfo = namedtuple(
+    "TerminalInfo",
+    "community_account community_connection connected dlls_allowed trade_allowed "
+    "tradeapi_disabled email_enabled ftp_enabled notifications_enabled mqid build maxbars "
+    "codepage ping_last community_balance retransmission company name language path "
+    "data_path commondata_path",
+)
+SymbolInfo = namedtuple(  # a subset of the ~100 documented fields
+    "SymbolInfo",
+    "custom select visible digits spread trade_mode trade_stops_level trade_freeze_level "
+    "filling_mode order_mode expiration_mode bid ask last point trade_tick_size "
+    "trade_tick_value trade_contract_size volume_min volume_max volume_step currency_base "
+    "currency_profit currency_margin description name path",
+)
+
+_RETCODE_TEXT = {
+    TRADE_RETCODE_REQUOTE: "Requote",
+    TRADE_RETCODE_REJECT: "Request rejected",
+    TRADE_RETCODE_PLACED: "Order placed",
+    TRADE_RETCODE_DONE: "Request executed",
+    TRADE_RETCODE_DONE_PARTIAL: "Request executed partially",
+    TRADE_RETCODE_PRICE_OFF: "No prices",
+    TRADE_RETCODE_NO_MONEY: "No money",
+    TRADE_RETCODE_MARKET_CLOSED: "Market closed",
+    TRADE_RETCODE_INVALID_FILL: "Unsupported filling mode",
+    TRADE_RETCODE_CONNECTION: "No connection",
+    TRADE_RETCODE_CLIENT_DISABLES_AT: "AutoTrading disabled by client",
+}
+
+_OK = (RES_S_OK, "Success")
+_NO_IPC = (RES_E_INTERNAL_FAIL_CONNECT, "No IPC connection")
+
+
+@dataclass
+class Reply:
+    """A scripted answer of `order_send`. retcode None: order_send returns None.
+    execute: whether the order really reaches the market (default: for DONE/PLACED/PARTIAL)."""
+
+    retcode: int | None
+    execute: bool | None = None
+    error: tuple[int, str] = (RES_E_INTERNAL_FAIL_RECEIVE, "IPC recv failed")
+    move: tuple[float, float] | None = None  # the market moves to (bid, ask) after this answer
+
+    @property
+    def executes(self) -> bool:
+        if self.execute is not None:
+            return self.execute
+        return self.retcode in (TRADE_RETCODE_DONE, TRADE_RETCODE_PLACED, TRADE_RETCODE_DONE_PARTIAL)
+
+
+class FakeTerminal:
+    """The state behind the fake module, and the knobs tests turn."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.initialized = False
+        self.connected = True
+        self.trade_allowed = True
+        self.login = 5012345
+        self.password = "s3cret-Pa55"  # what initialize(login, password=...) must match
+        self.server = "FakeBroker-Demo"
+        self.currency = "USD"
+        self.balance = 10_000.0
+        self.equity = 10_000.0
+        self.init_failures = 0  # the next N initialize() calls fail (IPC)
+        self.init_calls: list[dict[str, Any]] = []
+        self.symbols: dict[str, dict[str, Any]] = {}
+        self.positions: list[Any] = []
+        self.orders: list[Any] = []
+        self.history_orders: list[Any] = []
+        self.history_deals: list[Any] = []
+        self.replies: deque[Reply] = deque()
+        self.comment_limit: int | None = None  # the broker truncates stored comments
+        self.none_when_empty = False  # history getters answer None + RES_S_OK when empty
+        self.calls: Counter[str] = Counter()
+        self.call_log: list[tuple[str, str]] = []  # (function, name of the calling thread)
+        self.requests: list[dict[str, Any]] = []  # every order_send request as received
+        self.error: tuple[int, str] = _OK
+        self.now: Callable[[], float] = time.time  # server time, seconds
+        self._tickets = itertools.count(700_001)
+        self._request_ids = itertools.count(1)
+        self._fail: dict[str, tuple[int, str]] = {}
+        self._hang_on: str | None = None
+        self.entered = threading.Event()  # the hung call has started
+        self.returned = threading.Event()  # the hung call has returned
+        self.release_event = threading.Event()
+        self.hang_limit_s = 10.0  # a forgotten hang unblocks itself
+        self.add_symbol("EURUSD", bid=1.10000, ask=1.10010, digits=5)
+        self.add_symbol("XAUUSD", bid=2400.10, ask=2400.40, digits=2, filling_mode=_FILL_FOK_BIT)
+
+    # -- knobs --------------------------------------------------------------------------------
+
+    def script(self, *replies: int | Reply | None) -> None:
+        for r in replies:
+            self.replies.append(r if isinstance(r, Reply) else Reply(r))
+
+    def hang(self, function: str) -> None:
+        self.entered.clear()
+        self.returned.clear()
+        self.release_event.clear()
+        self._hang_on = function
+
+    def release(self) -> None:
+        self.release_event.set()
+
+    def fail_next(self, function: str, code: int = RES_E_INTERNAL_FAIL_RECEIVE, text: str = "IPC recv failed") -> None:
+        self._fail[function] = (code, text)
+
+    def add_symbol(
+        self,
+        name: str,
+        *,
+        bid: float,
+        ask: float,
+        digits: int,
+        filling_mode: int = _FILL_FOK_BIT | _FILL_IOC_BIT,
+        visible: bool = True,
+    ) -> None:
+        self.symbols[name] = {
+            "bid": bid,
+            "ask": ask,
+            "digits": digits,
+            "filling_mode": filling_mode,
+            "visible": visible,
+        }
+
+    def set_tick(self, symbol: str, bid: float, ask: float) -> None:
+        self.symbols[symbol].update(bid=bid, ask=ask)
+
+    def ticket(self) -> int:
+        return next(self._tickets)
+
+    def add_position(self, **kw: Any) -> Any:
+        t = kw.pop("ticket", None) or self.ticket()
+        now = int(self.now())
+        fields = dict(
+            ticket=t,
+            time=now,
+            time_msc=now * 1000,
+            time_update=now,
+            time_update_msc=now * 1000,
+            type=POSITION_TYPE_BUY,
+            magic=0,
+            identifier=t,
+            reason=3,
+            volume=0.1,
+            price_open=1.1,
+            sl=0.0,
+            tp=0.0,
+            price_current=1.1,
+            swap=0.0,
+            profit=0.0,
+            symbol="EURUSD",
+            comment="",
+            external_id="",
+        )
+        fields.update(kw)
+        pos = TradePosition(**fields)
+        self.positions.append(pos)
+        return pos
+
+    def add_order(self, *, history: bool = False, **kw: Any) -> Any:
+        t = kw.pop("ticket", None) or self.ticket()
+        now = int(self.now())
+        fields = dict(
+            ticket=t,
+            time_setup=now,
+            time_setup_msc=now * 1000,
+            time_done=now if history else 0,
+            time_done_msc=now * 1000 if history else 0,
+            time_expiration=0,
+            type=ORDER_TYPE_BUY_LIMIT,
+            type_time=ORDER_TIME_GTC,
+            type_filling=ORDER_FILLING_RETURN,
+            state=ORDER_STATE_FILLED if history else ORDER_STATE_PLACED,
+            magic=0,
+            position_id=0,
+            position_by_id=0,
+            reason=3,
+            volume_initial=0.1,
+            volume_current=0.0 if history else 0.1,
+            price_open=1.1,
+            sl=0.0,
+            tp=0.0,
+            price_current=1.1,
+            price_stoplimit=0.0,
+            symbol="EURUSD",
+            comment="",
+            external_id="",
+        )
+        fields.update(kw)
+        order = TradeOrder(**fields)
+        (self.history_orders if history else self.orders).append(order)
+        return order
+
+    def add_deal(self, **kw: Any) -> Any:
+        t = kw.pop("ticket", None) or self.ticket()
+        now = int(self.now())
+        fields = dict(
+            ticket=t,
+            order=0,
+            time=now,
+            time_msc=now * 1000,
+            type=DEAL_TYPE_BUY,
+            entry=DEAL_ENTRY_IN,
+            magic=0,
+            position_id=0,
+            reason=3,
+            volume=0.1,
+            price=1.1,
+            commission=0.0,
+            swap=0.0,
+            profit=0.0,
+            fee=0.0,
+            symbol="EURUSD",
+            comment="",
+            external_id="",
+        )
+        fields.update(kw)
+        deal = TradeDeal(**fields)
+        self.history_deals.append(deal)
+        return deal
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _take_hang(self, function: str) -> bool:
+        with self.lock:
+            if self._hang_on == function:
+                self._hang_on = None
+                return True
+            return False
+
+    def _take_failure(self, function: str) -> tuple[int, str] | None:
+        with self.lock:
+            return self._fail.pop(function, None)
+
+    def _stored_comment(self, comment: str) -> str:
+        return comment if self.comment_limit is None else comment[: self.comment_limit]
+
+    def _tick(self, symbol: str) -> Any:
+        s = self.symbols[symbol]
+        now = self.now()
+        return Tick(int(now), s["bid"], s["ask"], 0.0, 0, int(now * 1000), 6, 0.0)
+
+
+_fake = FakeTerminal()
+
+
+def reset() -> FakeTerminal:
+    """A fresh terminal (any call still hung on the old one is released)."""
+    global _fake
+    _fake.release()
+    _fake = FakeTerminal()
+    return _fake
+
+
+def _api(*, needs_init: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = _fake
+            with t.lock:
+                t.calls[name] += 1
+                t.call_log.append((name, threading.current_thread().name))
+            hung = t._take_hang(name)
+            if hung:
+                t.entered.set()
+                t.release_event.wait(t.hang_limit_s)
+            try:
+                with t.lock:
+                    failure = t._take_failure(name)
+                    if failure is not None:
+                        t.error = failure
+                        return None
+                    if needs_init and not t.initialized:
+                        t.error = _NO_IPC
+                        return None
+                    return fn(t, *args, **kwargs)
+            finally:
+                if hung:
+                    t.returned.set()
+
+        return wrapper
+
+    return deco
+
+
+def _epoch_s(value: datetime | int | float) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    return float(value)
+
+
+# -- connection -------------------------------------------------------------------------------
+
+
+@_api(needs_init=False)
+def initialize(
+    t: FakeTerminal,
+    path: str | None = None,
+    *,
+    login: int | None = None,
+    password: str | None = None,
+    server: str | None = None,
+    timeout: int = 60_000,
+    portable: bool = False,
+) -> bool:
+    t.init_calls.append({"path": path, "login": login, "password": password, "server": server, "timeout": timeout})
+    if t.init_failures > 0:
+        t.init_failures -= 1
+        t.error = (RES_E_INTERNAL_FAIL_INIT, "IPC initialize failed, MetaTrader 5 x64 not found")
+        return False
+    if login is not None and (login != t.login or password != t.password or server not in (None, t.server)):
+        t.error = (RES_E_AUTH_FAILED, "Terminal: Authorization failed")
+        return False
+    t.initialized = True
+    t.error = _OK
+    return True
+
+
+@_api()
+def login(
+    t: FakeTerminal,
+    login: int,
+    *,
+    password: str | None = None,
+    server: str | None = None,
+    timeout: int = 60_000,
+) -> bool:
+    if login != t.login or password != t.password:
+        t.error = (RES_E_AUTH_FAILED, "Terminal: Authorization failed")
+        return False
+    t.error = _OK
+    return True
+
+
+@_api(needs_init=False)
+def shutdown(t: FakeTerminal) -> None:
+    t.initialized = False
+    t.error = _OK
+    return None
+
+
+def last_error() -> tuple[int, str]:
+    with _fake.lock:
+        _fake.calls["last_error"] += 1
+        _fake.call_log.append(("last_error", threading.current_thread().name))
+        return _fake.error
+
+
+# -- information ------------------------------------------------------------------------------
+
+
+@_api()
+def terminal_info(t: FakeTerminal) -> Any:
+    t.error = _OK
+    return TerminalInfo(
+        False,
+        False,
+        t.connected,
+        False,
+        t.trade_allowed,
+        False,
+        False,
+        False,
+        False,
+        False,
+        4620,
+        100_000,
+        0,
+        20_000 if t.connected else 0,
+        0.0,
+        0.0,
+        "Fake Broker Ltd",
+        "MetaTrader 5",
+        "English",
+        "C:\\Program Files\\MetaTrader 5",
+        "C:\\data",
+        "C:\\common",
+    )
+
+
+@_api()
+def account_info(t: FakeTerminal) -> Any:
+    t.error = _OK
+    return AccountInfo(
+        t.login,
+        0,
+        100,
+        200,
+        0,
+        True,
+        True,
+        2,
+        2,
+        False,
+        t.balance,
+        0.0,
+        t.equity - t.balance,
+        t.equity,
+        0.0,
+        t.equity,
+        0.0,
+        50.0,
+        30.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        "Fake Trader",
+        t.server,
+        t.currency,
+        "Fake Broker Ltd",
+    )
+
+
+@_api()
+def symbol_info(t: FakeTerminal, symbol: str) -> Any:
+    s = t.symbols.get(symbol)
+    if s is None:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return None
+    t.error = _OK
+    point = 10.0 ** -s["digits"]
+    return SymbolInfo(
+        False,
+        s["visible"],
+        s["visible"],
+        s["digits"],
+        10,
+        SYMBOL_TRADE_MODE_FULL,
+        0,
+        0,
+        s["filling_mode"],
+        127,
+        15,
+        s["bid"],
+        s["ask"],
+        0.0,
+        point,
+        point,
+        1.0,
+        100_000.0,
+        0.01,
+        100.0,
+        0.01,
+        symbol[:3],
+        symbol[3:],
+        symbol[:3],
+        symbol,
+        symbol,
+        f"Forex\\{symbol}",
+    )
+
+
+@_api()
+def symbol_select(t: FakeTerminal, symbol: str, enable: bool = True) -> bool:
+    if symbol not in t.symbols:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return False
+    t.symbols[symbol]["visible"] = enable
+    t.error = _OK
+    return True
+
+
+@_api()
+def symbol_info_tick(t: FakeTerminal, symbol: str) -> Any:
+    s = t.symbols.get(symbol)
+    if s is None or not s["visible"]:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return None
+    t.error = _OK
+    return t._tick(symbol)
+
+
+def _listing(t: FakeTerminal, items: list[Any]) -> Any:
+    if not items and t.none_when_empty:
+        t.error = _OK
+        return None
+    t.error = _OK
+    return tuple(items)
+
+
+@_api()
+def positions_get(
+    t: FakeTerminal, *, symbol: str | None = None, group: str | None = None, ticket: int | None = None
+) -> Any:
+    items = [
+        p for p in t.positions if (symbol is None or p.symbol == symbol) and (ticket is None or p.ticket == ticket)
+    ]
+    return _listing(t, items)
+
+
+@_api()
+def orders_get(
+    t: FakeTerminal, *, symbol: str | None = None, group: str | None = None, ticket: int | None = None
+) -> Any:
+    items = [o for o in t.orders if (symbol is None or o.symbol == symbol) and (ticket is None or o.ticket == ticket)]
+    return _listing(t, items)
+
+
+@_api()
+def history_orders_get(
+    t: FakeTerminal,
+    date_from: datetime | int | None = None,
+    date_to: datetime | int | None = None,
+    *,
+    group: str | None = None,
+    ticket: int | None = None,
+    position: int | None = None,
+) -> Any:
+    if ticket is not None:
+        items = [o for o in t.history_orders if o.ticket == ticket]
+    elif position is not None:
+        items = [o for o in t.history_orders if o.position_id == position]
+    else:
+        if date_from is None or date_to is None:
+            t.error = (RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        lo, hi = _epoch_s(date_from), _epoch_s(date_to)
+        items = [o for o in t.history_orders if lo <= o.time_setup <= hi]
+    return _listing(t, items)
+
+
+@_api()
+def history_deals_get(
+    t: FakeTerminal,
+    date_from: datetime | int | None = None,
+    date_to: datetime | int | None = None,
+    *,
+    group: str | None = None,
+    ticket: int | None = None,
+    position: int | None = None,
+) -> Any:
+    if ticket is not None:
+        items = [d for d in t.history_deals if d.order == ticket]
+    elif position is not None:
+        items = [d for d in t.history_deals if d.position_id == position]
+    else:
+        if date_from is None or date_to is None:
+            t.error = (RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        lo, hi = _epoch_s(date_from), _epoch_s(date_to)
+        items = [d for d in t.history_deals if lo <= d.time <= hi]
+    return _listing(t, items)
+
+
+# -- trading ----------------------------------------------------------------------------------
+
+_FLOAT_FIELDS = ("volume", "price", "stoplimit", "sl", "tp")
+_INT_FIELDS = ("action", "magic", "order", "deviation", "type", "type_filling", "type_time", "position")
+
+
+def _invalid(request: dict[str, Any]) -> str | None:
+    for f in _FLOAT_FIELDS:
+        if f in request and not (isinstance(request[f], float)):
+            return f'Invalid "{f}" argument'
+    for f in _INT_FIELDS:
+        if f in request and (not isinstance(request[f], int) or isinstance(request[f], bool)):
+            return f'Invalid "{f}" argument'
+    comment = request.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 31:
+        return 'Invalid "comment" argument'
+    if "action" not in request:
+        return 'Invalid "action" argument'
+    return None
+
+
+def _trade_request(r: dict[str, Any]) -> Any:
+    return TradeRequest(
+        r.get("action", 0),
+        r.get("magic", 0),
+        r.get("order", 0),
+        r.get("symbol", ""),
+        r.get("volume", 0.0),
+        r.get("price", 0.0),
+        r.get("stoplimit", 0.0),
+        r.get("sl", 0.0),
+        r.get("tp", 0.0),
+        r.get("deviation", 0),
+        r.get("type", 0),
+        r.get("type_filling", 0),
+        r.get("type_time", 0),
+        r.get("expiration", 0),
+        r.get("comment", ""),
+        r.get("position", 0),
+        r.get("position_by", 0),
+    )
+
+
+def _check_filling(t: FakeTerminal, r: dict[str, Any]) -> bool:
+    if r["action"] != TRADE_ACTION_DEAL:
+        return True
+    mask = t.symbols[r["symbol"]]["filling_mode"]
+    fill = r.get("type_filling", ORDER_FILLING_FOK)
+    if fill == ORDER_FILLING_FOK:
+        return bool(mask & _FILL_FOK_BIT)
+    if fill == ORDER_FILLING_IOC:
+        return bool(mask & _FILL_IOC_BIT)
+    return fill == ORDER_FILLING_RETURN
+
+
+def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, int, float]:
+    """Let the request reach the market: returns (deal, order, price)."""
+    now = int(t.now())
+    action = r["action"]
+    comment = t._stored_comment(r.get("comment", ""))
+    if action == TRADE_ACTION_PENDING:
+        order = t.add_order(
+            type=r["type"],
+            magic=r.get("magic", 0),
+            volume_initial=volume,
+            volume_current=volume,
+            price_open=r["price"],
+            sl=r.get("sl", 0.0),
+            tp=r.get("tp", 0.0),
+            symbol=r["symbol"],
+            comment=comment,
+            type_filling=r.get("type_filling", 0),
+        )
+        return 0, order.ticket, 0.0
+    if action == TRADE_ACTION_SLTP:
+        for i, p in enumerate(t.positions):
+            if p.ticket == r.get("position"):
+                t.positions[i] = p._replace(sl=r.get("sl", 0.0), tp=r.get("tp", 0.0), time_update=now)
+        return 0, 0, 0.0
+    # TRADE_ACTION_DEAL: open, or close when `position` is given
+    price = r["price"]
+    side = DEAL_TYPE_BUY if r["type"] == ORDER_TYPE_BUY else DEAL_TYPE_SELL
+    closing = r.get("position", 0)
+    if closing:
+        pos = next(p for p in t.positions if p.ticket == closing)
+        order = t.add_order(
+            history=True,
+            type=r["type"],
+            magic=r.get("magic", 0),
+            position_id=pos.identifier,
+            volume_initial=volume,
+            price_open=price,
+            symbol=r["symbol"],
+            comment=comment,
+        )
+        sign = 1.0 if pos.type == POSITION_TYPE_BUY else -1.0
+        profit = round((price - pos.price_open) * sign * volume * 100_000.0, 2)
+        deal = t.add_deal(
+            order=order.ticket,
+            type=side,
+            entry=DEAL_ENTRY_OUT,
+            magic=r.get("magic", 0),
+            position_id=pos.identifier,
+            volume=volume,
+            price=price,
+            profit=profit,
+            symbol=r["symbol"],
+            comment=comment,
+        )
+        t.positions.remove(pos)
+        t.balance += profit
+        return deal.ticket, order.ticket, price
+    order = t.add_order(
+        history=True,
+        type=r["type"],
+        magic=r.get("magic", 0),
+        volume_initial=volume,
+        price_open=price,
+        sl=r.get("sl", 0.0),
+        tp=r.get("tp", 0.0),
+        symbol=r["symbol"],
+        comment=comment,
+    )
+    t.history_orders[-1] = order = order._replace(position_id=order.ticket)
+    deal = t.add_deal(
+        order=order.ticket,
+        type=side,
+        entry=DEAL_ENTRY_IN,
+        magic=r.get("magic", 0),
+        position_id=order.ticket,
+        volume=volume,
+        price=price,
+        symbol=r["symbol"],
+        comment=comment,
+    )
+    t.add_position(
+        ticket=order.ticket,
+        type=POSITION_TYPE_BUY if side == DEAL_TYPE_BUY else POSITION_TYPE_SELL,
+        magic=r.get("magic", 0),
+        identifier=order.ticket,
+        volume=volume,
+        price_open=price,
+        sl=r.get("sl", 0.0),
+        tp=r.get("tp", 0.0),
+        price_current=price,
+        symbol=r["symbol"],
+        comment=comment,
+    )
+    return deal.ticket, order.ticket, price
+
+
+@_api()
+def order_check(t: FakeTerminal, request: dict[str, Any]) -> Any:
+    bad = _invalid(dict(request))
+    if bad:
+        t.error = (RES_E_INVALID_PARAMS, bad)
+        return None
+    t.error = _OK
+    return OrderCheckResult(0, t.balance, t.equity, 0.0, 0.0, t.equity, 0.0, "Done", _trade_request(request))
+
+
+@_api()
+def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
+    r = dict(request)
+    t.requests.append(r)
+    bad = _invalid(r)
+    if bad:
+        t.error = (RES_E_INVALID_PARAMS, bad)
+        return None
+    if r.get("symbol") not in t.symbols:
+        t.error = (RES_E_INVALID_PARAMS, 'Invalid "symbol" argument')
+        return None
+    reply = t.replies.popleft() if t.replies else None
+    volume = r.get("volume", 0.0)
+    if reply is not None and reply.retcode is None:  # no answer; maybe it went through anyway
+        if reply.executes:
+            _execute(t, r, volume)
+        t.error = reply.error
+        return None
+    if reply is not None and reply.move is not None:
+        t.set_tick(r["symbol"], *reply.move)
+    if reply is not None:
+        retcode = reply.retcode
+        executes = reply.executes
+    elif not t.connected:
+        retcode, executes = TRADE_RETCODE_CONNECTION, False
+    elif not t.trade_allowed:
+        retcode, executes = TRADE_RETCODE_CLIENT_DISABLES_AT, False
+    elif not _check_filling(t, r):
+        retcode, executes = TRADE_RETCODE_INVALID_FILL, False
+    else:
+        retcode = TRADE_RETCODE_PLACED if r["action"] == TRADE_ACTION_PENDING else TRADE_RETCODE_DONE
+        executes = True
+    if retcode == TRADE_RETCODE_DONE_PARTIAL:
+        volume = round(volume / 2, 2)
+    deal = order = 0
+    price = 0.0
+    if executes:
+        deal, order, price = _execute(t, r, volume)
+    s = t.symbols[r["symbol"]]
+    t.error = _OK
+    return OrderSendResult(
+        retcode,
+        deal,
+        order,
+        volume if executes else 0.0,
+        price,
+        s["bid"],
+        s["ask"],
+        _RETCODE_TEXT.get(retcode, f"retcode {retcode}"),
+        next(t._request_ids),
+        0,
+        _trade_request(r),
+    )

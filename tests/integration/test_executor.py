@@ -1,0 +1,225 @@
+"""The leader's executor in this process, on real Redis and PostgreSQL with the paper broker:
+in-doubt resolution, kill switch, expiry, the non-fencing venue's hold and adoption."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from coordinator.config import ElectionConfig
+from coordinator.service import Coordinator
+from db.session import SessionLimits, make_pool
+from engine import store
+from engine.breaker import CircuitBreaker
+from engine.brokers.base import OrderRequest, OrderResult
+from engine.brokers.paper import PaperBroker
+from engine.executor import Executor, ExecutorConfig
+from engine.model import OrderType, Side
+from engine.risk import RiskLimits
+from engine.signal import canonical_payload, fingerprint, intent_digest, order_tag, parse_signal
+from tests.support import wait_for
+
+
+@dataclass
+class Rig:
+    cluster: str
+    pool: ConnectionPool
+    coordinator: Coordinator
+    broker: PaperBroker
+
+    def status(self, fp: str) -> str:
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "SELECT status FROM signals WHERE cluster = %s AND fingerprint = %s", (self.cluster, fp)
+            ).fetchone()[0]
+
+    def orders(self, tag: str) -> int:
+        return len(self.broker.find_by_tag(tag))
+
+
+@pytest.fixture
+def rig(cluster: str, redis_url: str, database_url: str) -> Iterator[Rig]:
+    pool = make_pool(database_url, SessionLimits(2000, "test-exec"), name="test-exec", max_size=4)
+    pool.open(wait=True, timeout=10)
+    coord = Coordinator(ElectionConfig.for_lease(cluster, "leader", 1500), redis_url, database_url)
+    coord.open(10)
+    broker = PaperBroker(pool, cluster, "leader")
+    broker.connect()
+    yield Rig(cluster, pool, coord, broker)
+    coord.stop()
+    pool.close()
+
+
+def submit(rig: Rig, i: int, **extra: object) -> tuple[str, str, int]:
+    intent = parse_signal(
+        {
+            "source": "t",
+            "signal_id": f"x{i}",
+            "symbol": "EURUSD",
+            "side": "buy",
+            "type": "market",
+            "volume": "0.01",
+            "price": "1.1",
+            "sl": "1.09",
+            **extra,
+        }
+    )
+    fp = fingerprint(intent)
+    with rig.pool.connection() as conn:
+        store.accept(
+            conn,
+            rig.cluster,
+            "t",
+            fp,
+            intent_digest(intent),
+            order_tag(fp),
+            canonical_payload(intent),
+            "t",
+            intent.signal_id,
+            intent.expires_at,
+        )
+        sid = conn.execute(
+            "SELECT id FROM signals WHERE cluster = %s AND fingerprint = %s", (rig.cluster, fp)
+        ).fetchone()[0]
+    return fp, order_tag(fp), sid
+
+
+def leave_in_flight(rig: Rig, sid: int, epoch: int) -> None:
+    """What a leader that died mid-call leaves: the signal executing under its epoch."""
+    with rig.pool.connection() as conn:
+        conn.execute(
+            "UPDATE signals SET status = 'executing', epoch = %s, attempt_at = clock_timestamp() - interval '1 hour' "
+            "WHERE id = %s",
+            (epoch, sid),
+        )
+
+
+def start_executor(rig: Rig, database_url: str, broker: object | None = None, **cfg: object) -> Executor:
+    ex = Executor(
+        ExecutorConfig(
+            cluster=rig.cluster, instance_id="leader", broker_deadline_ms=300, drift_margin_ms=50, sweep_ms=100, **cfg
+        ),
+        rig.coordinator,
+        rig.pool,
+        database_url,
+        broker or rig.broker,
+        CircuitBreaker(broker="paper"),
+        RiskLimits(),
+    )
+    ex.start()
+    return ex
+
+
+def book_under(rig: Rig, tag: str, epoch: int) -> None:
+    rig.broker.send(
+        OrderRequest(
+            tag, "EURUSD", Side.BUY, OrderType.MARKET, Decimal("0.01"), Decimal("1.1"), Decimal("1.09"), None, epoch
+        )
+    )
+
+
+def test_in_doubt_at_the_paper_broker_is_settled_from_its_tag_or_re_executed(rig: Rig, database_url: str) -> None:
+    booked_fp, booked_tag, booked_id = submit(rig, 1)
+    lost_fp, lost_tag, lost_id = submit(rig, 2)
+    # An earlier leader (epoch 1) booked the first and died before recording; died before sending the second.
+    from tests.integration.test_paper import lead
+
+    old = lead(rig.pool, rig.cluster, "old")
+    book_under(rig, booked_tag, old)
+    leave_in_flight(rig, booked_id, old)
+    leave_in_flight(rig, lost_id, old)
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    ex = start_executor(rig, database_url)
+    try:
+        wait_for(lambda: rig.status(booked_fp) == rig.status(lost_fp) == "executed", 10, "both settled")
+    finally:
+        ex.stop(5)
+    assert rig.orders(booked_tag) == 1 and rig.orders(lost_tag) == 1
+    (found,) = rig.broker.find_by_tag(lost_tag)
+    assert found.epoch == rig.coordinator.elector.epoch  # re-executed under the new epoch
+
+
+def test_kill_switch_rejects_and_expired_signals_never_execute(rig: Rig, database_url: str) -> None:
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    expired_fp, expired_tag, _ = submit(rig, 3, expires_at=past)
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    with rig.pool.connection() as conn:
+        conn.execute("INSERT INTO controls (cluster, halted, reason) VALUES (%s, true, 'test')", (rig.cluster,))
+    halted_fp, halted_tag, _ = submit(rig, 4)
+    ex = start_executor(rig, database_url)
+    try:
+        wait_for(lambda: rig.status(halted_fp) == "rejected", 10, "halted signal rejected")
+        wait_for(lambda: rig.status(expired_fp) == "expired", 10, "expired signal expired")
+    finally:
+        ex.stop(5)
+    assert rig.orders(halted_tag) == 0 and rig.orders(expired_tag) == 0
+    with rig.pool.connection() as conn:
+        assert (
+            "halted"
+            in conn.execute(
+                "SELECT error FROM signals WHERE cluster = %s AND fingerprint = %s", (rig.cluster, halted_fp)
+            ).fetchone()[0]
+        )
+
+
+class NonFencingVenue:
+    """The paper book seen through a venue that cannot fence (like MT5): it ignores epochs, and
+    can show one tag on two orders (booked as `<tag>` and `<tag>D`), which MT5 allows."""
+
+    name = "mt5-like"
+    fencing_aware = False
+    records_in_transaction = False
+
+    def __init__(self, paper: PaperBroker) -> None:
+        self._paper = paper
+        self.visible = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._paper, name)
+
+    def send(self, req: OrderRequest, within: object = None) -> OrderResult:
+        return self._paper.send(req)
+
+    def find_by_tag(self, tag: str) -> list:
+        if not self.visible:
+            return []
+        found = self._paper.find_by_tag(tag) + self._paper.find_by_tag(tag + "D")
+        return [replace(o, tag=tag) for o in found if o.state != "history"]
+
+    def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
+        return self._paper.close_position(ticket, None)
+
+
+def test_a_venue_that_cannot_fence_holds_then_adopts_and_closes_duplicates(rig: Rig, database_url: str) -> None:
+    from tests.integration.test_paper import lead
+
+    fp, tag, sid = submit(rig, 5)
+    old = lead(rig.pool, rig.cluster, "old")
+    leave_in_flight(rig, sid, old)
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    venue = NonFencingVenue(rig.broker)
+    ex = start_executor(rig, database_url, broker=venue, in_doubt_policy="hold")
+    try:
+        wait_for(lambda: rig.status(fp) == "in_doubt", 10, "held in doubt")
+        assert rig.orders(tag) == 0  # hold: never re-executed blindly
+        # The paused ex-leader's order turns up later, twice (a duplicate at the venue).
+        venue.visible = False
+        epoch = rig.coordinator.elector.epoch
+        book_under(rig, tag, epoch)
+        book_under(rig, tag + "D", epoch)
+        venue.visible = True
+        wait_for(lambda: rig.status(fp) == "executed", 10, "adopted as executed")
+        wait_for(lambda: len(venue.find_by_tag(tag)) == 1, 10, "the duplicate closed")
+    finally:
+        ex.stop(5)
+    with rig.pool.connection() as conn:
+        events = [r[0] for r in conn.execute("SELECT detail FROM signal_events WHERE signal = %s ORDER BY id", (sid,))]
+    assert any("held" in (e or "") for e in events) and any("found at the broker" in (e or "") for e in events)

@@ -1,0 +1,97 @@
+"""The paper broker as a fencing-aware venue, and the outcome compare-and-set, on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from coordinator.epoch import EpochStore
+from coordinator.fencing import EpochSuperseded
+from db.session import SessionLimits, make_pool
+from db.urls import libpq_url
+from engine import store
+from engine.brokers.base import OrderRequest, Outcome
+from engine.brokers.paper import PaperBroker
+from engine.model import OrderType, Side, SignalStatus
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool]:
+    p = make_pool(database_url, SessionLimits(2000, "test-paper"), name="test-paper", max_size=3)
+    p.open(wait=True, timeout=10)
+    yield p
+    p.close()
+
+
+def lead(pool: ConnectionPool, cluster: str, me: str) -> int:
+    """Take the cluster's epoch the way an elector does (stale or released record)."""
+    epochs = EpochStore(pool, cluster, stale_after_ms=1, handoff_ms=1)
+    record = epochs.read()
+    if record.instance_id is not None:
+        epochs.release(record.epoch, record.instance_id, "released:test")
+    epoch = epochs.claim(record.epoch, me)
+    assert epoch is not None
+    return epoch
+
+
+def order(tag: str, epoch: int) -> OrderRequest:
+    return OrderRequest(
+        tag=tag,
+        symbol="EURUSD",
+        side=Side.BUY,
+        type=OrderType.MARKET,
+        volume=Decimal("0.10"),
+        price=Decimal("1.1000"),
+        sl=Decimal("1.0900"),
+        tp=None,
+        epoch=epoch,
+    )
+
+
+def test_books_only_under_the_current_epoch_and_each_tag_once(pool: ConnectionPool, cluster: str) -> None:
+    broker = PaperBroker(pool, cluster, "a")
+    broker.connect()
+    e1 = lead(pool, cluster, "a")
+    first = broker.send(order("HXAAAA", e1))
+    assert first.outcome is Outcome.DONE and first.ref
+    again = broker.send(order("HXAAAA", e1))
+    assert again.outcome is Outcome.DONE and again.ref == first.ref  # the venue dedupes by tag
+    e2 = lead(pool, cluster, "b")
+    with pytest.raises(EpochSuperseded):
+        broker.send(order("HXBBBB", e1))  # a deposed leader cannot book
+    assert broker.find_by_tag("HXBBBB") == []
+    assert len(broker.find_by_tag("HXAAAA")) == 1
+    assert broker.send(order("HXBBBB", e2)).outcome is Outcome.DONE
+    assert [p.tag for p in broker.positions()] == ["HXAAAA", "HXBBBB"]
+    assert broker.account().balance == Decimal("100000")
+
+
+def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
+    pool: ConnectionPool, cluster: str, database_url: str
+) -> None:
+    broker = PaperBroker(pool, cluster, "a")
+    broker.connect()
+    epoch = lead(pool, cluster, "a")
+    with pool.connection() as conn:
+        accepted = store.accept(conn, cluster, "a", "f" * 64, "d", "HXCCCC", {"k": 1}, "src", None, None)
+        assert accepted.status == "received" and not accepted.duplicate
+        sid = conn.execute("SELECT id FROM signals WHERE cluster = %s", (cluster,)).fetchone()[0]
+        with conn.transaction(), conn.cursor() as cur:
+            assert [c.id for c in store.claim(cur, cluster, "a", epoch, [sid])] == [sid]
+
+    def within(cur: psycopg.Cursor, result: object) -> None:
+        store.record_outcome(cur, sid, epoch, "a", SignalStatus.EXECUTED, "done", ref="1")
+
+    assert broker.send(order("HXCCCC", epoch), within).outcome is Outcome.DONE
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        assert conn.execute("SELECT status, epoch FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed", epoch)
+        with conn.transaction(), conn.cursor() as cur:
+            # An older attempt's late answer is kept as a fact but changes nothing.
+            assert store.record_outcome(cur, sid, epoch - 1, "old", SignalStatus.FAILED, "failed", error="x") is None
+        assert conn.execute("SELECT status FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed",)
+        facts = conn.execute("SELECT epoch, outcome FROM executions WHERE signal = %s ORDER BY id", (sid,)).fetchall()
+        assert facts == [(epoch, "done"), (epoch - 1, "failed")]
