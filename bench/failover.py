@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -398,6 +399,8 @@ class Bench:
             "replicas": self.opts.replicas,
             "cluster": self.cluster,
             "code": code_version(),
+            # Tail latencies here are as much the machine's as the protocol's: say how busy it was.
+            "host": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
             "kill": None,
             "sigterm": None,
             "idle": None,
@@ -422,6 +425,7 @@ class Bench:
             result["sigterm"] = self.sigterm_phase()
         if "idle" in self.opts.only:
             result["idle"] = self.idle_phase()
+        result["host"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         mem = self.rss()
         result["rss_mb"] = mem["rss_mb"]
         result["rss_detail"] = mem["rss_detail"]
@@ -442,6 +446,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"haexec failover bench: {result['replicas']} replicas, lease {result['lease_ms']} ms, "
         f"cluster {result['cluster']}, code {result['code']}",
+        f"host: {result['host']['cpus']} CPUs, load average {result['host']['loadavg_start'][0]:.2f} at start, "
+        f"{result['host'].get('loadavg_end', ['-'])[0]} at end",
         "",
         f"{'':<22}{'n':>4}{'failed':>8}{'p50':>10}{'p99':>10}{'max':>10}",
     ]

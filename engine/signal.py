@@ -314,6 +314,27 @@ def _order_type(value: object) -> OrderType:
     raise _FieldError(f"must be 'market' or 'limit' (got {_show(value)})")
 
 
+class JsonNumber(float):
+    """A JSON number with a fraction or exponent, remembering its exact text: it behaves as a
+    float everywhere (meta is stored as given) while prices keep every digit the producer sent."""
+
+    text: str
+
+    def __new__(cls, text: str) -> JsonNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads(raw: str | bytes) -> object:
+    """Decode a request body: json.loads with exact decimals and no NaN/Infinity."""
+    return json.loads(raw, parse_float=JsonNumber, parse_constant=_reject_constant)
+
+
 def _decimal(value: object) -> Decimal:
     """A JSON number or decimal string as an exact, canonical Decimal (see _canon)."""
     if isinstance(value, bool):  # bool is an int subclass: true must not mean 1
@@ -325,7 +346,7 @@ def _decimal(value: object) -> Decimal:
             raise _FieldError("must be a finite number")
         # str() is the shortest decimal that reads back as this float, i.e. what the JSON
         # text said: 0.1 stays 0.1, not 0.1000000000000000055511151231257827.
-        number = Decimal(str(value))
+        number = Decimal(value.text if isinstance(value, JsonNumber) else str(value))
     elif isinstance(value, str):
         if len(value) > MAX_NUMBER_CHARS or not NUMBER_RE.fullmatch(value):
             raise _FieldError(f"must be a decimal number (got {_show(value)})")

@@ -17,7 +17,7 @@ from db.session import SessionLimits, make_pool
 from engine import intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
-from engine.signal import SignalValidationError
+from engine.signal import SignalValidationError, loads
 from haexec import settings as settings_mod
 
 EXIT_FAILED = 1
@@ -58,7 +58,7 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
         if args.signal_command == "submit":
             raw = sys.stdin.read() if args.body == "-" else args.body
             try:
-                body = json.loads(raw, parse_float=str)
+                body = loads(raw)
             except ValueError:
                 raise EngineCommandError("the signal is not valid JSON") from None
             try:

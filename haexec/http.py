@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import socket
 import threading
-from decimal import Decimal
 from typing import Protocol
 
 import psycopg
@@ -23,7 +21,7 @@ from starlette.routing import Route
 
 from coordinator.service import Coordinator
 from engine import intake, store
-from engine.signal import SignalValidationError
+from engine.signal import SignalValidationError, loads
 
 MAX_BODY_BYTES = 64 * 1024
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -109,7 +107,7 @@ def build_app(replica: ReplicaState) -> Starlette:
         if raw is None:
             return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            body = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+            body = loads(raw)
         except (ValueError, RecursionError):
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         cfg = coord.cfg
@@ -147,10 +145,6 @@ def build_app(replica: ReplicaState) -> Starlette:
             Route("/signals/{fingerprint}", get_signal),
         ]
     )
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _show(pool: ConnectionPool, cluster: str, fp: str) -> dict | None:

@@ -22,9 +22,7 @@ import pytest
 
 from tests.support import REPO, http_get, wait_for
 
-pytest.importorskip(
-    "supervisor", reason="supervisor is not installed: pip install supervisor (part of the test extra)"
-)
+pytest.importorskip("supervisor", reason="supervisor is not installed: pip install supervisor (part of the test extra)")
 
 pytestmark = pytest.mark.drill
 
@@ -232,8 +230,10 @@ def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Superv
     names = {r.name for r in sup.replicas}
     try:
         wait_for(
-            lambda: sup.proc.poll() is not None
-            or (set(sup.states()) == names and set(sup.states().values()) == {"RUNNING"}),
+            lambda: (
+                sup.proc.poll() is not None
+                or (set(sup.states()) == names and set(sup.states().values()) == {"RUNNING"})
+            ),
             30,
             "supervisord with three RUNNING replicas",
             interval_s=0.2,

@@ -713,3 +713,18 @@ def test_fuzz_field_names_with_arbitrary_values(body: dict[str, Any]) -> None:
 @given(mixed_bodies)
 def test_fuzz_valid_bodies_with_some_fields_garbled(body: dict[str, Any]) -> None:
     check_total(body)
+
+
+def test_json_numbers_keep_every_digit_the_producer_sent() -> None:
+    from engine.signal import loads
+
+    body = loads(
+        b'{"source": "s", "symbol": "X", "side": "buy", "type": "market", "volume": 0.1,'
+        b' "price": 1.23456789012345678, "sl": 1.2, "meta": {"f": 0.5}}'
+    )
+    intent = parse_signal(body)
+    assert intent.price == Decimal("1.23456789012345678")  # a float would round the last digits
+    assert intent.volume == Decimal("0.1")
+    assert intent.meta == {"f": 0.5}
+    with pytest.raises(ValueError):
+        loads(b'{"price": NaN}')
