@@ -61,17 +61,13 @@ class ElectionConfig:
         if not self.cluster or ":" in self.cluster or "{" in self.cluster or "}" in self.cluster:
             raise ConfigError("cluster", f"must be non-empty without ':', '{{', '}}' (got {self.cluster!r})")
         if not self.instance_id or any(c in self.instance_id for c in " |:"):
-            raise ConfigError(
-                "instance_id", f"must be non-empty without spaces, '|' or ':' (got {self.instance_id!r})"
-            )
+            raise ConfigError("instance_id", f"must be non-empty without spaces, '|' or ':' (got {self.instance_id!r})")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("_ms") and (type(value) is not int or value <= 0):
                 raise ConfigError(f.name, f"must be a positive integer of milliseconds (got {value!r})")
         if not self.lease_ms > self.renew_deadline_ms:
-            raise ConfigError(
-                "lease_ms", f"must be > renew_deadline_ms ({self.lease_ms} <= {self.renew_deadline_ms})"
-            )
+            raise ConfigError("lease_ms", f"must be > renew_deadline_ms ({self.lease_ms} <= {self.renew_deadline_ms})")
         if not self.renew_deadline_ms > 1.2 * self.renew_ms:
             raise ConfigError(
                 "renew_deadline_ms",
@@ -83,19 +79,13 @@ class ElectionConfig:
                 f"must be <= lease_ms - drift_margin_ms ({self.renew_deadline_ms} > {self.trusted_ms})",
             )
         if not self.stale_after_ms >= self.lease_ms:
-            raise ConfigError(
-                "stale_after_ms", f"must be >= lease_ms ({self.stale_after_ms} < {self.lease_ms})"
-            )
+            raise ConfigError("stale_after_ms", f"must be >= lease_ms ({self.stale_after_ms} < {self.lease_ms})")
         if not self.db_grace_ms < self.stale_after_ms:
-            raise ConfigError(
-                "db_grace_ms", f"must be < stale_after_ms ({self.db_grace_ms} >= {self.stale_after_ms})"
-            )
+            raise ConfigError("db_grace_ms", f"must be < stale_after_ms ({self.db_grace_ms} >= {self.stale_after_ms})")
         if not self.db_timeout_ms < self.trusted_ms:
             raise ConfigError(
                 "db_timeout_ms",
                 f"must be < lease_ms - drift_margin_ms ({self.db_timeout_ms} >= {self.trusted_ms})",
             )
         if not self.db_timeout_ms <= self.db_grace_ms:
-            raise ConfigError(
-                "db_timeout_ms", f"must be <= db_grace_ms ({self.db_timeout_ms} > {self.db_grace_ms})"
-            )
+            raise ConfigError("db_timeout_ms", f"must be <= db_grace_ms ({self.db_timeout_ms} > {self.db_grace_ms})")

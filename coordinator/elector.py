@@ -283,12 +283,8 @@ class Elector:
                 metrics.LEASE_RENEW_SECONDS.observe((self._clock.now_ms() - result.sent_ms) / 1000.0)
                 if result.status is RenewStatus.REASSERTED:
                     metrics.LEASE_REASSERTED.inc()
-                    log.warning(
-                        "lease key was gone (Redis restarted?); re-asserted it for epoch %d", leading.epoch
-                    )
-                leading = replace(
-                    leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms
-                )
+                    log.warning("lease key was gone (Redis restarted?); re-asserted it for epoch %d", leading.epoch)
+                leading = replace(leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms)
                 self._leading = leading
 
         matched = self._heartbeat(leading)
@@ -350,13 +346,9 @@ class Elector:
         metrics.LEADER_EPOCH.set(0)
         metrics.LEADERSHIP_CHANGES.labels(reason).inc()
         if reason.startswith("released"):
-            log.critical(
-                "released leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason
-            )
+            log.critical("released leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason)
         else:
-            log.critical(
-                "lost leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason
-            )
+            log.critical("lost leadership: instance=%s epoch=%d reason=%s", cfg.instance_id, leading.epoch, reason)
         if self._on_stopped and notify:
             self._callbacks.submit(self._on_stopped, leading.epoch, reason)
         try:

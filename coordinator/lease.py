@@ -101,9 +101,7 @@ def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> 
 
 
 class RedisLease:
-    def __init__(
-        self, client: redis.Redis, cluster: str, instance_id: str, lease_ms: int, clock: Clock
-    ) -> None:
+    def __init__(self, client: redis.Redis, cluster: str, instance_id: str, lease_ms: int, clock: Clock) -> None:
         self._r = client
         self.key = f"haexec:{cluster}:leader"
         self.events = f"haexec:{cluster}:events"

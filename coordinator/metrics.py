@@ -6,15 +6,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 IS_LEADER = Gauge("haexec_is_leader", "1 while this replica holds a valid lease and epoch")
 LEADER_EPOCH = Gauge("haexec_leader_epoch", "Epoch this replica leads under (0 when following)")
-LEADERSHIP_CHANGES = Counter(
-    "haexec_leadership_changes_total", "Leadership changes of this replica", ["event"]
-)
+LEADERSHIP_CHANGES = Counter("haexec_leadership_changes_total", "Leadership changes of this replica", ["event"])
 SPLIT_BRAIN = Counter("haexec_split_brain_total", "Redis holder, DB holder and self disagreed")
 DB_SYNC_ATTEMPTS = Counter("haexec_db_sync_attempts_total", "Leader-record reads and writes tried")
 DB_SYNC_FAILURES = Counter("haexec_db_sync_failures_total", "Leader-record reads and writes failed")
-LAST_HEARTBEAT = Gauge(
-    "haexec_last_heartbeat_timestamp_seconds", "Unix time of this leader's last DB heartbeat"
-)
+LAST_HEARTBEAT = Gauge("haexec_last_heartbeat_timestamp_seconds", "Unix time of this leader's last DB heartbeat")
 LEASE_RENEW_SECONDS = Histogram(
     "haexec_lease_renew_seconds",
     "Round trip of a lease renewal",

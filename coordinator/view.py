@@ -41,9 +41,7 @@ class ClusterView:
         return out
 
 
-def read_view(
-    client: redis.Redis, epochs: EpochStore, stale_after_ms: int, with_replicas: bool = True
-) -> ClusterView:
+def read_view(client: redis.Redis, epochs: EpochStore, stale_after_ms: int, with_replicas: bool = True) -> ClusterView:
     view = ClusterView(cluster=epochs.cluster)
     try:
         key = f"haexec:{epochs.cluster}:leader"
@@ -66,9 +64,7 @@ def read_view(
         view.db_leader = record.instance_id
         view.db_released = record.released
         view.db_heartbeat_age_ms = record.heartbeat_age_ms
-        view.stale_leader = (
-            record.instance_id is not None and not record.released and record.stale(stale_after_ms)
-        )
+        view.stale_leader = record.instance_id is not None and not record.released and record.stale(stale_after_ms)
         held = record.held(stale_after_ms)
         view.split_brain = held and view.redis_leader is not None and view.redis_leader != record.instance_id
     return view

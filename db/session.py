@@ -24,9 +24,7 @@ class SessionLimits:
     def connect_kwargs(self) -> dict[str, object]:
         t = self.timeout_ms
         return {
-            "options": (
-                f"-c statement_timeout={t} -c lock_timeout={t} -c idle_in_transaction_session_timeout={t}"
-            ),
+            "options": (f"-c statement_timeout={t} -c lock_timeout={t} -c idle_in_transaction_session_timeout={t}"),
             "application_name": self.application_name,
             # libpq counts connect_timeout in whole seconds and treats < 2 as 2.
             "connect_timeout": max(2, math.ceil(t / 1000)),
@@ -42,9 +40,7 @@ def connect(url: str, limits: SessionLimits, autocommit: bool = True) -> psycopg
     return psycopg.connect(libpq_url(url), autocommit=autocommit, **limits.connect_kwargs())
 
 
-def make_pool(
-    url: str, limits: SessionLimits, name: str, min_size: int = 1, max_size: int = 4
-) -> ConnectionPool:
+def make_pool(url: str, limits: SessionLimits, name: str, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
     """A closed pool; the caller opens it (so start-up can retry and report)."""
     return ConnectionPool(
         libpq_url(url),

@@ -46,8 +46,7 @@ def upgrade() -> None:
     )
     # The executor's sweep and the in-doubt scan read only the open statuses.
     op.execute(
-        "CREATE INDEX signals_open ON signals (cluster, id) "
-        "WHERE status IN ('received', 'executing', 'in_doubt')"
+        "CREATE INDEX signals_open ON signals (cluster, id) WHERE status IN ('received', 'executing', 'in_doubt')"
     )
     op.execute("CREATE INDEX signals_recent ON signals (cluster, received_at DESC)")
     op.execute(
