@@ -97,6 +97,8 @@ class Elector:
         self._stop = threading.Event()
         self._stop_reason = "released:sigterm"
         self._stop_handoff: str | None = None
+        self._handover: tuple[str | None] | None = None  # a switchover asked of this leader: (target,)
+        self._handed_to_me = False  # a switchover named this follower: try now, not at PTTL
         # Callbacks run off the HA thread: trading code must never delay a renewal.
         self._callbacks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haexec-leader-cb")
         self.last_redis_ok_ms: float | None = None
@@ -134,9 +136,21 @@ class Elector:
             raise NotLeader(f"{self.cfg.instance_id}: lease of epoch {leading.epoch} expired")
         return Fence(leading.epoch, remaining)
 
-    def wake(self) -> None:
+    def wake(self, message: str = "") -> None:
         """Look again now (a release was announced). Never trusted, only hurries."""
+        parts = message.split("|")
+        if parts[0] == "handoff" and parts[-1] == self.cfg.instance_id:
+            self._handed_to_me = True
         self._wake.set()
+
+    def request_handover(self, target: str | None) -> bool:
+        """Switchover: release on the election thread, naming `target` as the successor (or
+        none: whoever is first). False when this replica is not leading."""
+        if not self.is_leader():
+            return False
+        self._handover = (target,)
+        self._wake.set()
+        return True
 
     def stop(self, reason: str = "released:sigterm", handoff_to: str | None = None) -> None:
         self._stop_reason = reason
@@ -161,6 +175,10 @@ class Elector:
         """One iteration; returns how long to wait before the next, in milliseconds."""
         self.last_loop_ms = self._clock.now_ms()
         try:
+            handover, self._handover = self._handover, None
+            if handover is not None and self._leading is not None:
+                self.release("released:switchover", handoff_to=handover[0])
+                return float(self.cfg.cooldown_ms)
             if self._leading is not None:
                 return self._lead()
             return self._follow()
@@ -188,13 +206,15 @@ class Elector:
             return self._sit_out_until_ms - now
         if self._unrecorded and not self._try_flush_unrecorded():
             return float(cfg.renew_ms) / 2
-        try:
-            pttl = self._lease.pttl_ms()
-        except REDIS_ERRORS as e:
-            return self._redis_failed(e)
-        self._redis_ok()
-        if pttl != -2:
-            return (pttl if pttl > 0 else cfg.renew_ms) + self._jitter()
+        handed_to_me, self._handed_to_me = self._handed_to_me, False
+        if not handed_to_me:
+            try:
+                pttl = self._lease.pttl_ms()
+            except REDIS_ERRORS as e:
+                return self._redis_failed(e)
+            self._redis_ok()
+            if pttl != -2:
+                return (pttl if pttl > 0 else cfg.renew_ms) + self._jitter()
 
         try:
             metrics.DB_SYNC_ATTEMPTS.inc()
@@ -361,7 +381,11 @@ class Elector:
             self._db_failed(e)
             self._unrecorded.append((leading.epoch, reason, release_record))
         try:
-            self._lease.release(leading.value, f"released|{cfg.instance_id}|{leading.epoch}")
+            if handoff_to is not None:
+                event = f"handoff|{cfg.instance_id}|{leading.epoch}|{handoff_to}"
+                self._lease.hand_off(leading.value, handoff_to, cfg.handoff_ms, event)
+            else:
+                self._lease.release(leading.value, f"released|{cfg.instance_id}|{leading.epoch}")
         except REDIS_ERRORS as e:
             self._redis_failed(e)
         self._sit_out_until_ms = self._clock.now_ms() + cfg.cooldown_ms

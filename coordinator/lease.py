@@ -38,6 +38,29 @@ end
 return {-1, v}
 """
 
+# SET NX, except that a key reserved for this replica by a switchover also counts as free.
+ACQUIRE_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Switchover: swap our own key for `reserved:<target>|` so that only the target may take
+# it until the reservation expires, and wake the target at once.
+HANDOFF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('PUBLISH', KEYS[2], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+RESERVED_PREFIX = "reserved:"
+
 # Compare-and-delete; publishes on the events channel only when asked (a lost CAS must not
 # wake every follower).
 RELEASE_SCRIPT = """
@@ -85,6 +108,10 @@ def holder_instance(value: str | None) -> str | None:
     return value.split("|", 1)[0]
 
 
+def reserved_value(instance_id: str) -> str:
+    return f"{RESERVED_PREFIX}{instance_id}|"
+
+
 def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> redis.Redis:
     """A client that never retries on its own: a retried SET NX whose first reply was lost
     would make a replica believe it failed while its token sits in the key. The name shows
@@ -108,8 +135,10 @@ class RedisLease:
         self._instance = instance_id
         self._lease_ms = lease_ms
         self._clock = clock
+        self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
+        self._handoff = client.register_script(HANDOFF_SCRIPT)
 
     def new_value(self) -> str:
         return f"{self._instance}|{secrets.token_hex(TOKEN_BYTES)}"
@@ -118,7 +147,7 @@ class RedisLease:
         value = self.new_value()
         sent = self._clock.now_ms()
         try:
-            ok = self._r.set(self.key, value, nx=True, px=self._lease_ms)
+            ok = self._acquire(keys=[self.key], args=[value, self._lease_ms, reserved_value(self._instance)])
         except redis.RedisError:
             # The SET may have landed with its reply lost: our token in the key means we won.
             if self._r.get(self.key) == value:
@@ -133,6 +162,11 @@ class RedisLease:
 
     def release(self, value: str, event: str = "") -> bool:
         return bool(self._release(keys=[self.key, self.events], args=[value, event]))
+
+    def hand_off(self, value: str, target: str, handoff_ms: int, event: str) -> bool:
+        return bool(
+            self._handoff(keys=[self.key, self.events], args=[value, reserved_value(target), handoff_ms, event])
+        )
 
     def holder(self) -> str | None:
         return self._r.get(self.key)

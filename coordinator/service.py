@@ -24,7 +24,7 @@ from coordinator.epoch import EpochStore, HistoryEntry
 from coordinator.events import EventListener
 from coordinator.fencing import fenced
 from coordinator.lease import RedisLease, redis_client
-from coordinator.registry import RegistryPublisher
+from coordinator.registry import RegistryPublisher, list_replicas
 from coordinator.view import ClusterView, read_view
 from db.session import SessionLimits, make_pool
 
@@ -116,6 +116,13 @@ class Coordinator:
     def view(self) -> ClusterView:
         return read_view(self._side_redis, self._view_epochs, self.cfg.stale_after_ms, with_replicas=False)
 
+    def announce(self) -> None:
+        """Publish this replica's registry entry now (its health or role changed)."""
+        self._registry.poke()
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return list_replicas(self._side_redis, self.cfg.cluster)
+
     def history(self, limit: int) -> list[HistoryEntry]:
         return self._view_epochs.history(limit)
 
@@ -164,4 +171,4 @@ class Coordinator:
 
     def _on_event(self, message: str) -> None:
         log.debug("event: %s", message)
-        self.elector.wake()
+        self.elector.wake(message)

@@ -84,6 +84,8 @@ class Executor:
         self._reconcile = reconcile
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._paused = threading.Event()  # a switchover: claim nothing new
+        self._busy = threading.Lock()  # held while a sweep works, so quiesce() can wait it out
         self._prepared_epoch: int | None = None
         self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
@@ -100,6 +102,18 @@ class Executor:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
+
+    def quiesce(self, timeout_s: float) -> bool:
+        """Stop claiming and wait until the work in hand is done (or handed back)."""
+        self._paused.set()
+        if not self._busy.acquire(timeout=timeout_s):
+            return False
+        self._busy.release()
+        return True
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._wake.set()
 
     def on_started_leading(self, epoch: int) -> None:
         self._wake.set()
@@ -144,26 +158,32 @@ class Executor:
             self.last_loop_ms = time.monotonic() * 1000
             if self._stop.is_set():
                 break
-            try:
-                fence = self._coord.fence()
-            except NotLeader:
-                self._prepared_epoch = None
+            if self._paused.is_set():
                 continue
-            try:
-                if fence.epoch != self._prepared_epoch:
-                    self._take_office(fence.epoch)
-                    self._prepared_epoch = fence.epoch
-                self._expire(fence.epoch)
-                self._resolve_unsettled(fence.epoch)
-                self._drain(fence.epoch)
-            except NotLeader:
-                continue
-            except EpochSuperseded as e:
-                log.warning("executor stopped: %s", e)
-            except DB_ERRORS as e:
-                log.warning("executor: database: %s", str(e).strip().splitlines()[0] if str(e) else e)
-            except Exception:
-                log.exception("executor: unexpected error; retrying at the next sweep")
+            with self._busy:
+                self._sweep()
+
+    def _sweep(self) -> None:
+        try:
+            fence = self._coord.fence()
+        except NotLeader:
+            self._prepared_epoch = None
+            return
+        try:
+            if fence.epoch != self._prepared_epoch:
+                self._take_office(fence.epoch)
+                self._prepared_epoch = fence.epoch
+            self._expire(fence.epoch)
+            self._resolve_unsettled(fence.epoch)
+            self._drain(fence.epoch)
+        except NotLeader:
+            return
+        except EpochSuperseded as e:
+            log.warning("executor stopped: %s", e)
+        except DB_ERRORS as e:
+            log.warning("executor: database: %s", str(e).strip().splitlines()[0] if str(e) else e)
+        except Exception:
+            log.exception("executor: unexpected error; retrying at the next sweep")
 
     def _take_office(self, epoch: int) -> None:
         """Before the first claim under a new epoch: reconcile with the broker (bounded)."""
@@ -182,7 +202,7 @@ class Executor:
             self._alert("signal_expired", "error", f"signal {fp} expired before execution", fingerprint=fp)
 
     def _drain(self, epoch: int) -> None:
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._paused.is_set()):
             if not self._breaker.allow():
                 return  # signals wait while the broker's circuit is open; they are not failed
             with self._pool.connection() as conn:
@@ -197,8 +217,8 @@ class Executor:
             account = None
             open_positions = 0
             for i, c in enumerate(claimed):
-                if self._stop.is_set() or not self._breaker.allow():
-                    self._requeue_all(claimed[i:], fence.epoch, "executor stopping or circuit open")
+                if self._stop.is_set() or self._paused.is_set() or not self._breaker.allow():
+                    self._requeue_all(claimed[i:], fence.epoch, "handed back: stopping, switchover or circuit open")
                     return
                 if account is None and not halted:
                     try:

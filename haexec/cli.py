@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,81 @@ def cmd_leader(args: argparse.Namespace) -> int:
     return 0 if leader else EXIT_FAILED
 
 
+# ---- switchover / history ----
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    """Ask the leader to hand over, then wait for the new leader's epoch and report it."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    before = _read_view(args)
+    leader = before.leader
+    if leader is None:
+        raise CommandError("no leader to switch over from")
+    http = next((r.get("http") for r in before.replicas if r.get("instance_id") == leader["instance_id"]), None)
+    if not http:
+        raise CommandError(f"leader {leader['instance_id']} has no registered HTTP address")
+    known = {r.get("instance_id") for r in before.replicas}
+    if args.to is not None and args.to not in known:
+        raise CommandError(f"unknown replica {args.to!r} (known: {', '.join(sorted(map(str, known)))})")
+    body = json.dumps({"to": args.to}).encode()
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("HAEXEC_API_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    started = time.monotonic()
+    request = urllib.request.Request(f"http://{http}/coordinator/switchover", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
+    except urllib.error.HTTPError as e:
+        detail = json.loads(e.read() or b"{}").get("error", e.reason)
+        raise CommandError(f"switchover refused ({e.code}): {detail}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise CommandError(f"leader at {http} unreachable: {e}") from None
+    deadline = started + args.timeout
+    while time.monotonic() < deadline:
+        view = _read_view(args)
+        now = view.leader
+        if now is not None and now["epoch"] > leader["epoch"]:
+            took_ms = (time.monotonic() - started) * 1000
+            answer = {"from": leader, "leader": now, "took_ms": round(took_ms, 1)}
+            if args.json:
+                print(json.dumps(answer))
+            else:
+                print(f"{now['instance_id']} leads at epoch {now['epoch']} ({took_ms:.0f} ms)")
+            return 0
+        time.sleep(0.02)
+    raise CommandError(f"no new leader within {args.timeout:g}s")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from coordinator.epoch import EpochStore
+    from db.session import SessionLimits, make_pool
+    from haexec import settings as settings_mod
+
+    election = settings_mod.election_config(_env_with(args))
+    _, database_url = _store_urls(args)
+    pool = make_pool(database_url, SessionLimits(5000, "haexec-history"), name="haexec-history", max_size=1)
+    try:
+        pool.open(wait=True, timeout=10)
+        entries = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms).history(args.limit)
+    except Exception as e:
+        from coordinator.elector import first_line
+
+        raise CommandError(f"database unreachable: {first_line(e)}") from None
+    finally:
+        pool.close(timeout=1)
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries]))
+    else:
+        for e in entries:
+            print(f"{e.at}  epoch {e.epoch:<5} {e.instance_id:<20} {e.reason}")
+    return 0
+
+
 # ---- db ----
 
 
@@ -262,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    sw = sub.add_parser("switchover", parents=[common], help="graceful handover to another replica")
+    sw.add_argument("--to", help="the instance to hand over to (default: whoever is first)")
+    sw.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the new leader")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_switchover)
+    hist = sub.add_parser("history", parents=[common], help="latest leadership changes")
+    hist.add_argument("--limit", type=_positive, default=20)
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=cmd_history)
 
     db = sub.add_parser("db", help="schema migrations")
     dbsub = db.add_subparsers(dest="db_command", required=True)

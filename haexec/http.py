@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import socket
 import threading
+from dataclasses import asdict
 from typing import Protocol
 
 import psycopg
@@ -37,6 +39,8 @@ class ReplicaState(Protocol):
     def ready(self) -> bool: ...
 
     def health_extra(self) -> dict[str, str]: ...
+
+    def switchover(self, target: str | None) -> tuple[bool, str]: ...
 
 
 def _authorized(request: Request, token: str | None) -> bool:
@@ -100,6 +104,37 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def switchover(request: Request) -> Response:
+        if not _authorized(request, replica.api_token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        raw = await _read_body(request)
+        target = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):
+                return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+            if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
+                return JSONResponse({"error": 'body must be {"to": "<instance id>"}'}, status_code=400)
+            target = body.get("to") or None
+        epoch = coord.elector.epoch
+        ok, message = await run_in_threadpool(replica.switchover, target)
+        if not ok:
+            return JSONResponse({"error": message}, status_code=409)
+        return JSONResponse(
+            {"status": message, "from": coord.cfg.instance_id, "to": target, "epoch": epoch}, status_code=202
+        )
+
+    async def history(request: Request) -> Response:
+        raw = request.query_params.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            return JSONResponse({"error": "limit must be an integer from 1 to 1000"}, status_code=400)
+        try:
+            entries = await run_in_threadpool(coord.history, int(raw))
+        except DB_ERRORS:
+            return JSONResponse({"error": "database unavailable"}, status_code=503)
+        return JSONResponse({"history": [asdict(e) for e in entries]})
+
     async def post_signal(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
@@ -141,6 +176,8 @@ def build_app(replica: ReplicaState) -> Starlette:
             Route("/leader", leader),
             Route("/coordinator/leader", coordinator_leader),
             Route("/metrics", metrics),
+            Route("/coordinator/switchover", switchover, methods=["POST"]),
+            Route("/coordinator/history", history),
             Route("/signals", post_signal, methods=["POST"]),
             Route("/signals/{fingerprint}", get_signal),
         ]

@@ -147,12 +147,35 @@ class Replica:
             "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
         }
 
+    def switchover(self, target: str | None) -> tuple[bool, str]:
+        """Hand leadership over: stop claiming, finish or hand back work in hand, then release
+        (naming `target` when given). (False, why) when it cannot start."""
+        election = self.settings.election
+        if not self.coordinator.elector.is_leader():
+            return False, f"{election.instance_id} is not the leader"
+        if target is not None:
+            if target == election.instance_id:
+                return False, f"{target} is already the leader"
+            known = {r.get("instance_id"): r for r in self.coordinator.replicas()}
+            if target not in known:
+                return False, f"unknown replica {target!r}"
+            if not known[target].get("healthy"):
+                return False, f"replica {target!r} is not healthy"
+        if not self.executor.quiesce(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0):
+            self.executor.resume()
+            return False, "work in hand did not finish within the broker deadline"
+        if not self.coordinator.elector.request_handover(target):
+            self.executor.resume()
+            return False, f"{election.instance_id} lost leadership meanwhile"
+        return True, "switching over"
+
     def _started_leading(self, epoch: int) -> None:
         self.executor.on_started_leading(epoch)
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
         self.executor.on_stopped_leading(epoch, reason)
+        self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
         severity = WARNING if reason.startswith("released") else CRITICAL
         self.alerts.emit(kind, severity, f"stepped down: {reason}", epoch=epoch, event=reason)
@@ -216,6 +239,7 @@ class Replica:
         self.executor.start()
         self.http.start()
         self._ready = True
+        self.coordinator.announce()
         log.info(
             "replica %s ready: cluster=%s http=%s:%d",
             self.settings.election.instance_id,

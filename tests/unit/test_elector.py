@@ -246,14 +246,13 @@ def test_claim_db_error_releases_key(cl: Cluster) -> None:
 
 def test_set_reply_lost_but_landed_still_wins(cl: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     a = cl.elector("a")
-    client = cl.clients["a"]
-    real_set = client.set
+    real_acquire = a._lease._acquire
 
     def set_then_lose_reply(*args: object, **kwargs: object) -> object:
-        real_set(*args, **kwargs)
+        real_acquire(*args, **kwargs)
         raise redis.TimeoutError("injected: reply lost")
 
-    monkeypatch.setattr(client, "set", set_then_lose_reply)
+    monkeypatch.setattr(a._lease, "_acquire", set_then_lose_reply)
     a.step()
     assert a.role is Role.LEADER and a.epoch == 1
     assert cl.holder().startswith("a|")
@@ -261,7 +260,7 @@ def test_set_reply_lost_but_landed_still_wins(cl: Cluster, monkeypatch: pytest.M
 
 def test_set_error_not_landed_stays_follower(cl: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     a = cl.elector("a")
-    monkeypatch.setattr(cl.clients["a"], "set", raise_connection_error)
+    monkeypatch.setattr(a._lease, "_acquire", raise_connection_error)
     assert a.step() == a.cfg.renew_ms / 2
     assert_not_leader(a)
     assert "claim" not in cl.store.calls
@@ -726,23 +725,27 @@ def test_switchover_handoff_only_target_may_claim(cl: Cluster) -> None:
     c = cl.elector("c")
     a.release("released:switchover", handoff_to="c")
     assert cl.store.row.handoff_to == "c"
+    assert cl.holder() == "reserved:c|"  # only c may replace it
 
-    b.step()
+    b.wake("handoff|a|1|c")  # the event names c: b keeps sleeping on the key's PTTL
+    assert b.step() > 0
     assert b.role is Role.FOLLOWER
-    assert cl.holder() is None
     assert cl.store.calls.count("claim") == 1
 
+    c.wake("handoff|a|1|c")  # c tries at once, without waiting for the reservation to expire
     c.step()
     assert c.role is Role.LEADER and c.epoch == 2
+    assert cl.holder().startswith("c|")
 
 
 def test_switchover_target_absent_others_claim_after_handoff_window(cl: Cluster) -> None:
     a = lead(cl)
     b = cl.elector("b")
     a.release("released:switchover", handoff_to="c")
+    cl.redis.delete(cl.key)  # the reservation expired
     cl.clock.advance(a.cfg.handoff_ms)
     b.step()
-    assert b.role is Role.FOLLOWER  # released exactly handoff_ms ago: still reserved
+    assert b.role is Role.FOLLOWER  # released exactly handoff_ms ago: the record is still c's
     cl.clock.advance(1)
     b.step()
     assert b.role is Role.LEADER and b.epoch == 2
@@ -756,7 +759,18 @@ def test_stop_then_run_releases(cl: Cluster) -> None:
     assert_not_leader(a)
     assert cl.reasons()[-1] == ("a", 1, "released:switchover")
     assert cl.store.row.handoff_to == "b"
-    assert cl.holder() is None
+    assert cl.holder() == "reserved:b|"
+
+
+def test_request_handover_releases_on_the_next_step(cl: Cluster, events: Events) -> None:
+    a = lead(cl)
+    b = cl.elector("b")
+    assert b.request_handover("a") is False  # a follower has nothing to hand over
+    assert a.request_handover("b") is True
+    a.step()
+    assert_not_leader(a)
+    assert cl.reasons()[-1] == ("a", 1, "released:switchover")
+    assert events.drain() == ["handoff|a|1|b"]
 
 
 def test_release_when_follower_is_noop(cl: Cluster) -> None:
