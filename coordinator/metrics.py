@@ -18,3 +18,8 @@ LEASE_RENEW_SECONDS = Histogram(
 )
 CAS_LOST = Counter("haexec_epoch_cas_lost_total", "Won the Redis key but lost the epoch CAS")
 LEASE_REASSERTED = Counter("haexec_lease_reasserted_total", "Leader re-set its key after Redis lost it")
+
+# Labelled series exist only once touched; create the ones alert rules count from, at 0, so
+# that increase() sees the first real event.
+for _event in ("acquired", "released:sigterm", "released:switchover", "lost:lease_expired"):
+    LEADERSHIP_CHANGES.labels(_event)

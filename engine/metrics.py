@@ -12,3 +12,6 @@ SIGNAL_LATENCY = Histogram(
 )
 IN_DOUBT = Gauge("haexec_in_doubt", "Signals currently in doubt (held for an operator)")
 DUPLICATES = Counter("haexec_duplicate_orders_total", "Orders found twice under one tag at the broker")
+
+for _outcome in ("executed", "rejected", "failed", "in_doubt", "expired"):
+    SIGNALS.labels(_outcome)

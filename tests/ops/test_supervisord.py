@@ -1,11 +1,13 @@
-"""ops/supervisord.conf, shipped unchanged, run by a real supervisord: three replicas of
-`haexec run` against the suite's Redis and PostgreSQL, leadership moved by `supervisorctl`."""
+"""Process supervision: ops/supervisord.conf, shipped unchanged, run by a real supervisord
+(three replicas of `haexec run` against the suite's Redis and PostgreSQL, leadership moved by
+`supervisorctl`), and the systemd template unit in ops/systemd."""
 
 from __future__ import annotations
 
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -22,11 +24,8 @@ import pytest
 
 from tests.support import REPO, http_get, wait_for
 
-pytest.importorskip("supervisor", reason="supervisor is not installed: pip install supervisor (part of the test extra)")
-
-pytestmark = pytest.mark.drill
-
 CONF = REPO / "ops" / "supervisord.conf"
+SYSTEMD = REPO / "ops" / "systemd"
 REPLICAS = 3
 LEASE_MS = 1500
 PROGRAM = "haexec"
@@ -180,8 +179,15 @@ def _stop(sup: Supervisor) -> None:
                 pass
 
 
+def needs_supervisor() -> None:
+    pytest.importorskip(
+        "supervisor", reason="supervisor is not installed: pip install supervisor (part of the test extra)"
+    )
+
+
 @pytest.fixture
 def supervised(redis_url: str, database_url: str, cluster: str) -> Iterator[Supervisor]:
+    needs_supervisor()
     haexec_bin = Path(sys.executable).parent / "haexec"
     assert haexec_bin.exists(), f"{haexec_bin} missing: install the project into this venv (pip install -e .)"
     workdir = Path(tempfile.mkdtemp(prefix="haexec-supervisord-"))
@@ -225,6 +231,7 @@ def supervised(redis_url: str, database_url: str, cluster: str) -> Iterator[Supe
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.mark.drill
 def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Supervisor) -> None:
     sup = supervised
     names = {r.name for r in sup.replicas}
@@ -268,7 +275,7 @@ def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Superv
         successor = wait_for(new_leader, 10, "another replica to take over", interval_s=0.05)
         assert int(successor.get("/leader")[1]["epoch"]) > first_epoch
         log = (sup.log_dir / f"{PROGRAM}-{leader.num}.log").read_text(errors="replace")
-        assert f"released leadership: instance={leader.instance_id}" in log and "released:sigterm" in log
+        assert leader.instance_id in log and "released:sigterm" in log, "its log file shows the release"
 
         # Starting it again brings it back as a follower; the successor keeps leading.
         result = sup.ctl("start", leader.name)
@@ -285,3 +292,139 @@ def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Superv
     except BaseException:
         print(sup.logs())
         raise
+
+
+# ---- the configuration, without running it ----
+
+
+def test_supervisord_conf_derives_id_port_and_logs_from_the_process_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    needs_supervisor()
+    from supervisor.datatypes import RestartUnconditionally
+    from supervisor.options import ServerOptions
+
+    workdir = Path(tempfile.mkdtemp(prefix="haexec-supervisord-conf-"))
+    try:
+        values = {
+            "HAEXEC_BIN": "/opt/haexec/.venv/bin/haexec",
+            "HAEXEC_CLUSTER": "prod",
+            "HAEXEC_REDIS_URL": "redis://redis.internal:6379/0",
+            "HAEXEC_DATABASE_URL": "postgresql://haexec:p%40ss@pg.internal/haexec",  # % survives
+            "HAEXEC_HTTP_HOST": "10.0.0.5",
+            "HAEXEC_PORT_PREFIX": "87",
+            "HAEXEC_LOG_DIR": str(workdir),
+            "HAEXEC_RUN_DIR": str(workdir),
+        }
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        options = ServerOptions()
+        options.realize(args=["-c", str(CONF)])
+        [group] = options.process_group_configs
+        procs = sorted(group.process_configs, key=lambda p: p.name)
+        assert [p.name for p in procs] == ["haexec-1", "haexec-2", "haexec-3"]
+        for n, p in enumerate(procs, start=1):
+            assert p.command == "/opt/haexec/.venv/bin/haexec run"
+            assert p.environment == {
+                "HAEXEC_INSTANCE_ID": f"{platform.node()}-{n}",
+                "HAEXEC_HTTP": f"10.0.0.5:870{n}",
+                "HAEXEC_CLUSTER": "prod",
+                "HAEXEC_REDIS_URL": values["HAEXEC_REDIS_URL"],
+                "HAEXEC_DATABASE_URL": values["HAEXEC_DATABASE_URL"],
+            }
+            assert p.stopsignal == signal.SIGTERM
+            assert p.stopwaitsecs > 3  # above the default lease
+            assert p.autorestart is RestartUnconditionally and p.startsecs > 0
+            assert p.redirect_stderr and p.stdout_logfile == str(workdir / f"haexec-{n}.log")
+        assert options.server_configs[0]["file"] == str(workdir / "supervisor.sock")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def unit_directives(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) of a systemd unit file, in order (keys may repeat)."""
+    out = []
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key.strip(), value.strip()))
+    return out
+
+
+def documented_settings() -> set[str]:
+    return set(re.findall(r"`(HAEXEC_[A-Z_]+)`", (REPO / "README.md").read_text()))
+
+
+def env_file_keys(path: Path) -> set[str]:
+    keys = set()
+    for line in path.read_text().splitlines():
+        line = line.strip().lstrip("#").strip()
+        m = re.match(r"(HAEXEC_[A-Z_]+)=", line)
+        if m:
+            keys.add(m.group(1))
+    return keys
+
+
+def test_systemd_unit_runs_one_named_replica_with_its_env_files_and_hardening() -> None:
+    unit = unit_directives(SYSTEMD / "haexec@.service")
+    service = {}
+    for section, key, value in unit:
+        if section == "Service":
+            service.setdefault(key, []).append(value)
+    assert service["ExecStart"] == ["/opt/haexec/.venv/bin/haexec run --instance-id %i"]
+    assert service["EnvironmentFile"] == ["/etc/haexec/common.env", "/etc/haexec/%i.env"]
+    assert service["Restart"] == ["on-failure"] and service["RestartSec"]
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert int(service["TimeoutStopSec"][0]) > 3  # above the default lease
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "DynamicUser": "yes",
+    }.items():
+        assert service[key] == [value], key
+    assert service["ReadWritePaths"] and service["StateDirectory"]
+
+    documented = documented_settings()
+    for example in ("common.env.example", "haexec.env.example"):
+        keys = env_file_keys(SYSTEMD / example)
+        assert keys and keys <= documented, f"{example}: undocumented {keys - documented}"
+    assert "HAEXEC_INSTANCE_ID" not in env_file_keys(SYSTEMD / "haexec.env.example")
+
+
+def test_systemd_unit_passes_systemd_analyze_verify() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
+    haexec_bin = Path(sys.executable).parent / "haexec"
+    workdir = Path(tempfile.mkdtemp(prefix="haexec-systemd-"))
+    try:
+        # /opt/haexec does not exist here: point ExecStart at this venv's executable, which
+        # verify requires to exist, and verify an instance of the template.
+        text = (SYSTEMD / "haexec@.service").read_text()
+        (workdir / "haexec@.service").write_text(text.replace("/opt/haexec/.venv/bin/haexec", str(haexec_bin)))
+        instance = workdir / "haexec@replica-1.service"
+        instance.symlink_to("haexec@.service")
+        result = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        # Unknown or invalid directives are only warnings: none may name our unit.
+        assert "haexec@" not in output, output
+
+        if "--offline" in subprocess.run([analyze, "--help"], capture_output=True, text=True).stdout:
+            result = subprocess.run(
+                [analyze, "security", "--offline=yes", "--threshold=20", "--no-pager", str(instance)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, f"exposure above 2.0:\n{result.stdout}{result.stderr}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
