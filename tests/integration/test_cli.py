@@ -24,6 +24,10 @@ Spawn = Callable[[dict[str, str], str], ReplicaProcess]
         ({"HAEXEC_HTTP": "nonsense"}, "HAEXEC_HTTP"),
         ({"HAEXEC_BROKER": "ftx"}, "HAEXEC_BROKER"),
         ({"HAEXEC_CLUSTER": "a:b"}, "HAEXEC_CLUSTER"),
+        ({"HAEXEC_ALERT_WEBHOOK": "ftp://alerts.example"}, "HAEXEC_ALERT_WEBHOOK"),
+        ({"HAEXEC_IN_DOUBT": "maybe"}, "HAEXEC_IN_DOUBT"),
+        ({"HAEXEC_BROKER_DEADLINE_MS": "5000"}, "HAEXEC_BROKER_DEADLINE_MS"),
+        ({"HAEXEC_RISK_MAX_RISK_PCT": "200"}, "HAEXEC_RISK_MAX_RISK_PCT"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:
