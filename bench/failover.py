@@ -46,6 +46,7 @@ from bench.cluster import (
 )
 from bench.idle import (
     RedisCommandCounter,
+    current_xid,
     log_offset,
     logged_writes,
     pg_stat_writes,
@@ -214,6 +215,14 @@ class Bench:
         if wait_until(self._all_subscribed, READY_TIMEOUT_S) is None:
             raise BenchError(f"{victim.instance_id} never subscribed to {self.events}")
 
+    def _leader_settled(self) -> bool:
+        row = self.db.execute(
+            "SELECT clock_timestamp() - acquired_at >= %s * interval '1 millisecond' FROM leader_record"
+            " WHERE cluster = %s AND released_at IS NULL",
+            (self.opts.lease_ms, self.cluster),
+        ).fetchone()
+        return bool(row and row[0])
+
     def _all_subscribed(self) -> bool:
         numsub = dict(self.ctl.pubsub_numsub(self.events))
         return int(numsub.get(self.events, 0)) >= sum(r.alive() for r in self.replicas)
@@ -306,6 +315,10 @@ class Bench:
             if not r.alive():
                 raise BenchError(f"{r.instance_id} is not running before the idle phase")
             r.wait_ready(READY_TIMEOUT_S)
+        # Steady means past a takeover's one-off work (SCRIPT LOAD, reconciliation, first
+        # renewals), which would otherwise be charged to the idle rates.
+        if wait_until(self._leader_settled, READY_TIMEOUT_S, 0.05) is None:
+            raise BenchError("the leader did not settle before the idle phase")
         leader = self.find_leader()
         if leader is None:
             raise BenchError("no single leader before the idle phase")
@@ -316,10 +329,12 @@ class Bench:
         pg_log = self.servers.pg_log_path()
         offset = log_offset(pg_log) if pg_log is not None else 0
         coord0, rows0 = pg_stat_writes(self.db)
+        xid0 = current_xid(self.db)
         t0 = time.time()
         log(f"idle: measuring {self.opts.idle_seconds:g}s, leader {leader.instance_id}")
         wait_window(self.opts.idle_seconds)
         t1 = time.time()
+        xid1 = current_xid(self.db)
         coord1, rows1 = pg_stat_writes(self.db)
         counter.stop(self.ctl)
         if counter.error is not None:
@@ -346,6 +361,8 @@ class Bench:
             # Rows, not statements: an UPDATE that matches nothing counts here as 0.
             "pg_stat_writes_per_s": round((coord1 - coord0) / window, 3),
             "pg_stat_rows_all_tables_per_s": round((rows1 - rows0) / window, 3),
+            # Write transactions of anyone on the server (on a bench-owned one: the replicas).
+            "db_write_xacts_per_s": round((xid1 - xid0 - 1) / window, 3),
         }
         if pg_log is not None:
             writes = [w for w in logged_writes(pg_log, offset, self.opts.trace) if t0 <= w.at < t1]
@@ -448,9 +465,9 @@ def render(result: dict[str, Any]) -> str:
         f"cluster {result['cluster']}, code {result['code']}",
         f"host: {result['host']['cpus']} CPUs, load average {result['host']['loadavg_start'][0]:.2f} at start, "
         f"{result['host'].get('loadavg_end', ['-'])[0]} at end",
-        "",
-        f"{'':<22}{'n':>4}{'failed':>8}{'p50':>10}{'p99':>10}{'max':>10}",
     ]
+    if result["kill"] or result["sigterm"]:
+        lines += ["", f"{'':<22}{'n':>4}{'failed':>8}{'p50':>10}{'p99':>10}{'max':>10}"]
 
     def row(label: str, phase: dict[str, Any], key: str) -> None:
         s = phase[key] or {}
@@ -493,8 +510,11 @@ def render(result: dict[str, Any]) -> str:
             f"  leader DB writes/s {w:.3f} ({idle['db_method']}{extra})   goal <= "
             f"{GOAL_LEADER_DB_WRITES_PER_S:g}: {_goal(w <= GOAL_LEADER_DB_WRITES_PER_S)}"
         )
+        lines.append(
+            f"  cross-checks: pg_stat {idle['pg_stat_writes_per_s']:.3f} rows/s in the coordinator tables; "
+            f"{idle['db_write_xacts_per_s']:.3f} write transactions/s on the server (transaction ids)"
+        )
         if idle["db_method"] == "log_statement":
-            lines.append(f"  pg_stat cross-check {idle['pg_stat_writes_per_s']:.3f} rows/s")
             others = {k: v for k, v in idle["db_writes_per_s_by_session"].items() if not k.startswith("haexec-ha-")}
             if others:
                 each = ", ".join(f"{k} {v:.3f}" for k, v in others.items())

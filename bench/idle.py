@@ -234,6 +234,14 @@ def pg_stat_writes(conn: psycopg.Connection) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+def current_xid(conn: psycopg.Connection) -> int:
+    """Assigns (and returns) a transaction id. Every transaction that writes anything, row locks
+    such as FOR KEY SHARE included, takes one, so the difference of two calls, minus the
+    second call's own, is the number of write transactions on the whole server in between."""
+    row = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+    return int(row[0]) if row else 0
+
+
 def wait_window(seconds: float) -> None:
     """The measurement window itself: the one place the bench waits on the clock, by design."""
     end = time.monotonic() + seconds

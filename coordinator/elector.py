@@ -213,8 +213,12 @@ class Elector:
             except REDIS_ERRORS as e:
                 return self._redis_failed(e)
             self._redis_ok()
-            if pttl != -2:
-                return (pttl if pttl > 0 else cfg.renew_ms) + self._jitter()
+            if pttl >= 0:
+                # Redis answers 0 in a key's last millisecond: look again right after it, not a
+                # whole renew interval later.
+                return max(pttl, 1) + self._jitter()
+            if pttl == -1:  # a key without a TTL is not ours to judge; check back later
+                return cfg.renew_ms + self._jitter()
 
         try:
             metrics.DB_SYNC_ATTEMPTS.inc()

@@ -194,8 +194,11 @@ class Executor:
                 log.error("reconciliation at epoch %d failed: %s", epoch, e)
 
     def _expire(self, epoch: int) -> None:
-        with self._pool.connection() as conn, self._coord.fenced(conn) as (cur, fence):
-            expired = store.expire_due(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch)
+        with self._pool.connection() as conn:
+            if not store.any_due(conn, self.cfg.cluster):
+                return
+            with self._coord.fenced(conn) as (cur, fence):
+                expired = store.expire_due(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch)
         for fp in expired:
             metrics.SIGNALS.labels("expired").inc()
             log.error("signal %s expired before execution", fp)

@@ -165,6 +165,16 @@ def received_ids(conn: psycopg.Connection, cluster: str, limit: int) -> list[int
     return [r[0] for r in rows]
 
 
+def any_due(conn: psycopg.Connection, cluster: str) -> bool:
+    """A read-only look, so an idle leader's sweep writes nothing."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM signals WHERE cluster = %s AND status = 'received' "
+        "AND expires_at IS NOT NULL AND expires_at <= clock_timestamp())",
+        (cluster,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def expire_due(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int) -> list[str]:
     """received -> expired for signals past expires_at (fenced by the caller): never executed late."""
     rows = cur.execute(

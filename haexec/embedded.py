@@ -14,6 +14,7 @@ and failure drills also use them directly to kill, pause or restart a server.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib.util
 import json
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import filelock
@@ -237,7 +238,31 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 # --------------------------------------------------------------------------- redis
 
 
-class RedisServer:
+class _ServerProcess(abc.ABC):
+    """Start on entering a `with` block, stop on leaving it."""
+
+    @abc.abstractmethod
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until the server answers."""
+
+    @abc.abstractmethod
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop and wait until the process is gone."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_ServerProcess):
     """A redis-server process owned by the caller (tests and drills kill/restart it)."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -407,18 +432,6 @@ class RedisServer:
             raise EmbeddedError(f"redis-server on port {self.port} is not running")
         os.kill(pid, sig)
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # --------------------------------------------------------------------------- postgres
 
@@ -476,7 +489,7 @@ def _pg_env() -> dict[str, str]:
     return env
 
 
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A PostgreSQL cluster owned by the caller; initdb runs into ``workdir`` on first start."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -719,18 +732,6 @@ class PostgresServer:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EmbeddedError(f"cannot create database {name!r} on port {self.port}: {msg}") from None
         return self.url(name)
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- shared pair

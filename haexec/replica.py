@@ -196,7 +196,7 @@ class Replica:
 
     def start(self) -> None:
         timeout = self.settings.startup_timeout_s
-        probe = redis_client(self._redis_url, 2.0)
+        probe = redis_client(self._redis_url, 2.0, f"haexec-probe-{self.settings.election.instance_id}")
         try:
             for attempt in _retrying(timeout, redis.RedisError):
                 with attempt:

@@ -93,6 +93,9 @@ class ReplicaProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+Spawn = Callable[[dict[str, str], str], "ReplicaProcess"]
+
+
 def start_replica(env: dict[str, str], instance_id: str, log_dir: Path, port: int | None = None) -> ReplicaProcess:
     port = port or free_port()
     child_env = {**os.environ, **env, "HAEXEC_INSTANCE_ID": instance_id, "HAEXEC_HTTP": f"127.0.0.1:{port}"}

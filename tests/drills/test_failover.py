@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -16,6 +15,7 @@ from db.urls import libpq_url
 from tests.support import (
     LEASE_MS,
     ReplicaProcess,
+    Spawn,
     cluster_env,
     epoch_of,
     epochs_held,
@@ -24,8 +24,6 @@ from tests.support import (
     wait_for,
     wait_ready,
 )
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from haexec.embedded import RedisServer
-from tests.support import ReplicaProcess, cluster_env, the_leader, wait_for, wait_ready
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
+from tests.support import ReplicaProcess, Spawn, cluster_env, the_leader, wait_for, wait_ready
 
 METRICS = [
     "haexec_is_leader",

@@ -8,14 +8,11 @@ import random
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import psycopg
 
 from db.urls import libpq_url
-from tests.support import LEASE_MS, ReplicaProcess, cluster_env, the_leader, wait_for, wait_ready
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
+from tests.support import LEASE_MS, ReplicaProcess, Spawn, cluster_env, the_leader, wait_for, wait_ready
 
 
 def post(r: ReplicaProcess, body: dict, timeout_s: float = 0.3) -> tuple[int, dict] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from haexec.embedded import PostgresServer, RedisServer
 from tests.conftest import server_workdir
 from tests.support import (
     LEASE_MS,
-    ReplicaProcess,
+    Spawn,
     cluster_env,
     epoch_of,
     history,
@@ -22,8 +22,6 @@ from tests.support import (
     wait_for,
     wait_ready,
 )
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
 
 
 @pytest.fixture

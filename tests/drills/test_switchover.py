@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Callable
 
-from tests.support import ReplicaProcess, cluster_env, epoch_of, history, run_cli, the_leader, wait_for, wait_ready
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
+from tests.support import (
+    ReplicaProcess,
+    Spawn,
+    cluster_env,
+    epoch_of,
+    history,
+    run_cli,
+    the_leader,
+    wait_for,
+    wait_ready,
+)
 
 
 def post(r: ReplicaProcess, path: str, body: dict) -> int:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 
-from tests.support import ReplicaProcess, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
-
-Spawn = Callable[[dict[str, str], str], ReplicaProcess]
+from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from coordinator.elector import NotLeader
 from coordinator.fencing import EpochSuperseded, fenced
 from coordinator.service import Coordinator
 from db.urls import libpq_url
-from tests.support import wait_for
+from tests.support import history, wait_for
 
 
 def make(cluster: str, name: str, redis_url: str, database_url: str, lease_ms: int = 1500) -> Coordinator:
@@ -35,15 +35,6 @@ def trio(cluster: str, redis_url: str, database_url: str) -> Iterator[list[Coord
 
 def leaders(coords: list[Coordinator]) -> list[Coordinator]:
     return [c for c in coords if c.elector.is_leader()]
-
-
-def history(database_url: str, cluster: str) -> list[tuple[str, int, str]]:
-    with psycopg.connect(libpq_url(database_url)) as conn:
-        rows = conn.execute(
-            "SELECT instance_id, epoch, reason FROM leadership_history WHERE cluster = %s ORDER BY id",
-            (cluster,),
-        ).fetchall()
-    return [(r[0], int(r[1]), r[2]) for r in rows]
 
 
 def test_exactly_one_leader_and_its_epoch_fences_writes(trio: list[Coordinator], database_url: str) -> None:

@@ -899,3 +899,13 @@ def test_unexpected_error_in_step_is_contained(cl: Cluster, monkeypatch: pytest.
 
 def raise_runtime_error(*args: object, **kwargs: object) -> None:
     raise RuntimeError("injected bug")
+
+
+def test_follower_looks_again_right_after_a_key_in_its_last_millisecond(
+    cl: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = cl.elector("b")
+    monkeypatch.setattr(b._lease, "pttl_ms", lambda: 0)  # Redis answers 0 just before expiry
+    assert b.step() <= 1 + b.cfg.jitter_ms
+    monkeypatch.setattr(b._lease, "pttl_ms", lambda: -1)  # no TTL at all
+    assert b.step() >= b.cfg.renew_ms
