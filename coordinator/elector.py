@@ -30,17 +30,13 @@ from coordinator import metrics
 from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
 from coordinator.epoch import EpochStore
+from coordinator.errors import first_line
 from coordinator.lease import RedisLease, RenewStatus, holder_instance
 
 log = logging.getLogger("haexec.coordinator")
 
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
 REDIS_ERRORS = (redis.RedisError,)
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class Role(enum.Enum):

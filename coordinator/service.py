@@ -19,8 +19,9 @@ import redis
 
 from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
-from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped, first_line
+from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped
 from coordinator.epoch import EpochStore, HistoryEntry
+from coordinator.errors import first_line
 from coordinator.events import EventListener
 from coordinator.fencing import fenced
 from coordinator.lease import RedisLease, redis_client

@@ -8,8 +8,9 @@ from typing import Any
 
 import redis
 
-from coordinator.elector import DB_ERRORS, first_line
+from coordinator.elector import DB_ERRORS
 from coordinator.epoch import EpochStore
+from coordinator.errors import first_line
 from coordinator.lease import holder_instance
 from coordinator.registry import list_replicas
 

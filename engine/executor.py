@@ -1,6 +1,6 @@
 """The leader's executor: DESIGN.md's signal path, one signal at a time, on its own thread.
 
-Woken by LISTEN/NOTIFY (a dedicated connection, LISTENing before every sweep), by becoming
+Woken by LISTEN/NOTIFY (a dedicated connection; every (re)connect also sweeps), by becoming
 leader, and by a sweep timer, so a lost notification delays a signal, never loses it. Every
 new action is fenced by the coordinator's epoch; every outcome is recorded, even after this
 replica lost leadership.
@@ -21,8 +21,10 @@ import psycopg_pool
 from psycopg_pool import ConnectionPool
 
 from coordinator.elector import NotLeader
+from coordinator.errors import first_line
 from coordinator.fencing import EpochSuperseded
 from coordinator.service import Coordinator
+from db.session import SessionLimits, connect
 from engine import metrics, store
 from engine.breaker import CircuitBreaker
 from engine.brokers.base import Broker, BrokerError, OrderRequest, OrderResult, Outcome
@@ -46,7 +48,6 @@ class ExecutorConfig:
     batch: int = 64
     in_doubt_policy: str = "hold"  # or "reexecute"; only for venues that cannot fence
     in_doubt_grace_ms: int = 0  # 0: twice the broker deadline
-    reconcile_timeout_ms: int = 10_000
 
     @property
     def grace_ms(self) -> int:
@@ -89,7 +90,6 @@ class Executor:
         self._prepared_epoch: int | None = None
         self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
-        self.last_loop_ms: float | None = None
 
     # ---- lifecycle (leadership callbacks only wake; the work is on this thread) ----
 
@@ -129,8 +129,6 @@ class Executor:
 
     def _listen(self) -> None:
         """LISTEN on a dedicated connection; every (re)connect also triggers a sweep."""
-        from db.session import SessionLimits, connect
-
         while not self._stop.is_set():
             try:
                 conn = connect(self._database_url, SessionLimits(5000, f"haexec-listen-{self.cfg.instance_id}"))
@@ -145,7 +143,7 @@ class Executor:
                         if note.payload == self.cfg.cluster:
                             self._wake.set()
             except psycopg.Error as e:
-                log.warning("signal listener lost its connection: %s", str(e).strip().splitlines()[0] if str(e) else e)
+                log.warning("signal listener lost its connection: %s", first_line(e))
             finally:
                 conn.close()
 
@@ -155,7 +153,6 @@ class Executor:
         while not self._stop.is_set():
             self._wake.wait(self.cfg.sweep_ms / 1000.0)
             self._wake.clear()
-            self.last_loop_ms = time.monotonic() * 1000
             if self._stop.is_set():
                 break
             if self._paused.is_set():
@@ -181,7 +178,7 @@ class Executor:
         except EpochSuperseded as e:
             log.warning("executor stopped: %s", e)
         except DB_ERRORS as e:
-            log.warning("executor: database: %s", str(e).strip().splitlines()[0] if str(e) else e)
+            log.warning("executor: database: %s", first_line(e))
         except Exception:
             log.exception("executor: unexpected error; retrying at the next sweep")
 

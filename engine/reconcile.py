@@ -17,6 +17,9 @@ from engine.brokers.base import Broker, Position
 
 log = logging.getLogger("haexec.engine.reconcile")
 
+# On becoming leader the first claim waits for this at most; trading is never blocked for good.
+RECONCILE_TIMEOUT_MS = 10_000
+
 
 @dataclass
 class Report:

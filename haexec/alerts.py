@@ -47,6 +47,7 @@ from tenacity import (
 )
 
 from coordinator.config import ConfigError
+from coordinator.errors import first_line
 
 log = logging.getLogger("haexec.alerts")
 
@@ -157,7 +158,7 @@ def parse_webhook_url(url: str, setting: str = ENV_WEBHOOK) -> tuple[str, str | 
         host = parts.hostname
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as e:
-        raise ConfigError(setting, f"is not a valid URL ({first_line_of(e)})") from None
+        raise ConfigError(setting, f"is not a valid URL ({first_line(e)})") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(setting, f"must be an http:// or https:// URL (got scheme {parts.scheme!r})")
     if not host:
@@ -170,11 +171,6 @@ def parse_webhook_url(url: str, setting: str = ENV_WEBHOOK) -> tuple[str, str | 
         pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
         basic = "Basic " + b64encode(pair.encode()).decode("ascii")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, fragment="")), basic
-
-
-def first_line_of(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---- delivery ----
@@ -490,13 +486,13 @@ class AlertSink:
             text = f"HTTP {e.code}"
         elif isinstance(e, urllib.error.URLError):
             reason = e.reason
-            text = first_line_of(reason) if isinstance(reason, BaseException) else str(reason)
+            text = first_line(reason) if isinstance(reason, BaseException) else str(reason)
             if isinstance(reason, BaseException) and type(reason).__name__ not in text:
                 text = f"{type(reason).__name__}: {text}"
         elif isinstance(e, TimeoutError):
             text = "timed out"
         else:
-            text = f"{type(e).__name__}: {first_line_of(e)}"
+            text = f"{type(e).__name__}: {first_line(e)}"
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text

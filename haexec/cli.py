@@ -226,7 +226,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         pool.open(wait=True, timeout=10)
         entries = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms).history(args.limit)
     except Exception as e:
-        from coordinator.elector import first_line
+        from coordinator.errors import first_line
 
         raise CommandError(f"database unreachable: {first_line(e)}") from None
     finally:
@@ -280,7 +280,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     except migrate.MigrationError as e:
         raise CommandError(str(e)) from None
     except Exception as e:  # alembic/SQLAlchemy: unknown revision, unreachable database
-        from coordinator.elector import first_line
+        from coordinator.errors import first_line
 
         raise CommandError(f"db {args.db_command}: {first_line(e)}") from None
     return 0
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     from haexec import cli_engine
 
     cli_engine.add_commands(sub, common)
+    from haexec.drill.cli import add_commands as add_drill
+
+    add_drill(sub, common)
     return parser
 
 

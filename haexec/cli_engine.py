@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from psycopg_pool import ConnectionPool
 
+from coordinator.errors import first_line
 from db.session import SessionLimits, make_pool
 from engine import intake, store
 from engine.brokers.base import Broker
@@ -41,7 +42,7 @@ def _pool(args: argparse.Namespace, env: dict[str, str]) -> Iterator[tuple[Conne
         pool.open(wait=True, timeout=10)
     except Exception as e:
         pool.close()
-        raise EngineCommandError(f"database unreachable: {str(e).strip().splitlines()[0]}") from None
+        raise EngineCommandError(f"database unreachable: {first_line(e)}") from None
     try:
         yield pool, cfg
     finally:
@@ -179,12 +180,14 @@ def cmd_broker(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
     from engine.brokers.base import BrokerError
-    from engine.reconcile import reconcile
+    from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 
     with _pool(args, env) as (pool, cfg):
         try:
             broker = _broker(cfg, pool)
-            report = reconcile(pool, broker, cfg.election.cluster, f"cli:{getpass.getuser()}", None, 30_000)
+            report = reconcile(
+                pool, broker, cfg.election.cluster, f"cli:{getpass.getuser()}", None, 3 * RECONCILE_TIMEOUT_MS
+            )
         except BrokerError as e:
             raise EngineCommandError(f"broker {cfg.engine.broker}: {e}") from None
         _print({**asdict(report), "ok": report.ok}, args.json, lambda: json.dumps(asdict(report), indent=2))

@@ -43,6 +43,8 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from coordinator.errors import first_line
+
 __all__ = [
     "EmbeddedError",
     "EmbeddedServers",
@@ -729,7 +731,7 @@ class PostgresServer(_ServerProcess):
                     with contextlib.suppress(pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         except psycopg.Error as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc)
             raise EmbeddedError(f"cannot create database {name!r} on port {self.port}: {msg}") from None
         return self.url(name)
 

@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from coordinator.elector import first_line
+from coordinator.errors import first_line
 from coordinator.lease import redis_client
 from coordinator.service import Coordinator
 from db import migrate
@@ -25,7 +25,7 @@ from engine.breaker import BreakerState, CircuitBreaker
 from engine.brokers.base import Broker, BrokerError, BrokerUnavailable
 from engine.brokers.paper import PaperBroker
 from engine.executor import Executor, ExecutorConfig
-from engine.reconcile import reconcile
+from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
 from haexec.settings import Settings
@@ -187,7 +187,7 @@ class Replica:
             self.settings.election.cluster,
             self.settings.election.instance_id,
             epoch,
-            timeout_ms=10_000,
+            timeout_ms=RECONCILE_TIMEOUT_MS,
         )
 
     def _describe(self) -> dict[str, Any]:

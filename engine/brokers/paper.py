@@ -14,6 +14,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
 
+from coordinator.errors import first_line
 from coordinator.fencing import fenced
 from engine.brokers.base import (
     Account,
@@ -184,7 +185,7 @@ class PaperBroker:
                 return result
         except psycopg.OperationalError as e:
             # Lost mid-transaction or at COMMIT: the booking may or may not have committed.
-            return OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {str(e).strip().splitlines()[0]}")
+            return OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {first_line(e)}")
 
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult:
         with self._pool.connection() as conn:
