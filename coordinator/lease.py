@@ -12,10 +12,9 @@ import secrets
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from coordinator.clock import Clock
+from coordinator.redis_url import make_client
 
 TOKEN_BYTES = 16
 
@@ -115,16 +114,9 @@ def reserved_value(instance_id: str) -> str:
 def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> redis.Redis:
     """A client that never retries on its own: a retried SET NX whose first reply was lost
     would make a replica believe it failed while its token sits in the key. The name shows
-    in CLIENT LIST, so an operator can tell each replica's connections apart."""
-    return redis.Redis.from_url(
-        url,
-        client_name=name,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
+    in CLIENT LIST, so an operator can tell each replica's connections apart. `url` may also
+    name a master behind Sentinel (`redis+sentinel://`): see `coordinator.redis_url`."""
+    return make_client(url, timeout_s, name)
 
 
 class RedisLease:

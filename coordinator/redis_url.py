@@ -28,6 +28,7 @@ its replica and its own reconfiguration, seconds later) -- and the command fails
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.connection import SSLConnection
 from redis.connection import parse_url as _redis_parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 DIRECT_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -121,9 +122,11 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ValueError("is empty")
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        shown = f"{scheme}://" if sep and len(scheme) <= 30 and re.fullmatch(r"[a-z0-9+.-]*", scheme) else "it"
-        raise ValueError(f"unknown scheme {shown}: must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    allowed = ", ".join(s + "://" for s in SCHEMES)
+    if not sep or not re.fullmatch(r"[a-z][a-z0-9+.-]{0,19}", scheme):
+        raise ValueError(f"has no scheme: must start with one of {allowed}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme}://: must be one of {allowed}")
     if any(c.isspace() for c in url):
         raise ValueError("must not contain whitespace")
     if scheme in SENTINEL_SCHEMES:
@@ -213,14 +216,20 @@ def _query(query: str) -> dict[str, str]:
     except ValueError:
         raise ValueError("malformed query string (expected name=value&...)") from None
     out: dict[str, str] = {}
-    for name, values in raw.items():
+    for position, (name, values) in enumerate(raw.items(), start=1):
         if name not in SENTINEL_OPTIONS:
-            shown = name if re.fullmatch(r"[A-Za-z0-9_]{1,40}", name) else "?"
-            raise ValueError(f"unknown option {shown!r} (known: {', '.join(SENTINEL_OPTIONS)})")
+            # The name is not shown: an unencoded '&' in a password makes part of it a "name".
+            close = difflib.get_close_matches(name, SENTINEL_OPTIONS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(SENTINEL_OPTIONS)}"
+            raise ValueError(f"unknown option (the {_ordinal(position)} in the query; {hint})")
         if len(values) > 1:
             raise ValueError(f"option {name!r} given more than once")
         out[name] = values[0]
     return out
+
+
+def _ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
 
 def _typed(name: str, value: str) -> Any:
@@ -335,18 +344,51 @@ class MasterConnection(SentinelManagedConnection):
                 raise
             where = f"{self.host}:{self.port}"
             self.disconnect()
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise redis.ConnectionError(f"{where} no longer takes writes as master: {first}") from e
+            raise redis.ConnectionError(f"{where} no longer takes writes as master: {_first_line(e)}") from e
 
 
 class MasterSSLConnection(MasterConnection, SSLConnection):
     pass
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class ConciseSentinel(Sentinel):
+    """redis-py's Sentinel, whose "no master" error is one short line: each sentinel's
+    address and why it did not answer (redis-py's own message holds every client's repr)."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        why: list[str] = []
+        for i, sentinel in enumerate(self.sentinels):
+            kwargs = sentinel.connection_pool.connection_kwargs
+            where = f"{kwargs.get('host')}:{kwargs.get('port')}"
+            try:
+                masters = sentinel.sentinel_masters()
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                why.append(f"{where}: {_first_line(e)}")
+                continue
+            state = masters.get(service_name)
+            if state is None:
+                why.append(f"{where}: monitors no master {service_name!r}")
+                continue
+            if not self.check_master_state(state, service_name):
+                why.append(f"{where}: reports it down")
+                continue
+            # The sentinel that answered goes first next time (as redis-py does).
+            self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
+            forced = getattr(self, "_force_master_ip", None)
+            ip = forced if forced is not None else state["ip"]
+            return ip, int(state["port"])
+        raise MasterNotFoundError(f"no master {service_name!r} found through Sentinel: {'; '.join(why)}")
+
+
 class SentinelRedis(redis.Redis):
     """A master client found through Sentinel; ``close()`` also closes its sentinel connections."""
 
-    sentinel: Sentinel | None = None
+    sentinel: Sentinel | None = None  # set by make_client
 
     def close(self) -> None:
         try:
@@ -384,7 +426,9 @@ def make_client(url: str, timeout_s: float | None, name: str | None = None) -> r
     options = dict(target.options)
     sentinel_timeout = target.sentinel_timeout_s
     if sentinel_timeout is None:
-        sentinel_timeout = DEFAULT_SENTINEL_TIMEOUT_S if timeout_s is None else min(timeout_s, DEFAULT_SENTINEL_TIMEOUT_S)
+        sentinel_timeout = (
+            DEFAULT_SENTINEL_TIMEOUT_S if timeout_s is None else min(timeout_s, DEFAULT_SENTINEL_TIMEOUT_S)
+        )
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": sentinel_timeout,
         "socket_connect_timeout": sentinel_timeout,
@@ -396,7 +440,7 @@ def make_client(url: str, timeout_s: float | None, name: str | None = None) -> r
     }
     if target.sentinel_ssl:
         sentinel_kwargs.update(ssl=True, **_tls_kwargs(options))
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    sentinel = ConciseSentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
     node_kwargs: dict[str, Any] = {
         "socket_timeout": options.get("socket_timeout", timeout_s),
         "socket_connect_timeout": options.get("socket_connect_timeout", timeout_s),
@@ -419,6 +463,7 @@ def make_client(url: str, timeout_s: float | None, name: str | None = None) -> r
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
     "DEFAULT_SENTINEL_TIMEOUT_S",
+    "ConciseSentinel",
     "MasterConnection",
     "RedisTarget",
     "SentinelRedis",

@@ -17,6 +17,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from coordinator.errors import first_line
 from coordinator.lease import redis_client
+from coordinator.redis_url import redact_redis_url
 from coordinator.service import Coordinator
 from db import migrate
 from db.session import SessionLimits, make_pool
@@ -202,7 +203,9 @@ class Replica:
                 with attempt:
                     probe.ping()
         except redis.RedisError as e:
-            raise StartupError(f"redis at {redact(self._redis_url)} unreachable after {timeout:g}s: {e}") from None
+            raise StartupError(
+                f"redis at {redact_redis_url(self._redis_url)} unreachable after {timeout:g}s: {e}"
+            ) from None
         finally:
             probe.close()
         try:

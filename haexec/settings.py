@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from coordinator.config import ConfigError, ElectionConfig
+from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.risk import RiskLimits
 
@@ -27,7 +28,6 @@ TIMER_ENV = {
 }
 FIELD_ENV = {"cluster": "HAEXEC_CLUSTER", "instance_id": "HAEXEC_INSTANCE_ID", **TIMER_ENV}
 BROKERS = ("paper", "mt5")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     election = election_config(env)
     redis_url = env.get("HAEXEC_REDIS_URL") or None
-    if redis_url and not redis_url.startswith(REDIS_SCHEMES):
-        raise ConfigError("HAEXEC_REDIS_URL", "must start with redis://, rediss:// or unix://")
+    if redis_url:
+        try:
+            parse_redis_url(redis_url)
+        except ValueError as e:
+            raise ConfigError("HAEXEC_REDIS_URL", str(e)) from None
     database_url = env.get("HAEXEC_DATABASE_URL") or None
     if database_url and not is_postgres_url(database_url):
         raise ConfigError("HAEXEC_DATABASE_URL", "must be a postgresql:// URL")
