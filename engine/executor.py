@@ -395,8 +395,9 @@ class Executor:
     def _resolve(self, u: store.Unsettled, epoch: int) -> int:
         """Settle one attempt an earlier epoch left (or a held one). Returns 1 if still held."""
         venue = self._broker
-        if u.status == SignalStatus.EXECUTING and not venue.fencing_aware and u.attempt_age_ms < self.cfg.grace_ms:
-            return 0  # a paused ex-leader may still send: wait out the grace before searching
+        held = 1 if u.status == SignalStatus.IN_DOUBT else 0
+        if not venue.fencing_aware and u.attempt_age_ms < self.cfg.grace_ms:
+            return held  # a paused ex-leader or a timed-out call may still send: wait out the grace
         found = venue.find_by_tag(u.tag)
         if found:
             first, *dupes = sorted(found, key=lambda o: (o.at is None, o.at, o.ticket))
@@ -418,8 +419,8 @@ class Executor:
             for d in dupes:
                 self._duplicate(u, d.ticket, first.ticket, epoch)
             return 0
-        if u.status == SignalStatus.IN_DOUBT:
-            return 1  # held until its tag turns up or an operator settles it
+        # At a fencing-aware venue an absent tag is final (the attempt's epoch can no longer
+        # book, and a late commit of the same tag would be refused as a duplicate): re-execute.
         if venue.fencing_aware or self.cfg.in_doubt_policy == "reexecute":
             with self._pool.connection() as conn, self._coord.fenced(conn) as (cur, fence):
                 taken = store.take_over(
@@ -434,6 +435,8 @@ class Executor:
             if taken:
                 self._execute_alone(store.Claimed(u.id, u.fingerprint, u.tag, u.payload), epoch)
             return 0
+        if u.status == SignalStatus.IN_DOUBT:
+            return 1  # held until its tag turns up or an operator settles it
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             held = store.settle_held(
                 cur,

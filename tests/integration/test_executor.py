@@ -223,3 +223,21 @@ def test_a_venue_that_cannot_fence_holds_then_adopts_and_closes_duplicates(rig: 
     with rig.pool.connection() as conn:
         events = [r[0] for r in conn.execute("SELECT detail FROM signal_events WHERE signal = %s ORDER BY id", (sid,))]
     assert any("held" in (e or "") for e in events) and any("found at the broker" in (e or "") for e in events)
+
+
+def test_in_doubt_at_the_paper_broker_with_its_tag_absent_is_re_executed(rig: Rig, database_url: str) -> None:
+    """A booking whose COMMIT went unanswered: absent at a fencing-aware venue means never booked."""
+    fp, tag, sid = submit(rig, 6)
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    with rig.pool.connection() as conn:
+        conn.execute(
+            "UPDATE signals SET status = 'in_doubt', epoch = %s, attempt_at = clock_timestamp() WHERE id = %s",
+            (rig.coordinator.elector.epoch, sid),
+        )
+    ex = start_executor(rig, database_url)
+    try:
+        wait_for(lambda: rig.status(fp) == "executed", 10, "re-executed")
+    finally:
+        ex.stop(5)
+    assert rig.orders(tag) == 1
