@@ -88,6 +88,7 @@ class Executor:
         self._paused = threading.Event()  # a switchover: claim nothing new
         self._busy = threading.Lock()  # held while a sweep works, so quiesce() can wait it out
         self._prepared_epoch: int | None = None
+        self._housekept_at = 0.0
         self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
 
@@ -167,11 +168,16 @@ class Executor:
             self._prepared_epoch = None
             return
         try:
+            now = time.monotonic()
+            housekeeping = now - self._housekept_at >= self.cfg.sweep_ms / 1000.0
             if fence.epoch != self._prepared_epoch:
                 self._take_office(fence.epoch)
                 self._prepared_epoch = fence.epoch
-            self._expire(fence.epoch)
-            self._resolve_unsettled(fence.epoch)
+                housekeeping = True
+            if housekeeping:  # on the timer, not on every NOTIFY: keeps a lone signal's path short
+                self._housekept_at = now
+                self._expire(fence.epoch)
+                self._resolve_unsettled(fence.epoch)
             self._drain(fence.epoch)
         except NotLeader:
             return
@@ -231,6 +237,8 @@ class Executor:
                         return
                 opened = self._execute(c, fence.epoch, halted, account, open_positions)
                 open_positions += opened
+            if len(ids) < self.cfg.batch:
+                return  # that was all of them; a signal arriving meanwhile NOTIFYs again
 
     def _open_positions(self) -> int:
         counter = getattr(self._broker, "open_position_count", None)

@@ -144,6 +144,8 @@ def upgrade() -> None:
         )
         """
     )
+    # Today's realised P&L (the daily-loss rule) is read per claim batch.
+    op.execute("CREATE INDEX paper_deals_day ON paper_deals (cluster, at)")
     op.execute(
         """
         CREATE TABLE controls (
