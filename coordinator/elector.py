@@ -310,7 +310,10 @@ class Elector:
         matched = self._heartbeat(leading)
         leading = self._leading
         if matched is False:
-            return self._db_moved_on(leading, redis_says_self=renewed)
+            # Redis's answer counts only while it is still fresh: a heartbeat that stalled past
+            # the lease met a record moved on for an ordinary reason, not a split brain.
+            fresh = renewed and self._clock.now_ms() < leading.valid_until_ms
+            return self._db_moved_on(leading, redis_says_self=fresh)
         now = self._clock.now_ms()
         if matched is None and now - leading.last_db_ok_ms > cfg.db_grace_ms:
             return self._step_down(leading, "released:db_unreachable", release_record=True)

@@ -909,3 +909,23 @@ def test_follower_looks_again_right_after_a_key_in_its_last_millisecond(
     assert b.step() <= 1 + b.cfg.jitter_ms
     monkeypatch.setattr(b._lease, "pttl_ms", lambda: -1)  # no TTL at all
     assert b.step() >= b.cfg.renew_ms
+
+
+def test_a_heartbeat_that_stalls_past_the_lease_is_no_split_brain(cl: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renew said "self", then the heartbeat hung past the lease while another replica
+    took over: an ordinary loss, not a disagreement between the stores."""
+    a = lead(cl)
+    sb = split_brains()
+    real_heartbeat = cl.store.heartbeat
+
+    def stalled(epoch: int, me: str) -> bool:
+        cl.clock.advance(a.cfg.lease_ms + 500)
+        supersede(cl)
+        return real_heartbeat(epoch, me)
+
+    monkeypatch.setattr(cl.store, "heartbeat", stalled)
+    cl.clock.advance(a.cfg.renew_ms)
+    a.step()
+    assert_not_leader(a)
+    assert split_brains() == sb
+    assert cl.reasons()[-1] == ("a", 1, "lost:epoch_superseded")
