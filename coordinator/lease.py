@@ -72,15 +72,10 @@ return 0
 """
 
 
-class LeaseError(Exception):
-    pass
-
-
-class LeaseNotOwned(LeaseError):
-    """The key holds another replica's token (or none): this replica no longer owns it."""
-
-
 class RenewStatus(enum.Enum):
+    """Ownership as a result, not an exception: TAKEN (another token) and ABSENT are ordinary
+    answers the elector acts on every tick."""
+
     RENEWED = 1
     REASSERTED = 2
     ABSENT = 0
