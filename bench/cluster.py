@@ -11,7 +11,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import redis
 
 from db import migrate
 from db.urls import libpq_url, redact
+from haexec.drill.cluster import wait_until as drill_wait_until
 from haexec.embedded import PostgresServer, RedisServer
 
 T = TypeVar("T")
@@ -54,21 +54,8 @@ def log(msg: str) -> None:
 
 
 def wait_until(predicate: Callable[[], T], timeout_s: float, interval_s: float = POLL_S) -> T | None:
-    """Poll until predicate() is truthy and return it; None once the deadline has passed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval_s)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """The drill's poll, at the bench's finer default interval."""
+    return drill_wait_until(predicate, timeout_s, interval_s)
 
 
 def http_status(url: str, timeout_s: float = 1.0) -> int:

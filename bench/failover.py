@@ -39,7 +39,6 @@ from bench.cluster import (
     BenchError,
     Replica,
     Servers,
-    free_port,
     log,
     replica_env,
     wait_until,
@@ -54,6 +53,7 @@ from bench.idle import (
 )
 from bench.stats import summary
 from db.urls import libpq_url
+from haexec.drill.cluster import free_port
 
 PHASES = ("kill", "sigterm", "idle")
 FAILOVER_DEADLINE_LEASES = 5

@@ -48,11 +48,12 @@ import httpx
 import psycopg
 import redis
 
-from bench.cluster import BENCH_CLIENT_PREFIX, BenchError, Replica, Servers, free_port, log, replica_env, wait_until
+from bench.cluster import BENCH_CLIENT_PREFIX, BenchError, Replica, Servers, log, replica_env, wait_until
 from bench.failover import code_version
 from bench.idle import log_offset, logged_writes
 from bench.stats import summary
 from db.urls import libpq_url
+from haexec.drill.cluster import free_port
 
 PHASES = ("latency", "throughput")
 GOAL_P50_MS = 10.0

@@ -14,24 +14,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from coordinator.config import ConfigError, ElectionConfig
+from haexec.drill.scenarios import SCENARIOS
 
 EXIT_USAGE = 2
 DEFAULT_LEASE_MS = 3000
 
-CHOICES = (
-    "kill",
-    "pause",
-    "switchover",
-    "redis-restart",
-    "db-restart",
-    "partition-redis",
-    "partition-db",
-    "latency-redis",
-    "latency-db",
-    "clock-jump",
-    "all",
-    "random",
-)
+CHOICES = (*SCENARIOS, "all", "random")
 
 
 def _usage_error(message: str) -> NoReturn:
