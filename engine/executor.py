@@ -13,8 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import psycopg_pool
@@ -27,15 +26,22 @@ from coordinator.service import Coordinator
 from db.session import SessionLimits, connect
 from engine import metrics, store
 from engine.breaker import CircuitBreaker
-from engine.brokers.base import Broker, BrokerError, OrderRequest, OrderResult, Outcome
-from engine.model import SignalStatus
+from engine.brokers.base import BookingVenue, Broker, BrokerError, OrderRequest, OrderResult, Outcome
+from engine.model import OrderType, SignalStatus
 from engine.risk import RiskLimits, RiskRejected, SymbolSpec, size_order
 from engine.signal import intent_from_payload
 
 log = logging.getLogger("haexec.engine")
 
+Order = tuple[int, OrderRequest]  # a claimed signal's id and the order it becomes
+
 Alert = Callable[..., None]
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+OUTCOME_STATUS = {
+    Outcome.DONE: SignalStatus.EXECUTED,
+    Outcome.REJECTED: SignalStatus.REJECTED,
+    Outcome.UNKNOWN: SignalStatus.IN_DOUBT,
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,26 @@ class ExecutorConfig:
         return self.in_doubt_grace_ms or 2 * self.broker_deadline_ms
 
 
-def read_halted(conn: psycopg.Connection, cluster: str) -> bool:
+def settlements(orders: list[Order], results: list[OrderResult]) -> list[store.Settlement]:
+    """The venue's answers as the signals' outcomes."""
+    out = []
+    for (signal, req), result in zip(orders, results, strict=True):
+        done = result.outcome is Outcome.DONE
+        out.append(
+            store.Settlement(
+                signal,
+                OUTCOME_STATUS[result.outcome],
+                result.outcome.value,
+                ref=result.ref,
+                volume=req.volume if done else None,
+                price=result.price,
+                error=None if done else (result.detail or result.outcome.value),
+            )
+        )
+    return out
+
+
+def read_halted(conn: psycopg.Connection | psycopg.Cursor, cluster: str) -> bool:
     row = conn.execute("SELECT halted FROM controls WHERE cluster = %s", (cluster,)).fetchone()
     return bool(row and row[0])
 
@@ -212,75 +237,76 @@ class Executor:
             if not self._breaker.allow():
                 return  # signals wait while the broker's circuit is open; they are not failed
             with self._pool.connection() as conn:
-                ids = store.received_ids(conn, self.cfg.cluster, self.cfg.batch)
-                if not ids:
-                    return
-                halted = read_halted(conn, self.cfg.cluster)
+                if not store.any_received(conn, self.cfg.cluster):
+                    return  # a read first, so an idle leader's sweep writes nothing
                 with self._coord.fenced(conn) as (cur, fence):
-                    claimed = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, ids)
-            if not claimed:
-                return
-            account = None
-            open_positions = 0
-            for i, c in enumerate(claimed):
-                if self._stop.is_set() or self._paused.is_set() or not self._breaker.allow():
-                    self._requeue_all(claimed[i:], fence.epoch, "handed back: stopping, switchover or circuit open")
-                    return
-                if account is None and not halted:
-                    try:
-                        account = self._broker.account()
-                        open_positions = self._open_positions()
-                    except BrokerError as e:
-                        # Nothing was sent: give the whole rest of the batch back, never leave it in doubt.
-                        self._breaker.record_failure("account")
-                        self._requeue_all(claimed[i:], fence.epoch, f"broker unavailable: {e}")
-                        return
-                opened = self._execute(c, fence.epoch, halted, account, open_positions)
-                open_positions += opened
-            if len(ids) < self.cfg.batch:
+                    halted = read_halted(cur, self.cfg.cluster)
+                    claimed = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, self.cfg.batch)
+            if claimed:
+                self._execute(claimed, fence.epoch, halted)
+            if len(claimed) < self.cfg.batch:
                 return  # that was all of them; a signal arriving meanwhile NOTIFYs again
 
     def _open_positions(self) -> int:
         counter = getattr(self._broker, "open_position_count", None)
         return counter() if counter else len(self._broker.positions())
 
-    # ---- one signal ----
+    # ---- a claimed batch ----
 
-    def _execute(self, c: store.Claimed, epoch: int, halted: bool, account: Any, open_positions: int) -> int:
-        """Returns the number of positions opened (0 or 1), to keep the batch's risk view current."""
-        if halted:
-            self._settle(c.id, epoch, SignalStatus.REJECTED, "rejected", error="halted: trading is halted")
-            return 0
-        intent = intent_from_payload(c.payload)
-        try:
-            sized = size_order(intent, account, open_positions, self._spec_for(intent.symbol), self._limits)
-        except RiskRejected as r:
-            self._settle(c.id, epoch, SignalStatus.REJECTED, "rejected", error=f"risk {r.rule}: {r.detail}")
-            return 0
-        req = OrderRequest(
-            tag=c.tag,
-            symbol=intent.symbol,
-            side=intent.side,
-            type=intent.type,
-            volume=sized.volume,
-            price=intent.price,
-            sl=intent.sl,
-            tp=intent.tp,
-            epoch=epoch,
-        )
-        return self._send(c.id, req, sized.volume)
-
-    def _execute_alone(self, c: store.Claimed, epoch: int) -> None:
-        with self._pool.connection() as conn:
-            halted = read_halted(conn, self.cfg.cluster)
-        try:
-            account = None if halted else self._broker.account()
-            open_positions = 0 if halted else self._open_positions()
-        except BrokerError as e:
-            self._breaker.record_failure("account")
-            self._requeue(c.id, epoch, f"broker unavailable: {e}")
+    def _execute(self, claimed: list[store.Claimed], epoch: int, halted: bool) -> None:
+        """Kill switch, risk, then send: every claimed signal ends settled, in doubt or handed back."""
+        if self._stop.is_set() or self._paused.is_set() or not self._breaker.allow():
+            self._requeue([c.id for c in claimed], epoch, "handed back: stopping, switchover or circuit open")
             return
-        self._execute(c, epoch, halted, account, open_positions)
+        if halted:
+            self._settle(epoch, [self._rejection(c.id, "halted: trading is halted") for c in claimed])
+            return
+        try:
+            account = self._broker.account()
+            open_positions = self._open_positions()
+        except BrokerError as e:
+            # Nothing was sent: give the whole batch back, never leave it in doubt.
+            self._breaker.record_failure("account")
+            self._requeue([c.id for c in claimed], epoch, f"broker unavailable: {e}")
+            return
+        orders: list[Order] = []
+        rejected: list[store.Settlement] = []
+        for c in claimed:
+            intent = intent_from_payload(c.payload)
+            try:
+                sized = size_order(intent, account, open_positions, self._spec_for(intent.symbol), self._limits)
+            except RiskRejected as r:
+                rejected.append(self._rejection(c.id, f"risk {r.rule}: {r.detail}"))
+                continue
+            req = OrderRequest(
+                tag=c.tag,
+                symbol=intent.symbol,
+                side=intent.side,
+                type=intent.type,
+                volume=sized.volume,
+                price=intent.price,
+                sl=intent.sl,
+                tp=intent.tp,
+                epoch=epoch,
+            )
+            orders.append((c.id, req))
+            # Counted as opened before the venue answers: the rest of the batch sees the most
+            # positions it could, never fewer.
+            open_positions += intent.type is OrderType.MARKET
+        self._settle(epoch, rejected)
+        # A database venue books the whole batch in one transaction; any other venue is sent one
+        # order at a time, each after its own lease check.
+        batches = [orders] if self._broker.records_in_transaction else [[o] for o in orders]
+        for i, batch in enumerate(batches):
+            if i and (self._stop.is_set() or self._paused.is_set() or not self._breaker.allow()):
+                rest = [sid for b in batches[i:] for sid, _ in b]
+                self._requeue(rest, epoch, "handed back: stopping, switchover or circuit open")
+                return
+            self._place(batch, epoch)
+
+    @staticmethod
+    def _rejection(signal: int, error: str) -> store.Settlement:
+        return store.Settlement(signal, SignalStatus.REJECTED, "rejected", error=error)
 
     def _lease_allows_send(self, epoch: int) -> bool:
         """Send only while the lease outlives the broker call: wait for a renewal if it is
@@ -300,99 +326,76 @@ class Executor:
                 return False
             time.sleep(0.005)
 
-    def _send(self, signal: int, req: OrderRequest, volume: Decimal) -> int:
-        if not self._lease_allows_send(req.epoch):
-            self._requeue(signal, req.epoch, "lease too short to send; given back")
-            return 0
-        recorded: list[float | None] = []
+    def _place(self, orders: list[Order], epoch: int) -> None:
+        """One broker call for `orders` (one order, or a database venue's whole batch), then
+        their outcomes: inside the booking transaction where the venue is the database."""
+        ids = [sid for sid, _ in orders]
+        if not self._lease_allows_send(epoch):
+            self._requeue(ids, epoch, "lease too short to send; given back")
+            return
+        recorded: list[dict[int, float]] = []
 
-        def within(cur: psycopg.Cursor, result: OrderResult) -> None:
-            recorded.append(self._record(cur, signal, req.epoch, result, volume))
+        def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
+            recorded.append(store.record_outcomes(cur, epoch, self.cfg.instance_id, settlements(orders, results)))
 
+        reqs = [req for _, req in orders]
         started = time.monotonic()
         try:
             if self._broker.records_in_transaction:
-                result = self._broker.send(req, within)
+                results = cast(BookingVenue, self._broker).book(reqs, within)
             else:
-                result = self._broker.send(req)
+                results = [self._broker.send(req) for req in reqs]
         except EpochSuperseded as e:
             # The venue refused a deposed leader: nothing was booked. The fact is kept; the
-            # signal stays with its attempt for the new leader, which re-executes it.
-            self._fact(signal, req.epoch, "fenced", str(e))
-            log.warning("order for signal %d refused by the venue: %s", signal, e)
-            return 0
+            # signals stay with their attempt for the new leader, which re-executes them.
+            with self._pool.connection() as conn, conn.cursor() as cur:
+                store.record_facts(cur, ids, epoch, self.cfg.instance_id, "fenced", str(e))
+            log.warning("orders for %d signal(s) refused by the venue: %s", len(ids), e)
+            return
         except BrokerError as e:
             self._breaker.record_failure()
-            self._requeue(signal, req.epoch, f"broker unavailable: {e}")
-            return 0
-        elapsed_ms = (time.monotonic() - started) * 1000
-        if result.outcome is Outcome.UNKNOWN:
+            self._requeue(ids, epoch, f"broker unavailable: {e}")
+            return
+        if any(r.outcome is Outcome.UNKNOWN for r in results):
             self._breaker.record_failure()
         else:
-            self._breaker.record_success(elapsed_ms)
+            self._breaker.record_success((time.monotonic() - started) * 1000)
+        settled = settlements(orders, results)
         if not recorded:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                recorded.append(self._record(cur, signal, req.epoch, result, volume))
-        return 1 if result.outcome is Outcome.DONE and req.type.value == "market" else 0
+                recorded.append(store.record_outcomes(cur, epoch, self.cfg.instance_id, settled))
+        self._counted(settled, recorded[0])
 
-    def _record(
-        self, cur: psycopg.Cursor, signal: int, epoch: int, result: OrderResult, volume: Decimal
-    ) -> float | None:
-        status = {
-            Outcome.DONE: SignalStatus.EXECUTED,
-            Outcome.REJECTED: SignalStatus.REJECTED,
-            Outcome.UNKNOWN: SignalStatus.IN_DOUBT,
-        }[result.outcome]
-        latency = store.record_outcome(
-            cur,
-            signal,
-            epoch,
-            self.cfg.instance_id,
-            status,
-            result.outcome.value,
-            ref=result.ref,
-            volume=volume if result.outcome is Outcome.DONE else None,
-            price=result.price,
-            error=None if result.outcome is Outcome.DONE else (result.detail or result.outcome.value),
-        )
-        self._count(status, latency)
-        if status is SignalStatus.IN_DOUBT:
-            log.critical("signal %d in doubt after the broker call: %s", signal, result.detail)
-            self._alert("signal_in_doubt", "critical", f"signal {signal} in doubt: {result.detail}", signal=signal)
-            metrics.IN_DOUBT.inc()
-        return latency
+    def _counted(self, settled: list[store.Settlement], latencies: dict[int, float]) -> None:
+        for s in settled:
+            latency = latencies.get(s.signal)
+            if latency is not None:  # else a newer attempt or an operator settled it; the fact is kept
+                metrics.SIGNALS.labels(s.status.value).inc()
+                metrics.SIGNAL_LATENCY.observe(latency)
+            if s.status is SignalStatus.REJECTED:
+                log.warning("signal %d rejected: %s", s.signal, s.error)
+            elif s.status is SignalStatus.IN_DOUBT:
+                log.critical("signal %d in doubt after the broker call: %s", s.signal, s.error)
+                self._alert("signal_in_doubt", "critical", f"signal {s.signal} in doubt: {s.error}", signal=s.signal)
+                metrics.IN_DOUBT.inc()
 
-    def _count(self, status: SignalStatus, latency: float | None) -> None:
-        if latency is None:
-            return  # a newer attempt or an operator settled it; the fact is in executions
-        metrics.SIGNALS.labels(status.value).inc()
-        metrics.SIGNAL_LATENCY.observe(latency)
-
-    def _settle(self, signal: int, epoch: int, status: SignalStatus, outcome: str, error: str) -> None:
+    def _settle(self, epoch: int, settled: list[store.Settlement]) -> None:
+        if not settled:
+            return
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            latency = store.record_outcome(cur, signal, epoch, self.cfg.instance_id, status, outcome, error=error)
-        self._count(status, latency)
-        if status is SignalStatus.REJECTED:
-            log.warning("signal %d rejected: %s", signal, error)
+            latencies = store.record_outcomes(cur, epoch, self.cfg.instance_id, settled)
+        self._counted(settled, latencies)
 
-    def _fact(self, signal: int, epoch: int, outcome: str, detail: str) -> None:
-        with self._pool.connection() as conn:
-            conn.execute(store.EXECUTION_SQL, (signal, epoch, self.cfg.instance_id, outcome, None, detail))
-
-    def _requeue(self, signal: int, epoch: int, reason: str) -> None:
+    def _requeue(self, signals: list[int], epoch: int, reason: str) -> None:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            store.requeue(cur, signal, epoch, self.cfg.instance_id, reason)
+            store.requeue(cur, signals, epoch, self.cfg.instance_id, reason)
         self._wake.set()
-
-    def _requeue_all(self, claimed: list[store.Claimed], epoch: int, reason: str) -> None:
-        for c in claimed:
-            self._requeue(c.id, epoch, reason)
 
     # ---- in doubt ----
 
     def _resolve_unsettled(self, epoch: int) -> None:
         with self._pool.connection() as conn:
-            pending = store.unsettled(conn, self.cfg.cluster, epoch)
+            pending = store.unsettled(conn, self.cfg.cluster, epoch, self.cfg.broker_deadline_ms)
         held = 0
         for u in pending:
             if self._stop.is_set():
@@ -440,8 +443,9 @@ class Executor:
                     self.cfg.instance_id,
                     "re-executing: tag absent",
                 )
+                halted = read_halted(cur, self.cfg.cluster)
             if taken:
-                self._execute_alone(store.Claimed(u.id, u.fingerprint, u.tag, u.payload), epoch)
+                self._execute([store.Claimed(u.id, u.fingerprint, u.tag, u.payload)], epoch, halted)
             return 0
         if u.status == SignalStatus.IN_DOUBT:
             return 1  # held until its tag turns up or an operator settles it

@@ -21,13 +21,21 @@ from engine.model import SignalStatus
 
 NOTIFY_CHANNEL = "haexec_signals"
 
-INSERT_SIGNAL_SQL = """
-INSERT INTO signals (cluster, fingerprint, intent_digest, tag, source, signal_id, payload,
-                     received_by, expires_at)
-VALUES (%(cluster)s, %(fingerprint)s, %(digest)s, %(tag)s, %(source)s, %(signal_id)s, %(payload)s,
-        %(instance)s, %(expires_at)s)
-ON CONFLICT (cluster, fingerprint) DO NOTHING
-RETURNING id
+# One statement in an autocommit session, so one round trip and one commit: the signal, its
+# first event and the leader's wake-up (pg_notify runs once, for the inserted row only).
+ACCEPT_SQL = """
+WITH inserted AS (
+    INSERT INTO signals (cluster, fingerprint, intent_digest, tag, source, signal_id, payload,
+                         received_by, expires_at)
+    VALUES (%(cluster)s, %(fingerprint)s, %(digest)s, %(tag)s, %(source)s, %(signal_id)s, %(payload)s,
+            %(instance)s, %(expires_at)s)
+    ON CONFLICT (cluster, fingerprint) DO NOTHING
+    RETURNING id
+), event AS (
+    INSERT INTO signal_events (signal, status, instance_id, actor, detail)
+    SELECT id, 'received', %(instance)s, NULL, 'accepted' FROM inserted
+)
+SELECT id, pg_notify(%(channel)s, %(cluster)s) FROM inserted
 """
 
 EVENT_SQL = """
@@ -35,25 +43,63 @@ INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
 VALUES (%s, %s, %s, %s, %s, %s)
 """
 
-EXECUTION_SQL = """
+FACTS_SQL = """
 INSERT INTO executions (signal, epoch, instance_id, outcome, broker_ref, detail)
-VALUES (%s, %s, %s, %s, %s, %s)
+SELECT unnest(%(ids)s::bigint[]), %(epoch)s, %(instance)s, %(outcome)s, NULL, %(detail)s
 """
 
+# The oldest `limit` received signals -> executing under `epoch`, each with its event.
 CLAIM_SQL = """
-UPDATE signals SET status = 'executing', epoch = %(epoch)s, attempt_at = clock_timestamp(),
-       executed_by = %(instance)s, updated_at = clock_timestamp()
-WHERE id = ANY(%(ids)s) AND cluster = %(cluster)s AND status = 'received'
-RETURNING id, fingerprint, tag, payload
+WITH next AS (
+    SELECT id FROM signals WHERE cluster = %(cluster)s AND status = 'received'
+    ORDER BY id LIMIT %(limit)s FOR UPDATE
+), claimed AS (
+    UPDATE signals s SET status = 'executing', epoch = %(epoch)s, attempt_at = clock_timestamp(),
+           executed_by = %(instance)s, updated_at = clock_timestamp()
+    FROM next WHERE s.id = next.id
+    RETURNING s.id, s.fingerprint, s.tag, s.payload
+), event AS (
+    INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
+    SELECT id, 'executing', %(instance)s, %(epoch)s, NULL, 'claimed' FROM claimed
+)
+SELECT id, fingerprint, tag, payload FROM claimed ORDER BY id
 """
 
-# Outcome CAS: only the attempt that is current (same epoch, still executing) may settle it.
-OUTCOME_SQL = """
-UPDATE signals SET status = %(status)s, broker_ref = COALESCE(%(ref)s, broker_ref),
-       volume = COALESCE(%(volume)s, volume), fill_price = COALESCE(%(price)s, fill_price),
-       error = %(error)s, updated_at = clock_timestamp()
-WHERE id = %(id)s AND status = 'executing' AND epoch = %(epoch)s
-RETURNING EXTRACT(EPOCH FROM clock_timestamp() - received_at)
+# Every attempt's fact is inserted; the status moves only for signals whose current attempt
+# this is (same epoch, still executing), so a stale outcome never overwrites a newer one.
+OUTCOMES_SQL = """
+WITH outcome AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(outcomes)s::text[], %(refs)s::text[],
+                         %(volumes)s::numeric[], %(prices)s::numeric[], %(errors)s::text[])
+             AS o(id, status, outcome, ref, volume, price, error)
+), fact AS (
+    INSERT INTO executions (signal, epoch, instance_id, outcome, broker_ref, detail)
+    SELECT id, %(epoch)s, %(instance)s, outcome, ref, COALESCE(error, ref) FROM outcome
+), settled AS (
+    UPDATE signals s SET status = o.status, broker_ref = COALESCE(o.ref, s.broker_ref),
+           volume = COALESCE(o.volume, s.volume), fill_price = COALESCE(o.price, s.fill_price),
+           error = o.error, updated_at = clock_timestamp()
+    FROM outcome o
+    WHERE s.id = o.id AND s.status = 'executing' AND s.epoch = %(epoch)s
+    RETURNING s.id, s.status, COALESCE(o.error, o.ref) AS detail,
+              EXTRACT(EPOCH FROM clock_timestamp() - s.received_at) AS latency
+), event AS (
+    INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
+    SELECT id, status, %(instance)s, %(epoch)s, NULL, detail FROM settled
+)
+SELECT id, latency FROM settled
+"""
+
+REQUEUE_SQL = """
+WITH back AS (
+    UPDATE signals SET status = 'received', updated_at = clock_timestamp()
+    WHERE id = ANY(%(ids)s) AND status = 'executing' AND epoch = %(epoch)s
+    RETURNING id
+), event AS (
+    INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
+    SELECT id, 'received', %(instance)s, %(epoch)s, NULL, %(reason)s FROM back
+)
+SELECT count(*) FROM back
 """
 
 
@@ -73,6 +119,19 @@ class Claimed:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """One attempt's outcome: recorded always, and settling its signal if the attempt is current."""
+
+    signal: int
+    status: SignalStatus
+    outcome: str
+    ref: str | None = None
+    volume: Decimal | None = None
+    price: Decimal | None = None
+    error: str | None = None
+
+
 def accept(
     conn: psycopg.Connection,
     cluster: str,
@@ -85,84 +144,73 @@ def accept(
     signal_id: str | None,
     expires_at: datetime | None,
 ) -> Accepted:
-    """Store a signal (and wake the leader) in one transaction; the caller answers only after
-    this returns, so an accepted signal is never lost."""
-    with conn.transaction():
-        row = conn.execute(
-            INSERT_SIGNAL_SQL,
-            {
-                "cluster": cluster,
-                "fingerprint": fingerprint,
-                "digest": digest,
-                "tag": tag,
-                "source": source,
-                "signal_id": signal_id,
-                "payload": json.dumps(payload),
-                "instance": instance,
-                "expires_at": expires_at,
-            },
-        ).fetchone()
-        if row is not None:
-            conn.execute(EVENT_SQL, (row[0], SignalStatus.RECEIVED, instance, None, None, "accepted"))
-            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, cluster))
-            return Accepted(fingerprint, SignalStatus.RECEIVED, duplicate=False)
-        existing = conn.execute(
-            "SELECT status, intent_digest FROM signals WHERE cluster = %s AND fingerprint = %s",
-            (cluster, fingerprint),
-        ).fetchone()
+    """Store a signal (and wake the leader) in one committed statement; the caller answers only
+    after this returns, so an accepted signal is never lost. `conn` is in autocommit mode."""
+    row = conn.execute(
+        ACCEPT_SQL,
+        {
+            "cluster": cluster,
+            "fingerprint": fingerprint,
+            "digest": digest,
+            "tag": tag,
+            "source": source,
+            "signal_id": signal_id,
+            "payload": json.dumps(payload),
+            "instance": instance,
+            "expires_at": expires_at,
+            "channel": NOTIFY_CHANNEL,
+        },
+    ).fetchone()
+    if row is not None:
+        return Accepted(fingerprint, SignalStatus.RECEIVED, duplicate=False)
+    existing = conn.execute(
+        "SELECT status, intent_digest FROM signals WHERE cluster = %s AND fingerprint = %s",
+        (cluster, fingerprint),
+    ).fetchone()
     assert existing is not None  # rows are never deleted
     return Accepted(fingerprint, existing[0], duplicate=True, conflict=existing[1] != digest)
 
 
-def claim(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int, ids: list[int]) -> list[Claimed]:
-    """received -> executing under `epoch`. Call inside the coordinator's fenced transaction."""
-    rows = cur.execute(CLAIM_SQL, {"epoch": epoch, "instance": instance, "cluster": cluster, "ids": ids}).fetchall()
-    for r in rows:
-        cur.execute(EVENT_SQL, (r[0], SignalStatus.EXECUTING, instance, epoch, None, "claimed"))
+def claim(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int, limit: int) -> list[Claimed]:
+    """The oldest `limit` received signals -> executing under `epoch`. Call inside the
+    coordinator's fenced transaction."""
+    rows = cur.execute(CLAIM_SQL, {"epoch": epoch, "instance": instance, "cluster": cluster, "limit": limit}).fetchall()
     return [Claimed(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def record_outcome(
-    cur: psycopg.Cursor,
-    signal: int,
-    epoch: int,
-    instance: str,
-    status: SignalStatus,
-    outcome: str,
-    ref: str | None = None,
-    volume: Decimal | None = None,
-    price: Decimal | None = None,
-    error: str | None = None,
-    actor: str | None = None,
-) -> float | None:
-    """Record an attempt's fact (always) and settle the signal if this attempt is current.
-    Returns seconds since intake when the status changed, None when a newer attempt (or an
-    operator) had already moved it on."""
-    cur.execute(EXECUTION_SQL, (signal, epoch, instance, outcome, ref, error or ref))
-    row = cur.execute(
-        OUTCOME_SQL,
+def record_outcomes(cur: psycopg.Cursor, epoch: int, instance: str, settlements: list[Settlement]) -> dict[int, float]:
+    """Record every attempt's fact and settle the signals whose current attempt it is, in one
+    statement. Returns seconds since intake for each signal whose status changed; a signal left
+    out had been moved on already (by a newer attempt or an operator)."""
+    if not settlements:
+        return {}
+    rows = cur.execute(
+        OUTCOMES_SQL,
         {
-            "status": status,
-            "ref": ref,
-            "volume": volume,
-            "price": price,
-            "error": error,
-            "id": signal,
             "epoch": epoch,
+            "instance": instance,
+            "ids": [s.signal for s in settlements],
+            "statuses": [s.status.value for s in settlements],
+            "outcomes": [s.outcome for s in settlements],
+            "refs": [s.ref for s in settlements],
+            "volumes": [s.volume for s in settlements],
+            "prices": [s.price for s in settlements],
+            "errors": [s.error for s in settlements],
         },
-    ).fetchone()
-    if row is None:
-        return None
-    cur.execute(EVENT_SQL, (signal, status, instance, epoch, actor, error or ref))
-    return float(row[0])
-
-
-def received_ids(conn: psycopg.Connection, cluster: str, limit: int) -> list[int]:
-    rows = conn.execute(
-        "SELECT id FROM signals WHERE cluster = %s AND status = 'received' ORDER BY id LIMIT %s",
-        (cluster, limit),
     ).fetchall()
-    return [r[0] for r in rows]
+    return {int(r[0]): float(r[1]) for r in rows}
+
+
+def record_facts(cur: psycopg.Cursor, signals: list[int], epoch: int, instance: str, outcome: str, detail: str) -> None:
+    """Attempts that changed nothing (the venue refused a deposed leader): kept as facts only."""
+    cur.execute(FACTS_SQL, {"ids": signals, "epoch": epoch, "instance": instance, "outcome": outcome, "detail": detail})
+
+
+def any_received(conn: psycopg.Connection, cluster: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM signals WHERE cluster = %s AND status = 'received')", (cluster,)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def any_due(conn: psycopg.Connection, cluster: str) -> bool:
@@ -192,16 +240,10 @@ def expire_due(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int) -> 
     return [r[1] for r in rows]
 
 
-def requeue(cur: psycopg.Cursor, signal: int, epoch: int, instance: str, reason: str) -> bool:
-    """executing -> received for an attempt that never reached the broker."""
-    row = cur.execute(
-        "UPDATE signals SET status = 'received', updated_at = clock_timestamp() "
-        "WHERE id = %s AND status = 'executing' AND epoch = %s RETURNING id",
-        (signal, epoch),
-    ).fetchone()
-    if row:
-        cur.execute(EVENT_SQL, (signal, SignalStatus.RECEIVED, instance, epoch, None, reason))
-    return row is not None
+def requeue(cur: psycopg.Cursor, signals: list[int], epoch: int, instance: str, reason: str) -> int:
+    """executing -> received for attempts that never reached the broker. Returns how many moved."""
+    row = cur.execute(REQUEUE_SQL, {"ids": signals, "epoch": epoch, "instance": instance, "reason": reason}).fetchone()
+    return int(row[0]) if row else 0
 
 
 @dataclass(frozen=True)
@@ -215,17 +257,20 @@ class Unsettled:
     attempt_age_ms: float
 
 
-def unsettled(conn: psycopg.Connection, cluster: str, below_epoch: int) -> list[Unsettled]:
-    """Attempts left by earlier epochs (their leader died or was paused mid-call), and held ones."""
+def unsettled(conn: psycopg.Connection, cluster: str, epoch: int, orphan_after_ms: int) -> list[Unsettled]:
+    """Attempts left by earlier epochs (their leader died or was paused mid-call), held ones, and
+    this epoch's own attempts older than `orphan_after_ms` (the caller runs between its batches,
+    so such an attempt is one whose outcome could not be recorded, e.g. the database went away)."""
     rows = conn.execute(
         """
         SELECT id, fingerprint, tag, payload, status, epoch,
                EXTRACT(EPOCH FROM clock_timestamp() - attempt_at) * 1000
         FROM signals
-        WHERE cluster = %s AND ((status = 'executing' AND epoch < %s) OR status = 'in_doubt')
+        WHERE cluster = %s AND (status = 'in_doubt' OR (status = 'executing' AND (epoch < %s
+              OR attempt_at < clock_timestamp() - %s * interval '1 millisecond')))
         ORDER BY id
         """,
-        (cluster, below_epoch),
+        (cluster, epoch, orphan_after_ms),
     ).fetchall()
     return [Unsettled(r[0], r[1], r[2], r[3], r[4], r[5], float(r[6] or 0)) for r in rows]
 

@@ -84,15 +84,15 @@ class BrokerUnavailable(BrokerError):
     """Start-up or a call failed because the venue (or its library) is not available."""
 
 
-# Called inside the paper broker's booking transaction, so the signal's outcome commits
-# with the order. Brokers that are not the database ignore it; the executor records after.
-InTransaction = Callable[[Any, OrderResult], None]
+# Called inside a database venue's booking transaction with one result per order, so the
+# signals' outcomes commit with their orders.
+InTransaction = Callable[[Any, list[OrderResult]], None]
 
 
 class Broker(Protocol):
     name: str
     fencing_aware: bool  # refuses orders whose epoch is superseded (only the paper broker)
-    records_in_transaction: bool  # calls `within` inside its booking transaction
+    records_in_transaction: bool  # a BookingVenue: books a batch and its outcomes in one transaction
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
@@ -100,6 +100,13 @@ class Broker(Protocol):
     def positions(self) -> list[Position]: ...
     def find_by_tag(self, tag: str) -> list[VenueOrder]: ...
     def orders(self) -> list[VenueOrder]: ...
-    def send(self, req: OrderRequest, within: InTransaction | None = None) -> OrderResult: ...
+    def send(self, req: OrderRequest) -> OrderResult: ...
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult: ...
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult: ...
+
+
+class BookingVenue(Broker, Protocol):
+    """A venue that is the database (paper): a batch of orders under one epoch, and `within`,
+    commit in one fenced transaction, or not at all."""
+
+    def book(self, reqs: list[OrderRequest], within: InTransaction | None = None) -> list[OrderResult]: ...

@@ -84,7 +84,6 @@ from engine.brokers.base import (
     Account,
     BrokerError,
     BrokerUnavailable,
-    InTransaction,
     OrderRequest,
     OrderResult,
     Outcome,
@@ -747,9 +746,9 @@ class MT5Broker:
             raise CallFailed(f"symbol_info_tick({symbol})", code, text)
         return info, t
 
-    def send(self, req: OrderRequest, within: InTransaction | None = None) -> OrderResult:
-        """Place `req`; `within` is ignored (MT5 is not the database: the executor records after).
-        The venue cannot check `req.epoch` (fencing_aware is False)."""
+    def send(self, req: OrderRequest) -> OrderResult:
+        """Place `req` (the executor records the outcome after). The venue cannot check
+        `req.epoch` (fencing_aware is False)."""
         if not isinstance(req.tag, str) or not _TAG.fullmatch(req.tag):
             raise ValueError(f"tag must be 1..{MAX_COMMENT} ASCII letters or digits, got {req.tag!r}")
         symbol = self._venue_symbol(req.symbol)

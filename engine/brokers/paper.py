@@ -26,19 +26,31 @@ from engine.brokers.base import (
     Position,
     VenueOrder,
 )
-from engine.model import OrderType, Side
+from engine.model import Side
 
-BOOK_ORDER_SQL = """
-INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state)
-VALUES (%(cluster)s, %(tag)s, %(symbol)s, %(side)s, %(type)s, %(volume)s, %(price)s, %(sl)s, %(tp)s,
-        %(epoch)s, %(instance)s, %(state)s)
-ON CONFLICT (cluster, tag) DO NOTHING
-RETURNING ticket
-"""
-
-OPEN_POSITION_SQL = """
-INSERT INTO paper_positions (ticket, cluster, symbol, side, volume, price, sl, tp, tag)
-VALUES (%(ticket)s, %(cluster)s, %(symbol)s, %(side)s, %(volume)s, %(price)s, %(sl)s, %(tp)s, %(tag)s)
+# A whole batch in one statement: the orders (a tag booked already is skipped, never doubled),
+# and for market orders their positions and opening deals. The positions' foreign key to
+# paper_orders is checked at the end of the statement, when the orders are there.
+BOOK_ORDERS_SQL = """
+WITH request AS (
+    SELECT * FROM unnest(%(tags)s::text[], %(symbols)s::text[], %(sides)s::text[], %(types)s::text[],
+                         %(volumes)s::numeric[], %(prices)s::numeric[], %(sls)s::numeric[], %(tps)s::numeric[])
+                  WITH ORDINALITY AS r(tag, symbol, side, type, volume, price, sl, tp, n)
+), booked AS (
+    INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state)
+    SELECT %(cluster)s, tag, symbol, side, type, volume, price, sl, tp, %(epoch)s, %(instance)s,
+           CASE type WHEN 'market' THEN 'filled' ELSE 'pending' END
+    FROM request ORDER BY n
+    ON CONFLICT (cluster, tag) DO NOTHING
+    RETURNING ticket, tag, symbol, side, type, volume, price, sl, tp
+), opened AS (
+    INSERT INTO paper_positions (ticket, cluster, symbol, side, volume, price, sl, tp, tag)
+    SELECT ticket, %(cluster)s, symbol, side, volume, price, sl, tp, tag FROM booked WHERE type = 'market'
+), dealt AS (
+    INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl)
+    SELECT %(cluster)s, ticket, 'open', volume, price, 0 FROM booked WHERE type = 'market'
+)
+SELECT tag, ticket FROM booked
 """
 
 DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -139,53 +151,65 @@ class PaperBroker:
     def orders(self) -> list[VenueOrder]:
         return self._venue_orders("", ())
 
-    def send(self, req: OrderRequest, within: InTransaction | None = None) -> OrderResult:
-        """Book the order under its epoch. EpochSuperseded propagates: the order was refused
-        because its leader was deposed, which is not the venue's verdict on the trade."""
+    def send(self, req: OrderRequest) -> OrderResult:
+        return self.book([req])[0]
+
+    def book(self, reqs: list[OrderRequest], within: InTransaction | None = None) -> list[OrderResult]:
+        """Book the orders (all under one epoch) in one fenced transaction; `within(cur, results)`
+        runs inside it, so the signals' outcomes commit with their orders. EpochSuperseded
+        propagates: the orders were refused because their leader was deposed, which is not the
+        venue's verdict on the trades."""
+        epochs = {r.epoch for r in reqs}
+        if len(epochs) != 1:
+            raise ValueError(f"one booking is fenced by one epoch, got {sorted(epochs)}")
         try:
             with self._pool.connection() as conn:
-                return self._book(conn, req, within)
+                return self._book(conn, reqs, epochs.pop(), within)
         except psycopg_pool.PoolTimeout as e:
             raise BrokerError(f"paper broker: database unavailable: {e}") from None
 
-    def _book(self, conn: psycopg.Connection, req: OrderRequest, within: InTransaction | None) -> OrderResult:
+    def _book(
+        self, conn: psycopg.Connection, reqs: list[OrderRequest], epoch: int, within: InTransaction | None
+    ) -> list[OrderResult]:
         try:
-            with fenced(conn, self._cluster, req.epoch) as cur:
-                params = {
-                    "cluster": self._cluster,
-                    "tag": req.tag,
-                    "symbol": req.symbol,
-                    "side": req.side.value,
-                    "type": req.type.value,
-                    "volume": req.volume,
-                    "price": req.price,
-                    "sl": req.sl,
-                    "tp": req.tp,
-                    "epoch": req.epoch,
-                    "instance": self._instance,
-                    "state": "filled" if req.type is OrderType.MARKET else "pending",
-                }
-                row = cur.execute(BOOK_ORDER_SQL, params).fetchone()
-                if row is None:
-                    # The tag is booked already: the venue answers with that order, never a second one.
-                    existing = cur.execute(
-                        "SELECT ticket, price FROM paper_orders WHERE cluster = %s AND tag = %s",
-                        (self._cluster, req.tag),
-                    ).fetchone()
-                    assert existing is not None
-                    result = OrderResult(Outcome.DONE, ref=str(existing[0]), detail="already booked", price=existing[1])
-                else:
-                    ticket = int(row[0])
-                    if req.type is OrderType.MARKET:
-                        cur.execute(OPEN_POSITION_SQL, {**params, "ticket": ticket})
-                        cur.execute(DEAL_SQL, (self._cluster, ticket, "open", req.volume, req.price, 0))
-                    result = OrderResult(Outcome.DONE, ref=str(ticket), detail="booked", price=req.price)
+            with fenced(conn, self._cluster, epoch) as cur:
+                rows = cur.execute(
+                    BOOK_ORDERS_SQL,
+                    {
+                        "cluster": self._cluster,
+                        "epoch": epoch,
+                        "instance": self._instance,
+                        "tags": [r.tag for r in reqs],
+                        "symbols": [r.symbol for r in reqs],
+                        "sides": [r.side.value for r in reqs],
+                        "types": [r.type.value for r in reqs],
+                        "volumes": [r.volume for r in reqs],
+                        "prices": [r.price for r in reqs],
+                        "sls": [r.sl for r in reqs],
+                        "tps": [r.tp for r in reqs],
+                    },
+                ).fetchall()
+                price = {r.tag: r.price for r in reqs}
+                booked = {t: OrderResult(Outcome.DONE, ref=str(k), detail="booked", price=price[t]) for t, k in rows}
+                if len(booked) < len(reqs):
+                    booked.update(self._booked_already(cur, [r.tag for r in reqs if r.tag not in booked]))
+                results = [booked[r.tag] for r in reqs]
                 if within is not None:
-                    within(cur, result)
-                return result
+                    within(cur, results)
+                return results
         except psycopg.OperationalError as e:
             # Lost mid-transaction or at COMMIT: the booking may or may not have committed.
-            return OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {first_line(e)}")
+            return [OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {first_line(e)}") for _ in reqs]
+
+    def _booked_already(self, cur: psycopg.Cursor, tags: list[str]) -> dict[str, OrderResult]:
+        """A tag is booked at most once: the venue answers with that order, never a second one."""
+        rows = cur.execute(
+            "SELECT tag, ticket, price FROM paper_orders WHERE cluster = %s AND tag = ANY(%s)", (self._cluster, tags)
+        ).fetchall()
+        return {
+            tag: OrderResult(Outcome.DONE, ref=str(ticket), detail="already booked", price=price)
+            for tag, ticket, price in rows
+        }
 
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult:
         with self._pool.connection() as conn:

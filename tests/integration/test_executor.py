@@ -16,7 +16,7 @@ from coordinator.service import Coordinator
 from db.session import SessionLimits, make_pool
 from engine import store
 from engine.breaker import CircuitBreaker
-from engine.brokers.base import OrderRequest, OrderResult
+from engine.brokers.base import OrderRequest, OrderResult, Outcome
 from engine.brokers.paper import PaperBroker
 from engine.executor import Executor, ExecutorConfig
 from engine.model import OrderType, Side
@@ -99,7 +99,9 @@ def leave_in_flight(rig: Rig, sid: int, epoch: int) -> None:
         )
 
 
-def start_executor(rig: Rig, database_url: str, broker: object | None = None, **cfg: object) -> Executor:
+def start_executor(
+    rig: Rig, database_url: str, broker: object | None = None, limits: RiskLimits | None = None, **cfg: object
+) -> Executor:
     ex = Executor(
         ExecutorConfig(
             cluster=rig.cluster, instance_id="leader", broker_deadline_ms=300, drift_margin_ms=50, sweep_ms=100, **cfg
@@ -109,7 +111,7 @@ def start_executor(rig: Rig, database_url: str, broker: object | None = None, **
         database_url,
         broker or rig.broker,
         CircuitBreaker(broker="paper"),
-        RiskLimits(),
+        limits or RiskLimits(),
     )
     ex.start()
     return ex
@@ -241,3 +243,96 @@ def test_in_doubt_at_the_paper_broker_with_its_tag_absent_is_re_executed(rig: Ri
     finally:
         ex.stop(5)
     assert rig.orders(tag) == 1
+
+
+def test_a_claimed_batch_is_sized_in_order_and_booked_with_its_outcomes_in_one_transaction(
+    rig: Rig, database_url: str
+) -> None:
+    big = submit(rig, 10, volume="200")  # over max_volume
+    small = [submit(rig, 11 + i) for i in range(5)]
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    ex = start_executor(rig, database_url, limits=RiskLimits(max_open_positions=3))
+    try:
+        wait_for(lambda: all(rig.status(fp) not in ("received", "executing") for fp, _, _ in [big, *small]), 10, "all")
+    finally:
+        ex.stop(5)
+    # Orders counted as opened before the venue answered: the fourth and fifth meet the limit.
+    assert [rig.status(fp) for fp, _, _ in small] == ["executed"] * 3 + ["rejected"] * 2
+    assert rig.status(big[0]) == "rejected"
+    with rig.pool.connection() as conn:
+        errors = dict(
+            conn.execute("SELECT id, error FROM signals WHERE cluster = %s AND status = 'rejected'", (rig.cluster,))
+        )
+        assert "max_volume" in errors[big[2]] and "max_open_positions" in errors[small[4][2]]
+        # One claim, one booking: the three orders and their signals' outcomes share a transaction.
+        (claims,) = conn.execute(
+            "SELECT count(DISTINCT e.xmin::text) FROM signal_events e JOIN signals s ON s.id = e.signal "
+            "WHERE s.cluster = %s AND e.status = 'executing'",
+            (rig.cluster,),
+        ).fetchone()
+        assert claims == 1
+        writers = conn.execute(
+            "SELECT DISTINCT o.xmin::text FROM paper_orders o WHERE o.cluster = %s "
+            "UNION SELECT DISTINCT s.xmin::text FROM signals s WHERE s.cluster = %s AND s.status = 'executed'",
+            (rig.cluster, rig.cluster),
+        ).fetchall()
+        assert len(writers) == 1
+
+
+class UnansweredVenue(PaperBroker):
+    """The paper book whose first booking's COMMIT goes unanswered (and did not commit)."""
+
+    def __init__(self, paper: PaperBroker) -> None:
+        super().__init__(paper._pool, paper._cluster, paper._instance)
+        self.lost = 0
+
+    def book(self, reqs: list[OrderRequest], within: object = None) -> list[OrderResult]:
+        if not self.lost:
+            self.lost = len(reqs)
+            return [OrderResult(Outcome.UNKNOWN, detail="paper broker: connection lost at COMMIT") for _ in reqs]
+        return super().book(reqs, within)
+
+
+def test_a_batch_whose_booking_went_unanswered_is_in_doubt_then_each_signal_executes_once(
+    rig: Rig, database_url: str
+) -> None:
+    signals = [submit(rig, 20 + i) for i in range(4)]
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    venue = UnansweredVenue(rig.broker)
+    ex = start_executor(rig, database_url, broker=venue)
+    try:
+        wait_for(lambda: all(rig.status(fp) == "executed" for fp, _, _ in signals), 10, "all re-executed")
+    finally:
+        ex.stop(5)
+    assert venue.lost == 4
+    assert [rig.orders(tag) for _, tag, _ in signals] == [1, 1, 1, 1]
+    with rig.pool.connection() as conn:
+        for _, _, sid in signals:
+            history = [
+                r[0] for r in conn.execute("SELECT status FROM signal_events WHERE signal = %s ORDER BY id", (sid,))
+            ]
+            assert history == ["received", "executing", "in_doubt", "executing", "executed"]
+
+
+def test_an_attempt_of_this_epoch_left_unrecorded_is_settled_from_its_tag_or_re_executed(
+    rig: Rig, database_url: str
+) -> None:
+    """The database went away after the booking and before its outcome (or a hand-back) was
+    written: the leader finds its own epoch's attempts left executing and settles them."""
+    booked_fp, booked_tag, booked_id = submit(rig, 30)
+    lost_fp, lost_tag, lost_id = submit(rig, 31)
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    epoch = rig.coordinator.elector.epoch
+    book_under(rig, booked_tag, epoch)
+    leave_in_flight(rig, booked_id, epoch)
+    leave_in_flight(rig, lost_id, epoch)
+    ex = start_executor(rig, database_url)
+    try:
+        wait_for(lambda: rig.status(booked_fp) == rig.status(lost_fp) == "executed", 10, "both settled")
+    finally:
+        ex.stop(5)
+    assert rig.orders(booked_tag) == 1 and rig.orders(lost_tag) == 1
+    assert rig.coordinator.elector.epoch == epoch

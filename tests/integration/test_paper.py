@@ -14,9 +14,10 @@ from coordinator.fencing import EpochSuperseded
 from db.session import SessionLimits, make_pool
 from db.urls import libpq_url
 from engine import store
-from engine.brokers.base import OrderRequest, Outcome
+from engine.brokers.base import OrderRequest, OrderResult, Outcome
 from engine.brokers.paper import PaperBroker
 from engine.model import OrderType, Side, SignalStatus
+from engine.store import Settlement
 
 
 @pytest.fixture
@@ -81,17 +82,24 @@ def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
         assert accepted.status == "received" and not accepted.duplicate
         sid = conn.execute("SELECT id FROM signals WHERE cluster = %s", (cluster,)).fetchone()[0]
         with conn.transaction(), conn.cursor() as cur:
-            assert [c.id for c in store.claim(cur, cluster, "a", epoch, [sid])] == [sid]
+            assert [c.id for c in store.claim(cur, cluster, "a", epoch, 64)] == [sid]
 
-    def within(cur: psycopg.Cursor, result: object) -> None:
-        store.record_outcome(cur, sid, epoch, "a", SignalStatus.EXECUTED, "done", ref="1")
+    def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
+        (result,) = results
+        store.record_outcomes(cur, epoch, "a", [Settlement(sid, SignalStatus.EXECUTED, "done", ref=result.ref)])
 
-    assert broker.send(order("HXCCCC", epoch), within).outcome is Outcome.DONE
+    (booked,) = broker.book([order("HXCCCC", epoch)], within)
+    assert booked.outcome is Outcome.DONE
     with psycopg.connect(libpq_url(database_url)) as conn:
-        assert conn.execute("SELECT status, epoch FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed", epoch)
+        assert conn.execute("SELECT status, epoch, broker_ref FROM signals WHERE id = %s", (sid,)).fetchone() == (
+            "executed",
+            epoch,
+            booked.ref,
+        )
         with conn.transaction(), conn.cursor() as cur:
             # An older attempt's late answer is kept as a fact but changes nothing.
-            assert store.record_outcome(cur, sid, epoch - 1, "old", SignalStatus.FAILED, "failed", error="x") is None
+            stale = Settlement(sid, SignalStatus.FAILED, "failed", error="x")
+            assert store.record_outcomes(cur, epoch - 1, "old", [stale]) == {}
         assert conn.execute("SELECT status FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed",)
         facts = conn.execute("SELECT epoch, outcome FROM executions WHERE signal = %s ORDER BY id", (sid,)).fetchall()
         assert facts == [(epoch, "done"), (epoch - 1, "failed")]
