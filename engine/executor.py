@@ -290,9 +290,10 @@ class Executor:
                 epoch=epoch,
             )
             orders.append((c.id, req))
-            # Counted as opened before the venue answers: the rest of the batch sees the most
-            # positions it could, never fewer.
-            open_positions += intent.type is OrderType.MARKET
+            if intent.type is OrderType.MARKET:
+                # Counted as opened before the venue answers: the rest of the batch sees the
+                # most positions there could be, never fewer.
+                open_positions += 1
         self._settle(epoch, rejected)
         # A database venue books the whole batch in one transaction; any other venue is sent one
         # order at a time, each after its own lease check.

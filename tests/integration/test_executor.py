@@ -125,18 +125,29 @@ def book_under(rig: Rig, tag: str, epoch: int) -> None:
     )
 
 
-def test_in_doubt_at_the_paper_broker_is_settled_from_its_tag_or_re_executed(rig: Rig, database_url: str) -> None:
-    booked_fp, booked_tag, booked_id = submit(rig, 1)
-    lost_fp, lost_tag, lost_id = submit(rig, 2)
-    # An earlier leader (epoch 1) booked the first and died before recording; died before sending the second.
+@pytest.mark.parametrize("left_by", ["an earlier epoch", "this epoch"])
+def test_an_unsettled_attempt_at_the_paper_broker_is_settled_from_its_tag_or_re_executed(
+    rig: Rig, database_url: str, left_by: str
+) -> None:
+    """A leader booked the first signal and never recorded it, and never sent the second: it
+    died (an earlier epoch), or the database went away before the outcome or a hand-back was
+    written (this epoch). The leader settles both, each with exactly one order."""
     from tests.integration.test_paper import lead
 
-    old = lead(rig.pool, rig.cluster, "old")
-    book_under(rig, booked_tag, old)
-    leave_in_flight(rig, booked_id, old)
-    leave_in_flight(rig, lost_id, old)
+    booked_fp, booked_tag, booked_id = submit(rig, 1)
+    lost_fp, lost_tag, lost_id = submit(rig, 2)
+
+    def leave_unsettled(epoch: int) -> None:
+        book_under(rig, booked_tag, epoch)
+        leave_in_flight(rig, booked_id, epoch)
+        leave_in_flight(rig, lost_id, epoch)
+
+    if left_by == "an earlier epoch":
+        leave_unsettled(lead(rig.pool, rig.cluster, "old"))
     rig.coordinator.start()
     wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    if left_by == "this epoch":
+        leave_unsettled(rig.coordinator.elector.epoch)
     ex = start_executor(rig, database_url)
     try:
         wait_for(lambda: rig.status(booked_fp) == rig.status(lost_fp) == "executed", 10, "both settled")
@@ -144,7 +155,7 @@ def test_in_doubt_at_the_paper_broker_is_settled_from_its_tag_or_re_executed(rig
         ex.stop(5)
     assert rig.orders(booked_tag) == 1 and rig.orders(lost_tag) == 1
     (found,) = rig.broker.find_by_tag(lost_tag)
-    assert found.epoch == rig.coordinator.elector.epoch  # re-executed under the new epoch
+    assert found.epoch == rig.coordinator.elector.epoch  # re-executed under the leader's epoch
 
 
 def test_kill_switch_rejects_and_expired_signals_never_execute(rig: Rig, database_url: str) -> None:
@@ -314,25 +325,3 @@ def test_a_batch_whose_booking_went_unanswered_is_in_doubt_then_each_signal_exec
                 r[0] for r in conn.execute("SELECT status FROM signal_events WHERE signal = %s ORDER BY id", (sid,))
             ]
             assert history == ["received", "executing", "in_doubt", "executing", "executed"]
-
-
-def test_an_attempt_of_this_epoch_left_unrecorded_is_settled_from_its_tag_or_re_executed(
-    rig: Rig, database_url: str
-) -> None:
-    """The database went away after the booking and before its outcome (or a hand-back) was
-    written: the leader finds its own epoch's attempts left executing and settles them."""
-    booked_fp, booked_tag, booked_id = submit(rig, 30)
-    lost_fp, lost_tag, lost_id = submit(rig, 31)
-    rig.coordinator.start()
-    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
-    epoch = rig.coordinator.elector.epoch
-    book_under(rig, booked_tag, epoch)
-    leave_in_flight(rig, booked_id, epoch)
-    leave_in_flight(rig, lost_id, epoch)
-    ex = start_executor(rig, database_url)
-    try:
-        wait_for(lambda: rig.status(booked_fp) == rig.status(lost_fp) == "executed", 10, "both settled")
-    finally:
-        ex.stop(5)
-    assert rig.orders(booked_tag) == 1 and rig.orders(lost_tag) == 1
-    assert rig.coordinator.elector.epoch == epoch
