@@ -37,6 +37,7 @@ Order = tuple[int, OrderRequest]  # a claimed signal's id and the order it becom
 
 Alert = Callable[..., None]
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+HANDED_BACK = "handed back: stopping, switchover or circuit open"
 OUTCOME_STATUS = {
     Outcome.DONE: SignalStatus.EXECUTED,
     Outcome.REJECTED: SignalStatus.REJECTED,
@@ -255,8 +256,8 @@ class Executor:
 
     def _execute(self, claimed: list[store.Claimed], epoch: int, halted: bool) -> None:
         """Kill switch, risk, then send: every claimed signal ends settled, in doubt or handed back."""
-        if self._stop.is_set() or self._paused.is_set() or not self._breaker.allow():
-            self._requeue([c.id for c in claimed], epoch, "handed back: stopping, switchover or circuit open")
+        if self._must_hand_back():
+            self._requeue([c.id for c in claimed], epoch, HANDED_BACK)
             return
         if halted:
             self._settle(epoch, [self._rejection(c.id, "halted: trading is halted") for c in claimed])
@@ -299,11 +300,13 @@ class Executor:
         # order at a time, each after its own lease check.
         batches = [orders] if self._broker.records_in_transaction else [[o] for o in orders]
         for i, batch in enumerate(batches):
-            if i and (self._stop.is_set() or self._paused.is_set() or not self._breaker.allow()):
-                rest = [sid for b in batches[i:] for sid, _ in b]
-                self._requeue(rest, epoch, "handed back: stopping, switchover or circuit open")
+            if i and self._must_hand_back():
+                self._requeue([sid for b in batches[i:] for sid, _ in b], epoch, HANDED_BACK)
                 return
             self._place(batch, epoch)
+
+    def _must_hand_back(self) -> bool:
+        return self._stop.is_set() or self._paused.is_set() or not self._breaker.allow()
 
     @staticmethod
     def _rejection(signal: int, error: str) -> store.Settlement:
@@ -334,10 +337,11 @@ class Executor:
         if not self._lease_allows_send(epoch):
             self._requeue(ids, epoch, "lease too short to send; given back")
             return
-        recorded: list[dict[int, float]] = []
+        recorded: list[tuple[list[store.Settlement], dict[int, float]]] = []
 
         def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
-            recorded.append(store.record_outcomes(cur, epoch, self.cfg.instance_id, settlements(orders, results)))
+            settled = settlements(orders, results)
+            recorded.append((settled, store.record_outcomes(cur, epoch, self.cfg.instance_id, settled)))
 
         reqs = [req for _, req in orders]
         started = time.monotonic()
@@ -361,11 +365,10 @@ class Executor:
             self._breaker.record_failure()
         else:
             self._breaker.record_success((time.monotonic() - started) * 1000)
-        settled = settlements(orders, results)
-        if not recorded:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                recorded.append(store.record_outcomes(cur, epoch, self.cfg.instance_id, settled))
-        self._counted(settled, recorded[0])
+        if recorded:
+            self._counted(*recorded[0])
+        else:
+            self._settle(epoch, settlements(orders, results))
 
     def _counted(self, settled: list[store.Settlement], latencies: dict[int, float]) -> None:
         for s in settled:

@@ -17,7 +17,6 @@ from engine import store
 from engine.brokers.base import OrderRequest, OrderResult, Outcome
 from engine.brokers.paper import PaperBroker
 from engine.model import OrderType, Side, SignalStatus
-from engine.store import Settlement
 
 
 @pytest.fixture
@@ -86,7 +85,7 @@ def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
 
     def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
         (result,) = results
-        store.record_outcomes(cur, epoch, "a", [Settlement(sid, SignalStatus.EXECUTED, "done", ref=result.ref)])
+        store.record_outcomes(cur, epoch, "a", [store.Settlement(sid, SignalStatus.EXECUTED, "done", ref=result.ref)])
 
     (booked,) = broker.book([order("HXCCCC", epoch)], within)
     assert booked.outcome is Outcome.DONE
@@ -98,7 +97,7 @@ def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
         )
         with conn.transaction(), conn.cursor() as cur:
             # An older attempt's late answer is kept as a fact but changes nothing.
-            stale = Settlement(sid, SignalStatus.FAILED, "failed", error="x")
+            stale = store.Settlement(sid, SignalStatus.FAILED, "failed", error="x")
             assert store.record_outcomes(cur, epoch - 1, "old", [stale]) == {}
         assert conn.execute("SELECT status FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed",)
         facts = conn.execute("SELECT epoch, outcome FROM executions WHERE signal = %s ORDER BY id", (sid,)).fetchall()
