@@ -26,9 +26,18 @@ from coordinator.service import Coordinator
 from db.session import SessionLimits, connect
 from engine import metrics, store
 from engine.breaker import CircuitBreaker
-from engine.brokers.base import BookingVenue, Broker, BrokerError, OrderRequest, OrderResult, Outcome
-from engine.model import OrderType, SignalStatus
-from engine.risk import RiskLimits, RiskRejected, SymbolSpec, size_order
+from engine.brokers.base import (
+    BookingVenue,
+    Broker,
+    BrokerError,
+    OrderRequest,
+    OrderResult,
+    Outcome,
+    Quote,
+    SymbolUnavailable,
+)
+from engine.model import SignalStatus
+from engine.risk import RiskLimits, RiskRejected, risk_cap, size_order
 from engine.signal import intent_from_payload
 
 log = logging.getLogger("haexec.engine")
@@ -42,6 +51,7 @@ OUTCOME_STATUS = {
     Outcome.DONE: SignalStatus.EXECUTED,
     Outcome.REJECTED: SignalStatus.REJECTED,
     Outcome.UNKNOWN: SignalStatus.IN_DOUBT,
+    Outcome.EXPIRED: SignalStatus.EXPIRED,
 }
 
 
@@ -95,7 +105,6 @@ class Executor:
         broker: Broker,
         breaker: CircuitBreaker,
         risk_limits: RiskLimits,
-        spec_for: Callable[[str], SymbolSpec] = lambda _symbol: SymbolSpec(),
         alert: Alert | None = None,
         reconcile: Callable[[int], Any] | None = None,
     ) -> None:
@@ -106,7 +115,6 @@ class Executor:
         self._broker = broker
         self._breaker = breaker
         self._limits = risk_limits
-        self._spec_for = spec_for
         self._alert = alert or (lambda *a, **k: None)
         self._reconcile = reconcile
         self._wake = threading.Event()
@@ -115,6 +123,10 @@ class Executor:
         self._busy = threading.Lock()  # held while a sweep works, so quiesce() can wait it out
         self._prepared_epoch: int | None = None
         self._housekept_at = 0.0
+        # What a database error left mid-batch, put right at the next sweep: signals never
+        # sent (handed back, not held in doubt) and sent orders' outcomes not yet recorded.
+        self._unsent: dict[int, set[int]] = {}  # epoch -> signal ids
+        self._unrecorded: list[tuple[int, list[store.Settlement]]] = []
         self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
 
@@ -188,6 +200,12 @@ class Executor:
                 self._sweep()
 
     def _sweep(self) -> None:
+        if self._unsent or self._unrecorded:
+            try:
+                self._put_right()
+            except DB_ERRORS as e:
+                log.warning("executor: database: %s", first_line(e))
+                return
         try:
             fence = self._coord.fence()
         except NotLeader:
@@ -222,13 +240,28 @@ class Executor:
             except Exception as e:  # a failed reconciliation is reported, never blocks trading forever
                 log.error("reconciliation at epoch %d failed: %s", epoch, e)
 
+    def _put_right(self) -> None:
+        """Record what a database error left unrecorded, then hand back what was never sent.
+        Recording needs no lease (a fact is kept even after leadership is lost); the hand-back
+        moves only signals still executing under the epoch that claimed them."""
+        while self._unrecorded:
+            epoch, settled = self._unrecorded[0]
+            self._settle(epoch, settled)
+            self._unrecorded.pop(0)
+        for epoch in list(self._unsent):
+            self._requeue(sorted(self._unsent[epoch]), epoch, "handed back after a database error; never sent")
+            del self._unsent[epoch]
+
     def _expire(self, epoch: int) -> None:
         with self._pool.connection() as conn:
             if not store.any_due(conn, self.cfg.cluster):
                 return
             with self._coord.fenced(conn) as (cur, fence):
                 expired = store.expire_due(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch)
-        for fp in expired:
+        self._expired(expired)
+
+    def _expired(self, fingerprints: list[str]) -> None:
+        for fp in fingerprints:
             metrics.SIGNALS.labels("expired").inc()
             log.error("signal %s expired before execution", fp)
             self._alert("signal_expired", "error", f"signal {fp} expired before execution", fingerprint=fp)
@@ -242,40 +275,68 @@ class Executor:
                     return  # a read first, so an idle leader's sweep writes nothing
                 with self._coord.fenced(conn) as (cur, fence):
                     halted = read_halted(cur, self.cfg.cluster)
-                    claimed = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, self.cfg.batch)
-            if claimed:
-                self._execute(claimed, fence.epoch, halted)
-            if len(claimed) < self.cfg.batch:
+                    got = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, self.cfg.batch)
+            self._expired(got.expired)
+            if got.claimed:
+                self._execute(got.claimed, fence.epoch, halted)
+            if len(got.claimed) + len(got.expired) < self.cfg.batch:
                 return  # that was all of them; a signal arriving meanwhile NOTIFYs again
 
-    def _open_positions(self) -> int:
-        counter = getattr(self._broker, "open_position_count", None)
-        return counter() if counter else len(self._broker.positions())
+    def _exposure(self) -> int:
+        """Open positions and pending orders: a pending order can fill at any time."""
+        counter = getattr(self._broker, "open_exposure", None)
+        return counter() if counter else len(self._broker.positions()) + len(self._broker.orders())
+
+    def _quotes(self, symbols: set[str]) -> dict[str, Quote | SymbolUnavailable]:
+        """Each symbol's spec and price, or why the venue cannot trade it. A BrokerError (the
+        venue unreachable) propagates: the batch goes back, nothing is refused for it."""
+        out: dict[str, Quote | SymbolUnavailable] = {}
+        for symbol in sorted(symbols):
+            try:
+                out[symbol] = self._broker.quote(symbol)
+            except SymbolUnavailable as e:
+                out[symbol] = e
+        return out
 
     # ---- a claimed batch ----
 
     def _execute(self, claimed: list[store.Claimed], epoch: int, halted: bool) -> None:
-        """Kill switch, risk, then send: every claimed signal ends settled, in doubt or handed back."""
+        """Kill switch, risk, then send: every claimed signal ends settled, in doubt or handed
+        back. A database error midway hands back at the next sweep what was never sent."""
+        sent: set[int] = set()
+        try:
+            self._execute_claimed(claimed, epoch, halted, sent)
+        except DB_ERRORS:
+            self._unsent.setdefault(epoch, set()).update(c.id for c in claimed if c.id not in sent)
+            raise
+
+    def _execute_claimed(self, claimed: list[store.Claimed], epoch: int, halted: bool, sent: set[int]) -> None:
         if self._must_hand_back():
             self._requeue([c.id for c in claimed], epoch, HANDED_BACK)
             return
         if halted:
             self._settle(epoch, [self._rejection(c.id, "halted: trading is halted") for c in claimed])
             return
+        intents = [(c, intent_from_payload(c.payload)) for c in claimed]
         try:
             account = self._broker.account()
-            open_positions = self._open_positions()
+            exposure = self._exposure()
+            quotes = self._quotes({i.symbol for _, i in intents})
         except BrokerError as e:
             # Nothing was sent: give the whole batch back, never leave it in doubt.
             self._breaker.record_failure("account")
             self._requeue([c.id for c in claimed], epoch, f"broker unavailable: {e}")
             return
+        cap = risk_cap(account, self._limits)
         orders: list[Order] = []
         rejected: list[store.Settlement] = []
-        for c in claimed:
-            intent = intent_from_payload(c.payload)
+        for c, intent in intents:
+            quote = quotes[intent.symbol]
             try:
-                sized = size_order(intent, account, open_positions, self._spec_for(intent.symbol), self._limits)
+                if isinstance(quote, SymbolUnavailable):
+                    raise RiskRejected("symbol_spec", str(quote))
+                market = quote.executable(intent.side, intent.type, intent.price)
+                sized = size_order(intent, account, exposure, quote.spec, self._limits, market)
             except RiskRejected as r:
                 rejected.append(self._rejection(c.id, f"risk {r.rule}: {r.detail}"))
                 continue
@@ -289,21 +350,27 @@ class Executor:
                 sl=intent.sl,
                 tp=intent.tp,
                 epoch=epoch,
+                expires_at=intent.expires_at,
+                max_loss=cap,
             )
             orders.append((c.id, req))
-            if intent.type is OrderType.MARKET:
-                # Counted as opened before the venue answers: the rest of the batch sees the
-                # most positions there could be, never fewer.
-                open_positions += 1
+            # Counted before the venue answers, a pending order as much as a position: the
+            # rest of the batch sees the most exposure there could be, never less.
+            exposure += 1
         self._settle(epoch, rejected)
-        # A database venue books the whole batch in one transaction; any other venue is sent one
-        # order at a time, each after its own lease check.
-        batches = [orders] if self._broker.records_in_transaction else [[o] for o in orders]
-        for i, batch in enumerate(batches):
+        if not orders:
+            return
+        if self._broker.records_in_transaction:
+            # A database venue books the whole batch in one fenced transaction, expiry inside it.
+            self._place(orders, epoch, sent)
+            return
+        # Any other venue: one order at a time, each after its own hand-back, lease, kill
+        # switch and expiry check.
+        for i, order in enumerate(orders):
             if i and self._must_hand_back():
-                self._requeue([sid for b in batches[i:] for sid, _ in b], epoch, HANDED_BACK)
+                self._requeue([sid for sid, _ in orders[i:]], epoch, HANDED_BACK)
                 return
-            self._place(batch, epoch)
+            self._place([order], epoch, sent)
 
     def _must_hand_back(self) -> bool:
         return self._stop.is_set() or self._paused.is_set() or not self._breaker.allow()
@@ -330,13 +397,28 @@ class Executor:
                 return False
             time.sleep(0.005)
 
-    def _place(self, orders: list[Order], epoch: int) -> None:
+    def _gate(self, signal: int, epoch: int) -> bool:
+        """Stamp one order's attempt just before it goes; settle it instead if it expired or
+        trading was halted meanwhile. True: send it."""
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            gate = store.stamp(cur, signal, epoch)
+        if gate is store.Gate.HALTED:
+            self._settle(epoch, [self._rejection(signal, "halted: trading is halted")])
+        elif gate is store.Gate.EXPIRED:
+            expired = store.Settlement(signal, SignalStatus.EXPIRED, "expired", error="expired before it was sent")
+            self._settle(epoch, [expired])
+        return gate is store.Gate.SEND
+
+    def _place(self, orders: list[Order], epoch: int, sent: set[int]) -> None:
         """One broker call for `orders` (one order, or a database venue's whole batch), then
         their outcomes: inside the booking transaction where the venue is the database."""
         ids = [sid for sid, _ in orders]
         if not self._lease_allows_send(epoch):
             self._requeue(ids, epoch, "lease too short to send; given back")
             return
+        if not self._broker.records_in_transaction and not self._gate(ids[0], epoch):
+            return
+        sent.update(ids)
         recorded: list[tuple[list[store.Settlement], dict[int, float]]] = []
 
         def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
@@ -358,6 +440,7 @@ class Executor:
             log.warning("orders for %d signal(s) refused by the venue: %s", len(ids), e)
             return
         except BrokerError as e:
+            sent.difference_update(ids)  # a BrokerError means nothing reached the venue
             self._breaker.record_failure()
             self._requeue(ids, epoch, f"broker unavailable: {e}")
             return
@@ -367,17 +450,28 @@ class Executor:
             self._breaker.record_success((time.monotonic() - started) * 1000)
         if recorded:
             self._counted(*recorded[0])
-        else:
-            self._settle(epoch, settlements(orders, results))
+            return
+        outcomes = settlements(orders, results)
+        try:
+            self._settle(epoch, outcomes)
+        except DB_ERRORS:
+            self._unrecorded.append((epoch, outcomes))  # sent: recorded at the next sweep
+            raise
 
     def _counted(self, settled: list[store.Settlement], latencies: dict[int, float]) -> None:
+        """Count, log and alert the settlements that moved their signal. One whose status did
+        not move (a newer attempt or an operator settled it first) is a kept fact, no event."""
         for s in settled:
             latency = latencies.get(s.signal)
-            if latency is not None:  # else a newer attempt or an operator settled it; the fact is kept
-                metrics.SIGNALS.labels(s.status.value).inc()
-                metrics.SIGNAL_LATENCY.observe(latency)
+            if latency is None:
+                continue
+            metrics.SIGNALS.labels(s.status.value).inc()
+            metrics.SIGNAL_LATENCY.observe(latency)
             if s.status is SignalStatus.REJECTED:
                 log.warning("signal %d rejected: %s", s.signal, s.error)
+            elif s.status is SignalStatus.EXPIRED:
+                log.error("signal %d expired before it was sent: %s", s.signal, s.error)
+                self._alert("signal_expired", "error", f"signal {s.signal} expired: {s.error}", signal=s.signal)
             elif s.status is SignalStatus.IN_DOUBT:
                 log.critical("signal %d in doubt after the broker call: %s", s.signal, s.error)
                 self._alert("signal_in_doubt", "critical", f"signal {s.signal} in doubt: {s.error}", signal=s.signal)

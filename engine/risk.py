@@ -3,17 +3,25 @@
 `size_order` turns a validated SignalIntent into a volume, or refuses it with RiskRejected
 naming the first rule it breaks. The rules, in order:
 
-1. equity must be > 0                                               -> "equity"
-2. realised daily loss below max_daily_loss_pct of the balance      -> "max_daily_loss"
-3. fewer than max_open_positions positions open                     -> "max_open_positions"
-4. stop distance |price - sl| > 0                                   -> "stop_distance"
-5. volume: the intent's own, or sized from risk_pct (capped at max_risk_pct, times the
-   safety margin) and rounded DOWN to a multiple of the symbol's volume step
-6. volume >= min_volume                                             -> "min_volume"
-   volume <= min(limits.max_volume, spec.max_volume)                -> "max_volume"
+0. the venue has the symbol with a usable spec, and a quote    -> "symbol_spec", "quote" (executor)
+1. equity must be > 0                                          -> "equity"
+2. realised daily loss below max_daily_loss_pct of the balance -> "max_daily_loss"
+3. fewer than max_open_positions positions + pending orders    -> "max_open_positions"
+4. the executable price (a market order's ask or bid) within max_price_deviation_pct of the
+   signal's price                                              -> "price_tolerance"
+5. stop distance |executable price - sl| > 0                   -> "stop_distance"
+   and the stop below it for a buy, above it for a sell        -> "stop_side"
+6. volume: the intent's own, or sized from risk_pct (capped at max_risk_pct, times the
+   safety margin) over the loss per lot at the stop (the venue's tick value per tick size,
+   in the account currency) and rounded DOWN to a multiple of the symbol's volume step
+7. volume >= min_volume                                        -> "min_volume"
+   volume <= min(limits.max_volume, spec.max_volume)           -> "max_volume"
    (an explicit volume is never changed, only refused; a risk-sized one is capped to the
    largest step multiple within the maximum, then checked against min_volume again)
-7. risk (volume x stop distance x contract size) <= max_risk_pct of equity -> "risk_cap"
+8. risk (volume x loss per lot at the stop) <= max_risk_pct of equity -> "risk_cap"
+
+Everything is priced at the executable price, never the producer's: a signal priced far from
+the market would otherwise be sized for a stop distance it does not have.
 
 Arithmetic runs in explicit contexts (never the caller's thread-local one), rounded the safe
 way wherever a result could be inexact: an allowance rounds down, a cost rounds up.
@@ -36,17 +44,30 @@ from decimal import (
 from typing import Literal
 
 from coordinator.config import ConfigError
-from engine.brokers.base import Account
+from engine.brokers.base import Account, SymbolSpec
 from engine.model import SignalIntent
 
 Rule = Literal[
-    "stop_distance", "risk_cap", "max_volume", "min_volume", "max_open_positions", "max_daily_loss", "equity"
+    "symbol_spec",
+    "quote",
+    "price_tolerance",
+    "stop_side",
+    "stop_distance",
+    "risk_cap",
+    "max_volume",
+    "min_volume",
+    "max_open_positions",
+    "max_daily_loss",
+    "equity",
 ]
+# The rules size_order checks, in order; "symbol_spec" and "quote" are the executor's, before it.
 RULES: tuple[Rule, ...] = (
     "equity",
     "max_daily_loss",
     "max_open_positions",
+    "price_tolerance",
     "stop_distance",
+    "stop_side",
     "min_volume",
     "max_volume",
     "risk_cap",
@@ -59,6 +80,7 @@ LIMIT_ENV = {
     "max_volume": "HAEXEC_RISK_MAX_VOLUME",
     "max_open_positions": "HAEXEC_RISK_MAX_OPEN_POSITIONS",
     "max_daily_loss_pct": "HAEXEC_RISK_MAX_DAILY_LOSS_PCT",
+    "max_price_deviation_pct": "HAEXEC_RISK_MAX_PRICE_DEVIATION_PCT",
 }
 
 _HUNDRED = Decimal(100)
@@ -89,15 +111,16 @@ class RiskLimits:
     max_volume: Decimal = Decimal("100")  # lots
     max_open_positions: int = 20
     max_daily_loss_pct: Decimal = Decimal("5")  # % of balance; realised daily loss stops new trades
+    max_price_deviation_pct: Decimal = Decimal("0.5")  # executable price vs the signal's, % of the signal's
 
     def __post_init__(self) -> None:
-        for name in ("safety_margin", "max_risk_pct", "max_volume", "max_daily_loss_pct"):
+        for name in ("safety_margin", "max_risk_pct", "max_volume", "max_daily_loss_pct", "max_price_deviation_pct"):
             value = getattr(self, name)
             if type(value) is not Decimal or not value.is_finite():
                 raise ConfigError(name, f"must be a finite Decimal (got {value!r})")
         if not _ZERO < self.safety_margin <= _ONE:
             raise ConfigError("safety_margin", f"must be in (0, 1] (got {self.safety_margin})")
-        for name in ("max_risk_pct", "max_daily_loss_pct"):
+        for name in ("max_risk_pct", "max_daily_loss_pct", "max_price_deviation_pct"):
             value = getattr(self, name)
             if not _ZERO < value <= _HUNDRED:
                 raise ConfigError(name, f"must be a percentage in (0, 100] (got {value})")
@@ -132,24 +155,6 @@ class RiskLimits:
             raise ConfigError(LIMIT_ENV[e.setting], e.rule) from None
 
 
-@dataclass(frozen=True)
-class SymbolSpec:
-    contract_size: Decimal = Decimal("1")  # account currency per 1.0 price move per 1 lot
-    volume_step: Decimal = Decimal("0.01")
-    min_volume: Decimal = Decimal("0.01")
-    max_volume: Decimal | None = None  # the venue's own limit, if any
-
-    def __post_init__(self) -> None:
-        for name in ("contract_size", "volume_step", "min_volume", "max_volume"):
-            value = getattr(self, name)
-            if value is None and name == "max_volume":
-                continue
-            if not _dec(f"SymbolSpec.{name}", value) > _ZERO:
-                raise ValueError(f"SymbolSpec.{name} must be > 0 (got {value})")
-        if self.max_volume is not None and self.max_volume < self.min_volume:
-            raise ValueError(f"SymbolSpec.max_volume must be >= min_volume ({self.max_volume} < {self.min_volume})")
-
-
 # ---- results ----
 
 
@@ -180,14 +185,22 @@ def floor_to_step(value: Decimal, step: Decimal) -> Decimal:
 
 
 def size_order(
-    intent: SignalIntent, account: Account, open_positions: int, spec: SymbolSpec, limits: RiskLimits
+    intent: SignalIntent,
+    account: Account,
+    open_positions: int,
+    spec: SymbolSpec,
+    limits: RiskLimits,
+    market: Decimal | None = None,
 ) -> SizedOrder:
-    """The order's volume and risk, or RiskRejected naming the first rule broken (see module doc)."""
+    """The order's volume and risk, or RiskRejected naming the first rule broken (see module doc).
+    `market` is the price the order would fill at (a market order's ask or bid); None: the
+    signal's own price (a venue without prices)."""
     down, up = _ctx(ROUND_FLOOR), _ctx(ROUND_CEILING)
     equity = _dec("account.equity", account.equity)
     balance = _dec("account.balance", account.balance)
     daily_pnl = _dec("account.daily_pnl", account.daily_pnl)
-    price = _dec("intent.price", intent.price)
+    quoted = _dec("intent.price", intent.price)
+    price = quoted if market is None else _dec("market", market)
     sl = _dec("intent.sl", intent.sl)
     if (intent.volume is None) == (intent.risk_pct is None):
         raise ValueError("intent must carry exactly one of volume / risk_pct")
@@ -206,19 +219,31 @@ def size_order(
             f" = {loss_limit} {account.currency}",
         )
 
-    # 3. open positions
+    # 3. open exposure
     if open_positions >= limits.max_open_positions:
         raise RiskRejected(
             "max_open_positions",
-            f"{open_positions} positions open, limit {limits.max_open_positions}",
+            f"{open_positions} positions and pending orders open, limit {limits.max_open_positions}",
         )
 
-    # 4. stop distance
+    # 4 & 5. the executable price near the signal's; the stop apart from it, on the right side
+    deviation = up.multiply(up.divide(up.subtract(max(price, quoted), min(price, quoted)), quoted), _HUNDRED)
+    if deviation > limits.max_price_deviation_pct:
+        raise RiskRejected(
+            "price_tolerance",
+            f"executable price {price} is {_ctx(ROUND_CEILING, prec=6).plus(deviation)}% from the signal's"
+            f" {quoted}, limit {limits.max_price_deviation_pct}%",
+        )
     stop = up.subtract(max(price, sl), min(price, sl))
     if not stop > _ZERO:
         raise RiskRejected("stop_distance", f"stop distance |{price} - {sl}| = {stop} is not positive")
+    buy = intent.side.value == "buy"
+    if not (sl < price if buy else sl > price):
+        where = "below" if buy else "above"
+        raise RiskRejected("stop_side", f"{intent.side.value} stop {sl} is not {where} the executable price {price}")
+    per_lot = spec.loss_per_lot(stop)  # account currency risked per lot
 
-    # 5 & 6. volume and its bounds
+    # 6 & 7. volume and its bounds
     max_volume = limits.max_volume if spec.max_volume is None else min(limits.max_volume, spec.max_volume)
     if intent.volume is not None:
         volume = _dec("intent.volume", intent.volume)
@@ -230,13 +255,12 @@ def size_order(
         requested = _dec("intent.risk_pct", intent.risk_pct)
         pct = min(requested, limits.max_risk_pct)
         allowed = down.multiply(down.divide(down.multiply(equity, pct), _HUNDRED), limits.safety_margin)
-        per_lot = up.multiply(stop, spec.contract_size)  # account currency risked per lot
         unrounded = down.divide(allowed, per_lot)
         volume = floor_to_step(unrounded, spec.volume_step)
         clipped = f" (requested {requested}%)" if pct != requested else ""
         sized = (
-            f"{pct}%{clipped} x {limits.safety_margin} of equity {equity} = {allowed} / ({stop} x"
-            f" {spec.contract_size}) = {_ctx(ROUND_FLOOR, prec=12).plus(unrounded)}, step {spec.volume_step}"
+            f"{pct}%{clipped} x {limits.safety_margin} of equity {equity} = {allowed} / {per_lot} per lot"
+            f" ({stop} at {spec.describe()}) = {_ctx(ROUND_FLOOR, prec=12).plus(unrounded)}, step {spec.volume_step}"
         )
         capped = ""
         if volume > max_volume:
@@ -247,15 +271,21 @@ def size_order(
                 "min_volume", f"risk-sized volume {volume} < min_volume {spec.min_volume} ({sized}{capped})"
             )
 
-    # 7. per-trade risk cap
-    risk_amount = up.multiply(up.multiply(volume, stop), spec.contract_size)
-    cap = down.divide(down.multiply(equity, limits.max_risk_pct), _HUNDRED)
+    # 8. per-trade risk cap
+    risk_amount = up.multiply(volume, per_lot)
+    cap = risk_cap(account, limits)
     if risk_amount > cap:
         raise RiskRejected(
             "risk_cap",
-            f"risk {volume} x {stop} x {spec.contract_size} = {risk_amount} > {limits.max_risk_pct}%"
-            f" of equity {equity} = {cap} {account.currency}",
+            f"risk {volume} x {per_lot} per lot ({stop} at {spec.describe()}) = {risk_amount} >"
+            f" {limits.max_risk_pct}% of equity {equity} = {cap} {account.currency}",
         )
     report = _ctx(ROUND_HALF_EVEN, prec=28)
     risk_pct = report.multiply(report.divide(risk_amount, equity), _HUNDRED)
     return SizedOrder(volume=volume, risk_amount=risk_amount, risk_pct=risk_pct)
+
+
+def risk_cap(account: Account, limits: RiskLimits) -> Decimal:
+    """The most one trade may lose at its stop, in account currency (rounded down)."""
+    down = _ctx(ROUND_FLOOR)
+    return down.divide(down.multiply(_dec("account.equity", account.equity), limits.max_risk_pct), _HUNDRED)

@@ -8,6 +8,7 @@ fence; recording a fact does not.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,10 +49,21 @@ INSERT INTO executions (signal, epoch, instance_id, outcome, broker_ref, detail)
 SELECT unnest(%(ids)s::bigint[]), %(epoch)s, %(instance)s, %(outcome)s, NULL, %(detail)s
 """
 
-# The oldest `limit` received signals -> executing under `epoch`, each with its event.
+# The oldest `limit` received signals that have not expired -> executing under `epoch`, and in
+# the same statement every received signal past its expires_at -> expired: a NOTIFY claims at
+# once, so expiry cannot wait for the sweep timer. Both sides compare with one
+# statement_timestamp(), so a row is either expired or claimable, never both.
 CLAIM_SQL = """
-WITH next AS (
+WITH due AS (
+    UPDATE signals SET status = 'expired', error = 'expired before execution', updated_at = clock_timestamp()
+    WHERE cluster = %(cluster)s AND status = 'received' AND expires_at <= statement_timestamp()
+    RETURNING id, fingerprint
+), due_event AS (
+    INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
+    SELECT id, 'expired', %(instance)s, %(epoch)s, NULL, 'expired before execution' FROM due
+), next AS (
     SELECT id FROM signals WHERE cluster = %(cluster)s AND status = 'received'
+      AND (expires_at IS NULL OR expires_at > statement_timestamp())
     ORDER BY id LIMIT %(limit)s FOR UPDATE
 ), claimed AS (
     UPDATE signals s SET status = 'executing', epoch = %(epoch)s, attempt_at = clock_timestamp(),
@@ -62,7 +74,10 @@ WITH next AS (
     INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
     SELECT id, 'executing', %(instance)s, %(epoch)s, NULL, 'claimed' FROM claimed
 )
-SELECT id, fingerprint, tag, payload FROM claimed ORDER BY id
+SELECT id, fingerprint, tag, payload FROM claimed
+UNION ALL
+SELECT id, fingerprint, NULL, NULL FROM due
+ORDER BY id
 """
 
 # Every attempt's fact is inserted; the status moves only for signals whose current attempt
@@ -100,6 +115,17 @@ WITH back AS (
     SELECT id, 'received', %(instance)s, %(epoch)s, NULL, %(reason)s FROM back
 )
 SELECT count(*) FROM back
+"""
+
+
+# Just before one order goes to a venue that sends one at a time: its attempt is stamped
+# with its own send time (the in-doubt grace counts from here, not from the batch's claim),
+# and expiry and the kill switch are read again, so a halt mid-batch stops the rest.
+STAMP_SQL = """
+UPDATE signals s SET attempt_at = clock_timestamp()
+WHERE s.id = %(id)s AND s.status = 'executing' AND s.epoch = %(epoch)s
+RETURNING s.expires_at IS NOT NULL AND s.expires_at <= clock_timestamp(),
+          COALESCE((SELECT c.halted FROM controls c WHERE c.cluster = s.cluster), false)
 """
 
 
@@ -171,11 +197,20 @@ def accept(
     return Accepted(fingerprint, existing[0], duplicate=True, conflict=existing[1] != digest)
 
 
-def claim(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int, limit: int) -> list[Claimed]:
-    """The oldest `limit` received signals -> executing under `epoch`. Call inside the
-    coordinator's fenced transaction."""
+@dataclass(frozen=True)
+class Claim:
+    claimed: list[Claimed]
+    expired: list[str]  # fingerprints of the signals that expired instead
+
+
+def claim(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int, limit: int) -> Claim:
+    """The oldest `limit` unexpired received signals -> executing under `epoch`; the expired
+    ones -> expired. Call inside the coordinator's fenced transaction."""
     rows = cur.execute(CLAIM_SQL, {"epoch": epoch, "instance": instance, "cluster": cluster, "limit": limit}).fetchall()
-    return [Claimed(r[0], r[1], r[2], r[3]) for r in rows]
+    return Claim(
+        claimed=[Claimed(r[0], r[1], r[2], r[3]) for r in rows if r[2] is not None],
+        expired=[r[1] for r in rows if r[2] is None],
+    )
 
 
 def record_outcomes(cur: psycopg.Cursor, epoch: int, instance: str, settlements: list[Settlement]) -> dict[int, float]:
@@ -204,6 +239,21 @@ def record_outcomes(cur: psycopg.Cursor, epoch: int, instance: str, settlements:
 def record_facts(cur: psycopg.Cursor, signals: list[int], epoch: int, instance: str, outcome: str, detail: str) -> None:
     """Attempts that changed nothing (the venue refused a deposed leader): kept as facts only."""
     cur.execute(FACTS_SQL, {"ids": signals, "epoch": epoch, "instance": instance, "outcome": outcome, "detail": detail})
+
+
+class Gate(enum.Enum):
+    SEND = "send"
+    GONE = "gone"  # no longer this epoch's executing attempt (an operator or a newer leader has it)
+    EXPIRED = "expired"
+    HALTED = "halted"
+
+
+def stamp(cur: psycopg.Cursor, signal: int, epoch: int) -> Gate:
+    """Stamp `signal`'s attempt at its own send and say whether it may go (see STAMP_SQL)."""
+    row = cur.execute(STAMP_SQL, {"id": signal, "epoch": epoch}).fetchone()
+    if row is None:
+        return Gate.GONE
+    return Gate.HALTED if row[1] else Gate.EXPIRED if row[0] else Gate.SEND
 
 
 def any_received(conn: psycopg.Connection, cluster: str) -> bool:

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any, Protocol
 
 from engine.model import OrderType, Side
@@ -16,6 +16,72 @@ class Outcome(enum.StrEnum):
     DONE = "done"  # the venue accepted and filled/placed the order
     REJECTED = "rejected"  # the venue refused; nothing was placed
     UNKNOWN = "unknown"  # no answer (timeout, None): it may have executed; reconcile, never resend blindly
+    EXPIRED = "expired"  # past the signal's expires_at when the venue would have acted; nothing was placed
+
+
+# A cost rounds up, in a context of its own (never the caller's thread-local one).
+_COST = Context(prec=60, rounding=ROUND_CEILING, traps=[InvalidOperation, DivisionByZero, Overflow])
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    """What a lot of a symbol is worth at the venue. A venue quotes `tick_value` (account
+    currency per lot per `tick_size` of price, for a losing position) where it has one; a
+    venue without (paper) declares `contract_size` as account currency per 1.0 of price."""
+
+    contract_size: Decimal = Decimal("1")
+    volume_step: Decimal = Decimal("0.01")
+    min_volume: Decimal = Decimal("0.01")
+    max_volume: Decimal | None = None  # the venue's own limit, if any
+    tick_size: Decimal | None = None
+    tick_value: Decimal | None = None  # in the account currency
+
+    def __post_init__(self) -> None:
+        for name in ("contract_size", "volume_step", "min_volume", "max_volume", "tick_size", "tick_value"):
+            value = getattr(self, name)
+            if value is None and name in ("max_volume", "tick_size", "tick_value"):
+                continue
+            if type(value) is not Decimal:
+                raise TypeError(f"SymbolSpec.{name} must be a Decimal (got {type(value).__name__})")
+            if not value.is_finite() or not value > _ZERO:
+                raise ValueError(f"SymbolSpec.{name} must be a finite Decimal > 0 (got {value})")
+        if (self.tick_size is None) != (self.tick_value is None):
+            raise ValueError("SymbolSpec.tick_size and tick_value go together")
+        if self.max_volume is not None and self.max_volume < self.min_volume:
+            raise ValueError(f"SymbolSpec.max_volume must be >= min_volume ({self.max_volume} < {self.min_volume})")
+
+    def loss_per_lot(self, distance: Decimal) -> Decimal:
+        """Account currency lost per lot over a price move of `distance` (rounded up)."""
+        if self.tick_size is not None and self.tick_value is not None:
+            return _COST.multiply(_COST.divide(distance, self.tick_size), self.tick_value)
+        return _COST.multiply(distance, self.contract_size)
+
+    def describe(self) -> str:
+        if self.tick_size is not None:
+            return f"tick value {self.tick_value} per tick {self.tick_size}"
+        return f"contract size {self.contract_size}"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A symbol's spec and, at a venue with prices, its current bid and ask."""
+
+    spec: SymbolSpec
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+
+    def executable(self, side: Side, type: OrderType, price: Decimal) -> Decimal:
+        """The price an order would fill at: a market buy at the ask, a sell at the bid; a
+        limit order at its price; at a venue without prices, the signal's price."""
+        if type is OrderType.LIMIT:
+            return price
+        quoted = self.ask if side is Side.BUY else self.bid
+        return price if quoted is None else quoted
+
+
+class SymbolUnavailable(Exception):
+    """The venue has no such symbol, no usable spec for it, or no quote: refuse, never default."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +95,8 @@ class OrderRequest:
     sl: Decimal
     tp: Decimal | None
     epoch: int  # the leader epoch this order is sent under (a fencing-aware venue checks it)
+    expires_at: datetime | None = None  # the venue refuses to act past this moment (Outcome.EXPIRED)
+    max_loss: Decimal | None = None  # account currency: a venue that prices at send refuses a larger loss at the stop
 
 
 @dataclass(frozen=True)
@@ -100,9 +168,11 @@ class Broker(Protocol):
     def positions(self) -> list[Position]: ...
     def find_by_tag(self, tag: str) -> list[VenueOrder]: ...
     def orders(self) -> list[VenueOrder]: ...
+    def quote(self, symbol: str) -> Quote: ...
     def send(self, req: OrderRequest) -> OrderResult: ...
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult: ...
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult: ...
+    def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult: ...
 
 
 class BookingVenue(Broker, Protocol):

@@ -88,6 +88,9 @@ from engine.brokers.base import (
     OrderResult,
     Outcome,
     Position,
+    Quote,
+    SymbolSpec,
+    SymbolUnavailable,
     VenueOrder,
 )
 from engine.model import OrderType, Side
@@ -151,6 +154,7 @@ AMBIGUOUS_RETCODES = frozenset({10011, 10012})  # answered, but not "nothing was
 TRADE_ACTION_DEAL = 1
 TRADE_ACTION_PENDING = 5
 TRADE_ACTION_SLTP = 6
+TRADE_ACTION_REMOVE = 8
 ORDER_TYPE_BUY, ORDER_TYPE_SELL, ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_SELL_LIMIT = 0, 1, 2, 3
 ORDER_TYPE_CLOSE_BY = 8
 ORDER_FILLING_FOK, ORDER_FILLING_IOC, ORDER_FILLING_RETURN = 0, 1, 2
@@ -164,6 +168,7 @@ _CONSTANTS = {
     "TRADE_ACTION_DEAL": TRADE_ACTION_DEAL,
     "TRADE_ACTION_PENDING": TRADE_ACTION_PENDING,
     "TRADE_ACTION_SLTP": TRADE_ACTION_SLTP,
+    "TRADE_ACTION_REMOVE": TRADE_ACTION_REMOVE,
     "ORDER_TYPE_BUY": ORDER_TYPE_BUY,
     "ORDER_TYPE_SELL": ORDER_TYPE_SELL,
     "ORDER_TYPE_BUY_LIMIT": ORDER_TYPE_BUY_LIMIT,
@@ -224,6 +229,10 @@ class CallFailed(BrokerError):
 
 class _Refused(BrokerError):
     """Not sendable for a definite reason (unknown symbol, no such position): REJECTED."""
+
+
+class _Expired(BrokerError):
+    """Past the order's expires_at when it would go: nothing is sent, EXPIRED."""
 
 
 class _Secret:
@@ -353,6 +362,36 @@ def _opt_dec(value: float) -> Decimal | None:
 def _price(value: Decimal, digits: int) -> float:
     """Decimal -> float for a request, rounded to the symbol's digits (unrounded prices are refused)."""
     return float(value.quantize(Decimal(1).scaleb(-digits)))
+
+
+def _spec(info: Any) -> SymbolSpec:
+    """SymbolInfo -> SymbolSpec. MT5 quotes tick values in the account currency; a losing
+    position's own tick value where the venue gives one (it differs for cross rates)."""
+    tick_value = getattr(info, "trade_tick_value_loss", 0.0) or info.trade_tick_value
+    return SymbolSpec(
+        contract_size=_dec(info.trade_contract_size),
+        volume_step=_dec(info.volume_step),
+        min_volume=_dec(info.volume_min),
+        max_volume=_dec(info.volume_max),
+        tick_size=_dec(info.trade_tick_size),
+        tick_value=_dec(tick_value),
+    )
+
+
+def _check_loss(req: OrderRequest, info: Any, at: Decimal) -> None:
+    """Refuse an order whose stop is on the wrong side of the price it goes at, or whose loss
+    at the stop from that price exceeds `req.max_loss`."""
+    buy = req.side is Side.BUY
+    if not (req.sl < at if buy else req.sl > at):
+        raise _Refused(f"{req.side.value} stop {req.sl} is not {'below' if buy else 'above'} the price {at}")
+    if req.max_loss is None:
+        return
+    try:
+        loss = _spec(info).loss_per_lot(abs(at - req.sl)) * req.volume
+    except (TypeError, ValueError) as exc:
+        raise _Refused(f"symbol {info.name} has no usable spec at the venue: {exc}") from None
+    if loss > req.max_loss:
+        raise _Refused(f"loss at the stop from {at} would be {loss:.2f}, above the cap {req.max_loss}")
 
 
 def _side_of_order_type(t: int) -> Side | None:
@@ -718,6 +757,24 @@ class MT5Broker:
             },
         )
 
+    def quote(self, symbol: str) -> Quote:
+        """The symbol's spec and current bid/ask. Raises SymbolUnavailable for an unknown
+        symbol, a spec the risk rules cannot use, or no price: such a symbol is never traded
+        with defaults. A broken link to the terminal is a BrokerError."""
+        venue = self._venue_symbol(symbol)
+
+        def job(m: ModuleType) -> tuple[Any, Any]:
+            try:
+                return self._symbol(m, venue, tick=True)
+            except _Refused as exc:
+                raise SymbolUnavailable(str(exc)) from None
+
+        info, tick = self._run("quote", job)
+        try:
+            return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask))
+        except (TypeError, ValueError) as exc:
+            raise SymbolUnavailable(f"symbol {venue} has no usable spec at the venue: {exc}") from None
+
     # -- trading ------------------------------------------------------------------------------
 
     def _filling(self, info: Any) -> int:
@@ -741,9 +798,13 @@ class MT5Broker:
         if not tick:
             return info, None
         t = m.symbol_info_tick(symbol)
-        if t is None or not (t.bid > 0 and t.ask > 0):
+        if t is None:
             code, text = m.last_error()
-            raise CallFailed(f"symbol_info_tick({symbol})", code, text)
+            if code in IPC_ERRORS:
+                raise CallFailed(f"symbol_info_tick({symbol})", code, text)
+            raise _Refused(f"symbol {symbol} has no quote (last_error {code} {text})")
+        if not (t.bid > 0 and t.ask > 0):
+            raise _Refused(f"symbol {symbol} has no quote (bid {t.bid}, ask {t.ask})")
         return info, t
 
     def send(self, req: OrderRequest) -> OrderResult:
@@ -756,16 +817,23 @@ class MT5Broker:
         limit = req.type is OrderType.LIMIT
 
         def build(m: ModuleType) -> dict[str, Any]:
+            # The last moment before order_send: re-check expiry and what the order risks at
+            # the price it goes at now, which may have moved since it was sized.
+            if req.expires_at is not None and self._utcnow() >= req.expires_at:
+                raise _Expired(f"expired at {req.expires_at.isoformat()} before it was sent")
             info, tick = self._symbol(m, symbol, tick=not limit)
             digits = int(info.digits)
             if limit:
                 action = TRADE_ACTION_PENDING
                 otype = ORDER_TYPE_BUY_LIMIT if buy else ORDER_TYPE_SELL_LIMIT
                 price = _price(req.price, digits)
+                at = req.price
             else:
                 action = TRADE_ACTION_DEAL
                 otype = ORDER_TYPE_BUY if buy else ORDER_TYPE_SELL
                 price = float(tick.ask if buy else tick.bid)
+                at = _dec(price)
+            _check_loss(req, info, at)
             return {
                 "action": action,
                 "symbol": symbol,
@@ -840,6 +908,20 @@ class MT5Broker:
         log.warning("MT5 close position %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
         return result
 
+    def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
+        """Remove a pending order (TRADE_ACTION_REMOVE): REJECTED when there is no such order."""
+
+        def build(m: ModuleType) -> dict[str, Any]:
+            if not str(ticket).isdigit():
+                raise _Refused(f"no pending order with ticket {ticket!r}")
+            if not self._listing(m, "orders_get", m.orders_get(ticket=int(ticket))):
+                raise _Refused(f"no pending order with ticket {ticket}")
+            return {"action": TRADE_ACTION_REMOVE, "order": int(ticket)}
+
+        result = self._trade("cancel_order", build, attempts=1)
+        log.warning("MT5 remove order %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
+        return result
+
     def _position(self, m: ModuleType, ticket: str) -> Any:
         """The open position with this ticket -- or with this identifier: `send` and
         `find_by_tag` report the opening order's ticket, which is the position's identifier
@@ -876,6 +958,8 @@ class MT5Broker:
                 result = self._order_send(request, budget, done)
             except _Refused as exc:
                 result = OrderResult(Outcome.REJECTED, detail=str(exc))
+            except _Expired as exc:
+                result = OrderResult(Outcome.EXPIRED, detail=str(exc))
             except BrokerError as exc:  # nothing was submitted in this attempt
                 if not tries:
                     raise

@@ -24,23 +24,27 @@ from engine.brokers.base import (
     OrderResult,
     Outcome,
     Position,
+    Quote,
+    SymbolSpec,
     VenueOrder,
 )
 from engine.model import Side
 
-# A whole batch in one statement: the orders (a tag booked already is skipped, never doubled),
-# and for market orders their positions and opening deals. The positions' foreign key to
-# paper_orders is checked at the end of the statement, when the orders are there.
+# A whole batch in one statement: the orders (a tag booked already is skipped, never doubled;
+# an order past its expires_at is not booked), and for market orders their positions and
+# opening deals. The positions' foreign key to paper_orders is checked at the end of the
+# statement, when the orders are there.
 BOOK_ORDERS_SQL = """
 WITH request AS (
     SELECT * FROM unnest(%(tags)s::text[], %(symbols)s::text[], %(sides)s::text[], %(types)s::text[],
-                         %(volumes)s::numeric[], %(prices)s::numeric[], %(sls)s::numeric[], %(tps)s::numeric[])
-                  WITH ORDINALITY AS r(tag, symbol, side, type, volume, price, sl, tp, n)
+                         %(volumes)s::numeric[], %(prices)s::numeric[], %(sls)s::numeric[], %(tps)s::numeric[],
+                         %(expires)s::timestamptz[])
+                  WITH ORDINALITY AS r(tag, symbol, side, type, volume, price, sl, tp, expires_at, n)
 ), booked AS (
     INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state)
     SELECT %(cluster)s, tag, symbol, side, type, volume, price, sl, tp, %(epoch)s, %(instance)s,
            CASE type WHEN 'market' THEN 'filled' ELSE 'pending' END
-    FROM request ORDER BY n
+    FROM request WHERE expires_at IS NULL OR expires_at > statement_timestamp() ORDER BY n
     ON CONFLICT (cluster, tag) DO NOTHING
     RETURNING ticket, tag, symbol, side, type, volume, price, sl, tp
 ), opened AS (
@@ -52,6 +56,8 @@ WITH request AS (
 )
 SELECT tag, ticket FROM booked
 """
+
+_PAPER_QUOTE = Quote(SymbolSpec(contract_size=Decimal(1)))
 
 DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) VALUES (%s, %s, %s, %s, %s, %s)"
 
@@ -111,13 +117,20 @@ class PaperBroker:
             ).fetchall()
         return [Position(str(r[0]), r[1], Side(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
-    def open_position_count(self) -> int:
+    def open_exposure(self) -> int:
+        """Open positions and pending orders (a pending order can fill at any time)."""
         with self._pool.connection() as conn:
             row = conn.execute(
-                "SELECT count(*) FROM paper_positions WHERE cluster = %s AND closed_at IS NULL",
-                (self._cluster,),
+                "SELECT (SELECT count(*) FROM paper_positions WHERE cluster = %(c)s AND closed_at IS NULL)"
+                " + (SELECT count(*) FROM paper_orders WHERE cluster = %(c)s AND state = 'pending')",
+                {"c": self._cluster},
             ).fetchone()
         return int(row[0]) if row else 0
+
+    def quote(self, symbol: str) -> Quote:
+        """No price feed: every symbol is 1 account currency per 1.0 of price per lot, and an
+        order is priced at the signal's price."""
+        return _PAPER_QUOTE
 
     def _venue_orders(self, where: str, params: tuple[object, ...], limit: int = 1000) -> list[VenueOrder]:
         with self._pool.connection() as conn:
@@ -138,7 +151,7 @@ class PaperBroker:
                 side=Side(r[3]),
                 volume=r[4],
                 price=r[5],
-                state="pending" if r[6] == "pending" else ("history" if r[9] is not None else "position"),
+                state=r[6] if r[6] == "pending" else ("position" if r[6] == "filled" and r[9] is None else "history"),
                 epoch=int(r[7]),
                 at=r[8],
             )
@@ -187,13 +200,15 @@ class PaperBroker:
                         "prices": [r.price for r in reqs],
                         "sls": [r.sl for r in reqs],
                         "tps": [r.tp for r in reqs],
+                        "expires": [r.expires_at for r in reqs],
                     },
                 ).fetchall()
                 price = {r.tag: r.price for r in reqs}
                 booked = {t: OrderResult(Outcome.DONE, ref=str(k), detail="booked", price=price[t]) for t, k in rows}
                 if len(booked) < len(reqs):
                     booked.update(self._booked_already(cur, [r.tag for r in reqs if r.tag not in booked]))
-                results = [booked[r.tag] for r in reqs]
+                expired = OrderResult(Outcome.EXPIRED, detail="expired before it was booked")
+                results = [booked.get(r.tag, expired) for r in reqs]
                 if within is not None:
                     within(cur, results)
                 return results
@@ -220,6 +235,19 @@ class PaperBroker:
             ).fetchone()
         if row is None:
             return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+        return OrderResult(Outcome.DONE, ref=ticket)
+
+    def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
+        """Cancel a pending order. Fenced when an epoch is given."""
+        with self._pool.connection() as conn:
+            with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
+                row = conn.execute(
+                    "UPDATE paper_orders SET state = 'cancelled' WHERE cluster = %s AND ticket = %s"
+                    " AND state = 'pending' RETURNING ticket",
+                    (self._cluster, int(ticket)),
+                ).fetchone()
+        if row is None:
+            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}")
         return OrderResult(Outcome.DONE, ref=ticket)
 
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:

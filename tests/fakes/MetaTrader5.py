@@ -210,12 +210,14 @@ SymbolInfo = namedtuple(  # a subset of the ~100 documented fields
     "SymbolInfo",
     "custom select visible digits spread trade_mode trade_stops_level trade_freeze_level "
     "filling_mode order_mode expiration_mode bid ask last point trade_tick_size "
-    "trade_tick_value trade_contract_size volume_min volume_max volume_step currency_base "
+    "trade_tick_value trade_tick_value_profit trade_tick_value_loss trade_contract_size volume_min "
+    "volume_max volume_step currency_base "
     "currency_profit currency_margin description name path",
 )
 
 _RETCODE_TEXT = {
     TRADE_RETCODE_REQUOTE: "Requote",
+    TRADE_RETCODE_INVALID: "Invalid request",
     TRADE_RETCODE_REJECT: "Request rejected",
     TRADE_RETCODE_PLACED: "Order placed",
     TRADE_RETCODE_DONE: "Request executed",
@@ -286,8 +288,32 @@ class FakeTerminal:
         self.returned = threading.Event()  # the hung call has returned
         self.release_event = threading.Event()
         self.hang_limit_s = 10.0  # a forgotten hang unblocks itself
+        # Realistic specs for a USD account: a standard FX lot, a 100 oz gold lot, and an EUR
+        # index whose tick value is converted to USD (1 EUR per point per lot at 1.08 USD).
         self.add_symbol("EURUSD", bid=1.10000, ask=1.10010, digits=5)
-        self.add_symbol("XAUUSD", bid=2400.10, ask=2400.40, digits=2, filling_mode=_FILL_FOK_BIT)
+        self.add_symbol(
+            "XAUUSD",
+            bid=2400.10,
+            ask=2400.40,
+            digits=2,
+            filling_mode=_FILL_FOK_BIT,
+            contract_size=100.0,
+            tick_value=1.0,
+        )
+        self.add_symbol(
+            "GER40",
+            bid=18000.0,
+            ask=18001.0,
+            digits=1,
+            contract_size=1.0,
+            tick_value=0.108,
+            volume_min=0.1,
+            volume_step=0.1,
+            volume_max=50.0,
+            currency_base="EUR",
+            currency_profit="EUR",
+            path="Indices\\GER40",
+        )
 
     # -- knobs --------------------------------------------------------------------------------
 
@@ -316,6 +342,16 @@ class FakeTerminal:
         digits: int,
         filling_mode: int = _FILL_FOK_BIT | _FILL_IOC_BIT,
         visible: bool = True,
+        contract_size: float = 100_000.0,
+        tick_size: float | None = None,  # default: the point
+        tick_value: float = 1.0,  # account currency per tick per lot
+        tick_value_loss: float | None = None,  # default: tick_value
+        volume_min: float = 0.01,
+        volume_max: float = 100.0,
+        volume_step: float = 0.01,
+        currency_base: str | None = None,
+        currency_profit: str | None = None,
+        path: str | None = None,
     ) -> None:
         self.symbols[name] = {
             "bid": bid,
@@ -323,6 +359,16 @@ class FakeTerminal:
             "digits": digits,
             "filling_mode": filling_mode,
             "visible": visible,
+            "contract_size": contract_size,
+            "tick_size": 10.0**-digits if tick_size is None else tick_size,
+            "tick_value": tick_value,
+            "tick_value_loss": tick_value if tick_value_loss is None else tick_value_loss,
+            "volume_min": volume_min,
+            "volume_max": volume_max,
+            "volume_step": volume_step,
+            "currency_base": currency_base or name[:3],
+            "currency_profit": currency_profit or name[3:],
+            "path": path or f"Forex\\{name}",
         }
 
     def set_tick(self, symbol: str, bid: float, ask: float) -> None:
@@ -644,18 +690,20 @@ def symbol_info(t: FakeTerminal, symbol: str) -> Any:
         s["ask"],
         0.0,
         point,
-        point,
-        1.0,
-        100_000.0,
-        0.01,
-        100.0,
-        0.01,
-        symbol[:3],
-        symbol[3:],
-        symbol[:3],
+        s["tick_size"],
+        s["tick_value"],
+        s["tick_value"],
+        s["tick_value_loss"],
+        s["contract_size"],
+        s["volume_min"],
+        s["volume_max"],
+        s["volume_step"],
+        s["currency_base"],
+        s["currency_profit"],
+        s["currency_base"],
         symbol,
         symbol,
-        f"Forex\\{symbol}",
+        s["path"],
     )
 
 
@@ -825,6 +873,11 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
             type_filling=r.get("type_filling", 0),
         )
         return 0, order.ticket, 0.0
+    if action == TRADE_ACTION_REMOVE:
+        pending = next(o for o in t.orders if o.ticket == r.get("order"))
+        t.orders.remove(pending)
+        t.history_orders.append(pending._replace(state=ORDER_STATE_CANCELED, time_done=now, time_done_msc=now * 1000))
+        return 0, pending.ticket, 0.0
     if action == TRADE_ACTION_SLTP:
         for i, p in enumerate(t.positions):
             if p.ticket == r.get("position"):
@@ -847,7 +900,9 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
             comment=comment,
         )
         sign = 1.0 if pos.type == POSITION_TYPE_BUY else -1.0
-        profit = round((price - pos.price_open) * sign * volume * 100_000.0, 2)
+        spec = t.symbols[r["symbol"]]
+        ticks = (price - pos.price_open) * sign / spec["tick_size"]
+        profit = round(ticks * (spec["tick_value"] if ticks > 0 else spec["tick_value_loss"]) * volume, 2)
         deal = t.add_deal(
             order=order.ticket,
             type=side,
@@ -912,6 +967,35 @@ def order_check(t: FakeTerminal, request: dict[str, Any]) -> Any:
     return OrderCheckResult(0, t.balance, t.equity, 0.0, 0.0, t.equity, 0.0, "Done", _trade_request(request))
 
 
+def _remove(t: FakeTerminal, r: dict[str, Any]) -> Any:
+    """TRADE_ACTION_REMOVE of a pending order: DONE, or INVALID when there is no such order."""
+    reply = t.replies.popleft() if t.replies else None
+    known = any(o.ticket == r.get("order") for o in t.orders)
+    if reply is not None:
+        retcode, executes = reply.retcode, reply.executes and known
+    else:
+        retcode, executes = (TRADE_RETCODE_DONE, True) if known else (TRADE_RETCODE_INVALID, False)
+    if executes:
+        _execute(t, r, 0.0)
+    if retcode is None:
+        t.error = reply.error if reply is not None else _OK
+        return None
+    t.error = _OK
+    return OrderSendResult(
+        retcode,
+        0,
+        r.get("order", 0) if executes else 0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        _RETCODE_TEXT.get(retcode, f"retcode {retcode}"),
+        next(t._request_ids),
+        0,
+        _trade_request(r),
+    )
+
+
 @_api()
 def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
     r = dict(request)
@@ -920,6 +1004,8 @@ def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
     if bad:
         t.error = (RES_E_INVALID_PARAMS, bad)
         return None
+    if r["action"] == TRADE_ACTION_REMOVE and "symbol" not in r:  # documented as {action, order}
+        return _remove(t, r)
     if r.get("symbol") not in t.symbols:
         t.error = (RES_E_INVALID_PARAMS, 'Invalid "symbol" argument')
         return None

@@ -81,7 +81,7 @@ def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
         assert accepted.status == "received" and not accepted.duplicate
         sid = conn.execute("SELECT id FROM signals WHERE cluster = %s", (cluster,)).fetchone()[0]
         with conn.transaction(), conn.cursor() as cur:
-            assert [c.id for c in store.claim(cur, cluster, "a", epoch, 64)] == [sid]
+            assert [c.id for c in store.claim(cur, cluster, "a", epoch, 64).claimed] == [sid]
 
     def within(cur: psycopg.Cursor, results: list[OrderResult]) -> None:
         (result,) = results

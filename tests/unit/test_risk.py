@@ -77,9 +77,10 @@ def rejected(
     open_positions: int = 0,
     spec: SymbolSpec = FX,
     limits: RiskLimits = DEFAULT,
+    market: Decimal | None = None,
 ) -> RiskRejected:
     with pytest.raises(RiskRejected) as info:
-        size_order(i, acct or account(), open_positions, spec, limits)
+        size_order(i, acct or account(), open_positions, spec, limits, market)
     err = info.value
     assert err.rule in RULES
     assert str(err) == f"{err.rule}: {err.detail}"
@@ -238,6 +239,56 @@ def test_stop_distance() -> None:
     assert rejected(intent("1.1000", "1.10000", volume="0.01")).rule == "stop_distance"
 
 
+# ---- the venue's spec and the executable price ----
+
+EURUSD_TICKS = SymbolSpec(contract_size=D("100000"), tick_size=D("0.00001"), tick_value=D("1"))
+GER40_TICKS = SymbolSpec(  # an EUR index in a USD account: 1 EUR per 0.1 point per lot
+    contract_size=D("1"), volume_step=D("0.1"), min_volume=D("0.1"), tick_size=D("0.1"), tick_value=D("1.08")
+)
+
+
+def test_tick_value_sizes_a_ten_pip_stop() -> None:
+    # 1% of 10000 x 0.95 = 95 / (0.0010 / 0.00001 x 1 = 100 per lot) = 0.95 lots
+    order = size_order(intent("1.1000", "1.0990", risk_pct="1"), account(), 0, EURUSD_TICKS, DEFAULT, D("1.1000"))
+    assert order.volume == D("0.95")
+    assert order.risk_amount == D("95")
+
+
+def test_tick_value_in_the_account_currency() -> None:
+    # 1% of 10000 x 0.95 = 95 / (50 / 0.1 x 1.08 = 540 per lot) = 0.17.. -> 0.1 (step 0.1)
+    order = size_order(intent("18000", "17950", risk_pct="1"), account(), 0, GER40_TICKS, DEFAULT, D("18000"))
+    assert order.volume == D("0.1")
+    assert order.risk_amount == D("54")
+
+
+def test_sized_and_capped_at_the_executable_price() -> None:
+    # the signal's 5-pip stop is 15 pips from the ask: sized for 15, not 5
+    order = size_order(intent("1.1000", "1.0995", risk_pct="1"), account(), 0, EURUSD_TICKS, DEFAULT, D("1.1010"))
+    assert order.volume == D("0.63")  # 95 / 150 per lot = 0.633..
+    # an explicit volume that fits at the signal's price but not at the ask is refused
+    at_signal = size_order(intent("1.1000", "1.0995", volume="3"), account(), 0, EURUSD_TICKS, DEFAULT, D("1.1000"))
+    assert at_signal.risk_amount == D("150")
+    err = rejected(intent("1.1000", "1.0995", volume="3"), spec=EURUSD_TICKS, market=D("1.1010"))
+    assert err.rule == "risk_cap"
+
+
+def test_a_price_far_from_the_market_is_refused() -> None:
+    # the issue's case: signal 1.00010, stop 1.00000, market 1.1001: refused, not sized at 951%
+    err = rejected(intent("1.00010", "1.00000", risk_pct="1"), spec=EURUSD_TICKS, market=D("1.1001"))
+    assert err.rule == "price_tolerance"
+    assert "1.1001" in err.detail and "1.00010" in err.detail
+    # with the tolerance widened, it is sized for the real 1001-pip stop: too small to trade
+    wide = RiskLimits(max_price_deviation_pct=D("20"))
+    err = rejected(intent("1.00010", "1.00000", risk_pct="1"), spec=EURUSD_TICKS, limits=wide, market=D("1.1001"))
+    assert err.rule == "min_volume"
+
+
+@pytest.mark.parametrize(("side", "sl"), [(Side.BUY, "1.1010"), (Side.SELL, "1.0990")])
+def test_a_stop_on_the_wrong_side_of_the_market_is_refused(side: Side, sl: str) -> None:
+    err = rejected(intent("1.1000", sl, risk_pct="1", side=side), spec=EURUSD_TICKS, market=D("1.1000"))
+    assert err.rule == "stop_side"
+
+
 def test_rules_are_checked_in_order() -> None:
     """Fix one breach at a time: each fix reveals the next rule, in the documented order."""
     spec = SymbolSpec(contract_size=D("100000"), max_volume=D("1"))
@@ -246,14 +297,16 @@ def test_rules_are_checked_in_order() -> None:
         ("equity", no_stop, account("0", "100", "-100"), 99),
         ("max_daily_loss", no_stop, account("10", "100", "-100"), 99),
         ("max_open_positions", no_stop, account("10", "100"), 99),
+        ("price_tolerance", intent("1.2", "1.1", volume="0.001"), account("10", "100"), 0),
         ("stop_distance", no_stop, account("10", "100"), 0),
+        ("stop_side", intent("1.1", "1.2", volume="0.001"), account("10", "100"), 0),
         ("min_volume", tiny, account("10", "100"), 0),
         ("max_volume", intent("1.1", "1.0", volume="2"), account("10", "100"), 0),
         ("risk_cap", intent("1.1", "1.0", volume="1"), account("10", "100"), 0),
     ]
     assert [c[0] for c in cases] == list(RULES)
     for rule, i, acct, positions in cases:
-        assert rejected(i, acct, positions, spec).rule == rule
+        assert rejected(i, acct, positions, spec, market=D("1.1")).rule == rule
 
 
 # ---- inputs: Decimal only ----
@@ -368,6 +421,8 @@ INVALID_ENV = [
     ("HAEXEC_RISK_MAX_DAILY_LOSS_PCT", "0"),
     ("HAEXEC_RISK_MAX_DAILY_LOSS_PCT", "101"),
     ("HAEXEC_RISK_MAX_DAILY_LOSS_PCT", "sNaN"),
+    ("HAEXEC_RISK_MAX_PRICE_DEVIATION_PCT", "0"),
+    ("HAEXEC_RISK_MAX_PRICE_DEVIATION_PCT", "101"),
 ]
 
 
