@@ -56,19 +56,18 @@ def rig(cluster: str, redis_url: str, database_url: str) -> Iterator[Rig]:
 
 
 def submit(rig: Rig, i: int, **extra: object) -> tuple[str, str, int]:
-    intent = parse_signal(
-        {
-            "source": "t",
-            "signal_id": f"x{i}",
-            "symbol": "EURUSD",
-            "side": "buy",
-            "type": "market",
-            "volume": "0.01",
-            "price": "1.1",
-            "sl": "1.09",
-            **extra,
-        }
-    )
+    fields: dict[str, object] = {
+        "source": "t",
+        "signal_id": f"x{i}",
+        "symbol": "EURUSD",
+        "side": "buy",
+        "type": "market",
+        "volume": "0.01",
+        "price": "1.1",
+        "sl": "1.09",
+        **extra,
+    }
+    intent = parse_signal({k: v for k, v in fields.items() if v is not None})  # None drops a default
     fp = fingerprint(intent)
     with rig.pool.connection() as conn:
         store.accept(

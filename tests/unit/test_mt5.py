@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from engine.brokers.base import BrokerError, BrokerUnavailable, OrderRequest, Outcome
+from engine.brokers.base import BrokerError, BrokerUnavailable, OrderRequest, Outcome, SymbolSpec, SymbolUnavailable
 from engine.brokers.mt5 import INSTALL_HINT, RETCODES, CallTimedOut, MT5Broker, TerminalBusy
 from engine.model import OrderType, Side
 from tests.fakes import MetaTrader5 as fake_mt5
@@ -82,6 +82,8 @@ def order(
     sl: str = "1.09",
     tp: str | None = "1.12",
     volume: str = "0.10",
+    expires_at: datetime | None = None,
+    max_loss: str | None = None,
 ) -> OrderRequest:
     return OrderRequest(
         tag=tag,
@@ -93,6 +95,8 @@ def order(
         sl=Decimal(sl),
         tp=Decimal(tp) if tp is not None else None,
         epoch=7,
+        expires_at=expires_at,
+        max_loss=Decimal(max_loss) if max_loss is not None else None,
     )
 
 
@@ -345,6 +349,101 @@ def test_unknown_symbol_is_rejected(fake: FakeTerminal, broker: MT5Broker) -> No
     r = broker.send(order(symbol="NOPE"))
     assert r.outcome is Outcome.REJECTED and "NOPE is not available" in r.detail
     assert fake.calls["order_send"] == 0
+
+
+# -- specs, quotes and the checks at send ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("symbol", "spec"),
+    [
+        (
+            "EURUSD",
+            SymbolSpec(Decimal(100000), Decimal("0.01"), Decimal("0.01"), Decimal(100), Decimal("0.00001"), Decimal(1)),
+        ),
+        (
+            "XAUUSD",
+            SymbolSpec(Decimal(100), Decimal("0.01"), Decimal("0.01"), Decimal(100), Decimal("0.01"), Decimal(1)),
+        ),
+        (
+            "GER40",
+            SymbolSpec(Decimal(1), Decimal("0.1"), Decimal("0.1"), Decimal(50), Decimal("0.1"), Decimal("0.108")),
+        ),
+    ],
+)
+def test_quote_carries_the_venue_spec(fake: FakeTerminal, broker: MT5Broker, symbol: str, spec: SymbolSpec) -> None:
+    q = broker.quote(symbol)
+    assert q.spec == spec
+    s = fake.symbols[symbol]
+    assert (q.bid, q.ask) == (Decimal(repr(s["bid"])), Decimal(repr(s["ask"])))
+
+
+def test_quote_prefers_the_losing_tick_value(fake: FakeTerminal, broker: MT5Broker) -> None:
+    fake.add_symbol("EURGBP", bid=0.85, ask=0.8501, digits=5, tick_value=1.27, tick_value_loss=1.28)
+    assert broker.quote("EURGBP").spec.tick_value == Decimal("1.28")
+
+
+@pytest.mark.parametrize("field", ["contract_size", "tick_size", "tick_value", "volume_step", "volume_min"])
+def test_a_symbol_without_a_usable_spec_is_unavailable(fake: FakeTerminal, broker: MT5Broker, field: str) -> None:
+    fake.add_symbol("BROKEN", bid=1.0, ask=1.1, digits=2)
+    fake.symbols["BROKEN"][field] = 0.0
+    if field == "tick_value":
+        fake.symbols["BROKEN"]["tick_value_loss"] = 0.0
+    with pytest.raises(SymbolUnavailable, match="BROKEN has no usable spec"):
+        broker.quote("BROKEN")
+
+
+def test_an_unknown_or_unpriced_symbol_is_unavailable(fake: FakeTerminal, broker: MT5Broker) -> None:
+    with pytest.raises(SymbolUnavailable, match="NOPE is not available"):
+        broker.quote("NOPE")
+    fake.set_tick("EURUSD", 0.0, 0.0)
+    with pytest.raises(SymbolUnavailable, match="EURUSD has no quote"):
+        broker.quote("EURUSD")
+
+
+def test_quote_over_a_broken_link_is_a_broker_error_not_unavailable(fake: FakeTerminal, broker: MT5Broker) -> None:
+    fake.fail_next("symbol_info")
+    with pytest.raises(BrokerError) as info:
+        broker.quote("EURUSD")
+    assert not isinstance(info.value, SymbolUnavailable)
+
+
+def test_an_expired_order_is_not_sent(fake: FakeTerminal, broker: MT5Broker) -> None:
+    r = broker.send(order(expires_at=NOW))
+    assert r.outcome is Outcome.EXPIRED and "expired" in r.detail
+    assert fake.calls["order_send"] == 0
+    assert broker.send(order(expires_at=NOW + timedelta(seconds=1))).outcome is Outcome.DONE
+
+
+@pytest.mark.parametrize(("side", "sl"), [(Side.BUY, "1.1002"), (Side.SELL, "1.0999")])
+def test_a_stop_on_the_wrong_side_of_the_quote_is_not_sent(
+    fake: FakeTerminal, broker: MT5Broker, side: Side, sl: str
+) -> None:
+    r = broker.send(order(side, sl=sl, tp=None))
+    assert r.outcome is Outcome.REJECTED and "stop" in r.detail
+    assert fake.calls["order_send"] == 0
+
+
+def test_the_loss_at_the_stop_is_checked_at_the_price_it_goes_at(fake: FakeTerminal, broker: MT5Broker) -> None:
+    # 1 lot, ask 1.1001, stop 1.0991: 100 ticks x 1 USD = 100 USD at the stop
+    assert broker.send(order(volume="1", sl="1.0991", tp=None, max_loss="100")).outcome is Outcome.DONE
+    fake.set_tick("EURUSD", 1.1010, 1.1011)  # the market moved away from the stop: 200 USD now
+    r = broker.send(order(volume="1", sl="1.0991", tp=None, max_loss="199.99"))
+    assert r.outcome is Outcome.REJECTED and "200.00, above the cap 199.99" in r.detail
+    assert fake.calls["order_send"] == 1
+
+
+def test_cancel_order_removes_a_pending_order(fake: FakeTerminal, broker: MT5Broker) -> None:
+    placed = broker.send(order(type=OrderType.LIMIT, price="1.095", sl="1.08"))
+    assert placed.outcome is Outcome.DONE and broker.orders()
+    r = broker.cancel_order(str(placed.ref), 7)
+    assert r.outcome is Outcome.DONE
+    assert fake.requests[-1] == {"action": fake_mt5.TRADE_ACTION_REMOVE, "order": int(str(placed.ref))}
+    assert broker.orders() == []
+    [gone] = broker.find_by_tag(TAG)
+    assert gone.state == "history" and gone.extra["order_state"] == "canceled"
+    again = broker.cancel_order(str(placed.ref), 7)
+    assert again.outcome is Outcome.REJECTED and "no pending order" in again.detail
 
 
 @pytest.mark.parametrize("tag", ["", "hx-bad-tag", "h" * 32, "hx ABC", "hxÄBC"])
