@@ -324,3 +324,22 @@ def test_a_batch_whose_booking_went_unanswered_is_in_doubt_then_each_signal_exec
                 r[0] for r in conn.execute("SELECT status FROM signal_events WHERE signal = %s ORDER BY id", (sid,))
             ]
             assert history == ["received", "executing", "in_doubt", "executing", "executed"]
+
+
+def test_a_batch_risk_rejects_entirely_never_reaches_the_venue(
+    rig: Rig, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every signal of the claim refused by risk: nothing to book, and no traceback (the
+    venue used to be called with an empty batch and raise)."""
+    fps = [submit(rig, 20 + i, volume="1000")[0] for i in range(3)]  # above max_volume 100
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    ex = start_executor(rig, database_url)
+    try:
+        wait_for(lambda: all(rig.status(fp) == "rejected" for fp in fps), 10, "all rejected")
+        ok_fp, ok_tag, _ = submit(rig, 30)
+        wait_for(lambda: rig.status(ok_fp) == "executed", 10, "the next signal executed")
+    finally:
+        ex.stop(5)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert rig.orders(ok_tag) == 1

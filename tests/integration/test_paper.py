@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -102,3 +104,36 @@ def test_outcome_commits_with_the_booking_and_a_stale_outcome_never_overwrites(
         assert conn.execute("SELECT status FROM signals WHERE id = %s", (sid,)).fetchone() == ("executed",)
         facts = conn.execute("SELECT epoch, outcome FROM executions WHERE signal = %s ORDER BY id", (sid,)).fetchall()
         assert facts == [(epoch, "done"), (epoch - 1, "failed")]
+
+
+def test_an_order_past_its_expiry_is_not_booked(pool: ConnectionPool, cluster: str) -> None:
+    broker = PaperBroker(pool, cluster, "a")
+    broker.connect()
+    epoch = lead(pool, cluster, "a")
+    now = datetime.now(UTC)
+    late, fresh = (
+        replace(order("HXLATE", epoch), expires_at=now),
+        replace(order("HXNEW", epoch), expires_at=now + timedelta(minutes=1)),
+    )
+    results = broker.book([late, fresh])
+    assert [r.outcome for r in results] == [Outcome.EXPIRED, Outcome.DONE]
+    assert broker.find_by_tag("HXLATE") == []
+    # a tag booked before it expired answers with its order, never EXPIRED
+    assert broker.send(replace(fresh, expires_at=now - timedelta(minutes=1))).outcome is Outcome.DONE
+
+
+def test_pending_orders_are_exposure_and_can_be_cancelled(pool: ConnectionPool, cluster: str) -> None:
+    broker = PaperBroker(pool, cluster, "a")
+    broker.connect()
+    epoch = lead(pool, cluster, "a")
+    broker.send(order("HXMKT", epoch))
+    limit = broker.send(replace(order("HXLMT", epoch), type=OrderType.LIMIT, price=Decimal("1.0950")))
+    assert broker.open_exposure() == 2
+    assert [o.state for o in broker.find_by_tag("HXLMT")] == ["pending"]
+    assert limit.ref is not None and broker.cancel_order(limit.ref, epoch).outcome is Outcome.DONE
+    assert broker.open_exposure() == 1
+    assert [o.state for o in broker.find_by_tag("HXLMT")] == ["history"]
+    assert broker.cancel_order(limit.ref, epoch).outcome is Outcome.REJECTED
+    lead(pool, cluster, "b")
+    with pytest.raises(EpochSuperseded):
+        broker.cancel_order(limit.ref, epoch)  # a deposed leader cancels nothing either
