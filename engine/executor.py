@@ -36,6 +36,7 @@ from engine.brokers.base import (
     Quote,
     SymbolUnavailable,
 )
+from engine.duplicates import DuplicateGuard
 from engine.model import SignalStatus
 from engine.risk import RiskLimits, RiskRejected, risk_cap, size_order
 from engine.signal import intent_from_payload
@@ -117,6 +118,7 @@ class Executor:
         self._limits = risk_limits
         self._alert = alert or (lambda *a, **k: None)
         self._reconcile = reconcile
+        self._duplicates = DuplicateGuard(cfg.cluster, pool, broker, self._alert, self._lease_allows_send)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._paused = threading.Event()  # a switchover: claim nothing new
@@ -222,6 +224,7 @@ class Executor:
                 self._housekept_at = now
                 self._expire(fence.epoch)
                 self._resolve_unsettled(fence.epoch)
+                self._scan_duplicates(fence.epoch)
             self._drain(fence.epoch)
         except NotLeader:
             return
@@ -501,6 +504,14 @@ class Executor:
             held += self._resolve(u, epoch)
         metrics.IN_DOUBT.set(held)
 
+    def _scan_duplicates(self, epoch: int) -> None:
+        if self._broker.fencing_aware:
+            return  # a tag is booked at most once there
+        try:
+            self._duplicates.scan(epoch)
+        except BrokerError as e:
+            log.warning("duplicate scan skipped: %s", e)
+
     def _resolve(self, u: store.Unsettled, epoch: int) -> int:
         """Settle one attempt an earlier epoch left (or a held one). Returns 1 if still held."""
         venue = self._broker
@@ -526,7 +537,7 @@ class Executor:
                 metrics.SIGNALS.labels("executed").inc()
                 log.warning("signal %s settled from the broker: ticket %s", u.fingerprint, first.ticket)
             for d in dupes:
-                self._duplicate(u, d.ticket, first.ticket, epoch)
+                self._duplicates.compensate(u.fingerprint, first.ticket, d, epoch)
             return 0
         # At a fencing-aware venue an absent tag is final (the attempt's epoch can no longer
         # book, and a late commit of the same tag would be refused as a duplicate): re-execute.
@@ -568,21 +579,3 @@ class Executor:
                 fingerprint=u.fingerprint,
             )
         return 1
-
-    def _duplicate(self, u: store.Unsettled, ticket: str, kept: str, epoch: int) -> None:
-        metrics.DUPLICATES.inc()
-        result = self._broker.close_position(ticket, epoch if self._broker.fencing_aware else None)
-        log.critical(
-            "DUPLICATE order for signal %s: ticket %s (kept %s); compensating close: %s",
-            u.fingerprint,
-            ticket,
-            kept,
-            result.outcome.value,
-        )
-        self._alert(
-            "duplicate_order",
-            "critical",
-            f"signal {u.fingerprint} executed twice: tickets {kept} and {ticket}; closed {ticket}",
-            fingerprint=u.fingerprint,
-            tickets=[kept, ticket],
-        )

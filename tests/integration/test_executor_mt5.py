@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 
 from engine import store
 from engine.breaker import CircuitBreaker
-from engine.brokers.base import OrderRequest, OrderResult, Outcome
+from engine.brokers.base import OrderRequest, OrderResult, Outcome, VenueOrder
 from engine.brokers.mt5 import MT5Broker
+from engine.duplicates import DuplicateGuard
 from engine.executor import Executor, ExecutorConfig
+from engine.model import Side
 from engine.risk import RiskLimits
 from tests.fakes import MetaTrader5 as fake_mt5
 from tests.fakes.MetaTrader5 import FakeTerminal
@@ -380,3 +382,69 @@ def fact_count(rig: Rig, sid: int) -> int:
     with rig.pool.connection() as conn:
         got = conn.execute("SELECT count(*) FROM executions WHERE signal = %s", (sid,)).fetchone()
     return int(got[0]) if got else 0
+
+
+# ---- duplicates: found after settlement, removed or closed, escalated while open ----
+
+
+def executed(rig: Rig, fp: str) -> Callable[[], bool]:
+    return lambda: row(rig, fp)[0] == "executed"
+
+
+def ours(fake: FakeTerminal, tag: str) -> list[Any]:
+    return [x for x in fake.positions + fake.orders if x.magic == MAGIC and x.comment == tag]
+
+
+@pytest.mark.parametrize("kind", ["position", "pending"])
+def test_a_late_duplicate_after_settlement_is_found_and_undone(
+    leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker, kind: str
+) -> None:
+    limit = {"type": "limit", "price": "1.0950", "sl": "1.0900"} if kind == "pending" else {}
+    fp, tag, _ = signal(leading, 1, **limit)
+    alerts = Alerts()
+    ex = executor(leading, database_url, mt5, alerts)
+    try:
+        wait_for(executed(leading, fp), 10, "executed")
+        [kept] = ours(fake, tag)
+        # a paused ex-leader's send of the same signal lands now, after the signal was settled
+        if kind == "pending":
+            fake.add_order(magic=MAGIC, comment=tag, symbol="EURUSD", type=fake_mt5.ORDER_TYPE_BUY_LIMIT)
+        else:
+            fake.add_position(magic=MAGIC, comment=tag, symbol="EURUSD", price_open=1.1001)
+        wait_for(lambda: len(ours(fake, tag)) == 1, 10, "the duplicate undone")
+    finally:
+        ex.stop(5)
+    assert ours(fake, tag) == [kept]
+    verb = "removed" if kind == "pending" else "closed"
+    [(kind_sent, message)] = alerts.sent
+    assert kind_sent == "duplicate_order" and f"; {verb} " in message
+    if kind == "pending":
+        assert fake.requests[-1]["action"] == fake_mt5.TRADE_ACTION_REMOVE
+
+
+def test_a_duplicate_that_cannot_be_closed_is_retried_and_escalated(
+    leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker
+) -> None:
+    fp, tag, _ = signal(leading, 1)
+    alerts = Alerts()
+    ex = executor(leading, database_url, mt5, alerts)
+    try:
+        wait_for(executed(leading, fp), 10, "executed")
+        fake.script(fake_mt5.TRADE_RETCODE_REJECT, fake_mt5.TRADE_RETCODE_REJECT, fake_mt5.TRADE_RETCODE_REJECT)
+        fake.add_position(magic=MAGIC, comment=tag, symbol="EURUSD", price_open=1.1001)
+        wait_for(lambda: len(ours(fake, tag)) == 1, 10, "closed at the fourth attempt")
+    finally:
+        ex.stop(5)
+    kinds = alerts.kinds()
+    assert kinds == ["duplicate_order_open", "duplicate_order_open", "duplicate_order"]  # attempts 1, 2, then done
+    assert "STILL OPEN after 1 attempt(s)" in alerts.sent[0][1] and "REJECT" in alerts.sent[0][1]
+
+
+def test_a_deposed_leader_never_compensates(fake: FakeTerminal, mt5: MT5Broker) -> None:
+    dupe = fake.add_position(magic=MAGIC, comment="hxT", symbol="EURUSD")
+    alerts = Alerts()
+    guard = DuplicateGuard("c", None, mt5, alerts, lambda epoch: False)  # type: ignore[arg-type]
+    venue = VenueOrder(str(dupe.ticket), "hxT", "EURUSD", Side.BUY, Decimal("0.1"), Decimal("1.1"), "position")
+    guard.compensate("fp", "1", venue, 7)
+    assert fake.requests == [] and alerts.sent == []
+    assert fake.positions == [dupe]
