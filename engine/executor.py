@@ -24,7 +24,7 @@ from coordinator.errors import first_line
 from coordinator.fencing import EpochSuperseded
 from coordinator.service import Coordinator
 from db.session import SessionLimits, connect
-from engine import metrics, store
+from engine import controls, metrics, store
 from engine.breaker import CircuitBreaker
 from engine.brokers.base import (
     BookingVenue,
@@ -91,11 +91,6 @@ def settlements(orders: list[Order], results: list[OrderResult]) -> list[store.S
     return out
 
 
-def read_halted(conn: psycopg.Connection | psycopg.Cursor, cluster: str) -> bool:
-    row = conn.execute("SELECT halted FROM controls WHERE cluster = %s", (cluster,)).fetchone()
-    return bool(row and row[0])
-
-
 class Executor:
     def __init__(
         self,
@@ -125,6 +120,7 @@ class Executor:
         self._busy = threading.Lock()  # held while a sweep works, so quiesce() can wait it out
         self._prepared_epoch: int | None = None
         self._housekept_at = 0.0
+        self._controls_at = float("-inf")
         # What a database error left mid-batch, put right at the next sweep: signals never
         # sent (handed back, not held in doubt) and sent orders' outcomes not yet recorded.
         self._unsent: dict[int, set[int]] = {}  # epoch -> signal ids
@@ -208,6 +204,7 @@ class Executor:
             except DB_ERRORS as e:
                 log.warning("executor: database: %s", first_line(e))
                 return
+        self._sample_controls()
         try:
             fence = self._coord.fence()
         except NotLeader:
@@ -234,6 +231,19 @@ class Executor:
             log.warning("executor: database: %s", first_line(e))
         except Exception:
             log.exception("executor: unexpected error; retrying at the next sweep")
+
+    def _sample_controls(self) -> None:
+        """Every replica, leader or not, reads the kill switch once per sweep interval, so
+        `haexec_halted` is right on whichever replica is scraped."""
+        now = time.monotonic()
+        if now - self._controls_at < self.cfg.sweep_ms / 1000.0:
+            return
+        self._controls_at = now
+        try:
+            with self._pool.connection() as conn:
+                controls.read(conn, self.cfg.cluster)
+        except DB_ERRORS as e:
+            log.debug("kill switch not sampled: %s", first_line(e))
 
     def _take_office(self, epoch: int) -> None:
         """Before the first claim under a new epoch: reconcile with the broker (bounded)."""
@@ -277,11 +287,11 @@ class Executor:
                 if not store.any_received(conn, self.cfg.cluster):
                     return  # a read first, so an idle leader's sweep writes nothing
                 with self._coord.fenced(conn) as (cur, fence):
-                    halted = read_halted(cur, self.cfg.cluster)
+                    switch = controls.read(cur, self.cfg.cluster)
                     got = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, self.cfg.batch)
             self._expired(got.expired)
             if got.claimed:
-                self._execute(got.claimed, fence.epoch, halted)
+                self._execute(got.claimed, fence.epoch, switch)
             if len(got.claimed) + len(got.expired) < self.cfg.batch:
                 return  # that was all of them; a signal arriving meanwhile NOTIFYs again
 
@@ -303,22 +313,24 @@ class Executor:
 
     # ---- a claimed batch ----
 
-    def _execute(self, claimed: list[store.Claimed], epoch: int, halted: bool) -> None:
+    def _execute(self, claimed: list[store.Claimed], epoch: int, switch: controls.KillSwitch) -> None:
         """Kill switch, risk, then send: every claimed signal ends settled, in doubt or handed
         back. A database error midway hands back at the next sweep what was never sent."""
         sent: set[int] = set()
         try:
-            self._execute_claimed(claimed, epoch, halted, sent)
+            self._execute_claimed(claimed, epoch, switch, sent)
         except DB_ERRORS:
             self._unsent.setdefault(epoch, set()).update(c.id for c in claimed if c.id not in sent)
             raise
 
-    def _execute_claimed(self, claimed: list[store.Claimed], epoch: int, halted: bool, sent: set[int]) -> None:
+    def _execute_claimed(
+        self, claimed: list[store.Claimed], epoch: int, switch: controls.KillSwitch, sent: set[int]
+    ) -> None:
         if self._must_hand_back():
             self._requeue([c.id for c in claimed], epoch, HANDED_BACK)
             return
-        if halted:
-            self._settle(epoch, [self._rejection(c.id, "halted: trading is halted") for c in claimed])
+        if switch.halted:
+            self._settle(epoch, [self._rejection(c.id, f"halted: {switch.describe()}") for c in claimed])
             return
         intents = [(c, intent_from_payload(c.payload)) for c in claimed]
         try:
@@ -405,8 +417,9 @@ class Executor:
         trading was halted meanwhile. True: send it."""
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             gate = store.stamp(cur, signal, epoch)
-        if gate is store.Gate.HALTED:
-            self._settle(epoch, [self._rejection(signal, "halted: trading is halted")])
+            switch = controls.read(cur, self.cfg.cluster) if gate is store.Gate.HALTED else None
+        if switch is not None:
+            self._settle(epoch, [self._rejection(signal, f"halted: {switch.describe()}")])
         elif gate is store.Gate.EXPIRED:
             expired = store.Settlement(signal, SignalStatus.EXPIRED, "expired", error="expired before it was sent")
             self._settle(epoch, [expired])
@@ -552,9 +565,9 @@ class Executor:
                     self.cfg.instance_id,
                     "re-executing: tag absent",
                 )
-                halted = read_halted(cur, self.cfg.cluster)
+                switch = controls.read(cur, self.cfg.cluster)
             if taken:
-                self._execute([store.Claimed(u.id, u.fingerprint, u.tag, u.payload)], epoch, halted)
+                self._execute([store.Claimed(u.id, u.fingerprint, u.tag, u.payload)], epoch, switch)
             return 0
         if u.status == SignalStatus.IN_DOUBT:
             return 1  # held until its tag turns up or an operator settles it

@@ -11,6 +11,7 @@ SIGNAL_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 IN_DOUBT = Gauge("haexec_in_doubt", "Signals currently in doubt (held for an operator)")
+HALTED = Gauge("haexec_halted", "1 while the cluster's kill switch is on (as this replica last read it)")
 DUPLICATES = Counter("haexec_duplicate_orders_total", "Orders found twice under one tag at the broker")
 
 for _outcome in ("executed", "rejected", "failed", "in_doubt", "expired"):

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from coordinator.errors import first_line
 from db.session import SessionLimits, make_pool
-from engine import intake, store
+from engine import controls, intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
 from engine.signal import SignalValidationError, loads
@@ -133,14 +133,7 @@ def cmd_control(args: argparse.Namespace, env: dict[str, str]) -> int:
     halted = args.command == "halt"
     actor = f"cli:{getpass.getuser()}"
     with _pool(args, env) as (pool, cfg), pool.connection() as conn:
-        conn.execute(
-            """
-            INSERT INTO controls (cluster, halted, reason, actor) VALUES (%s, %s, %s, %s)
-            ON CONFLICT (cluster) DO UPDATE SET halted = EXCLUDED.halted, reason = EXCLUDED.reason,
-                actor = EXCLUDED.actor, at = clock_timestamp()
-            """,
-            (cfg.election.cluster, halted, getattr(args, "reason", None), actor),
-        )
+        controls.write(conn, cfg.election.cluster, halted, getattr(args, "reason", None), actor)
     print(f"cluster {cfg.election.cluster}: {'halted' if halted else 'trading'}")
     return 0
 

@@ -3,18 +3,20 @@ in-doubt resolution, kill switch, expiry, the non-fencing venue's hold and adopt
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 from psycopg_pool import ConnectionPool
 
 from coordinator.config import ElectionConfig
 from coordinator.service import Coordinator
 from db.session import SessionLimits, make_pool
-from engine import store
+from engine import controls, store
 from engine.breaker import CircuitBreaker
 from engine.brokers.base import OrderRequest, OrderResult, Outcome
 from engine.brokers.paper import PaperBroker
@@ -163,22 +165,24 @@ def test_kill_switch_rejects_and_expired_signals_never_execute(rig: Rig, databas
     rig.coordinator.start()
     wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
     with rig.pool.connection() as conn:
-        conn.execute("INSERT INTO controls (cluster, halted, reason) VALUES (%s, true, 'test')", (rig.cluster,))
+        controls.write(conn, rig.cluster, True, "news at 14:30", "cli:ops")
     halted_fp, halted_tag, _ = submit(rig, 4)
     ex = start_executor(rig, database_url)
     try:
         wait_for(lambda: rig.status(halted_fp) == "rejected", 10, "halted signal rejected")
         wait_for(lambda: rig.status(expired_fp) == "expired", 10, "expired signal expired")
+        assert REGISTRY.get_sample_value("haexec_halted") == 1
+        with rig.pool.connection() as conn:
+            controls.write(conn, rig.cluster, False, None, "cli:ops")
+        wait_for(lambda: REGISTRY.get_sample_value("haexec_halted") == 0, 10, "the resume sampled")
     finally:
         ex.stop(5)
     assert rig.orders(halted_tag) == 0 and rig.orders(expired_tag) == 0
     with rig.pool.connection() as conn:
-        assert (
-            "halted"
-            in conn.execute(
-                "SELECT error FROM signals WHERE cluster = %s AND fingerprint = %s", (rig.cluster, halted_fp)
-            ).fetchone()[0]
-        )
+        error = conn.execute(
+            "SELECT error FROM signals WHERE cluster = %s AND fingerprint = %s", (rig.cluster, halted_fp)
+        ).fetchone()[0]
+    assert re.fullmatch(r"halted: trading is halted by cli:ops since \S+: news at 14:30", error), error
 
 
 class NonFencingVenue:
