@@ -7,6 +7,10 @@ kill     SIGKILL the leader; failover_ms = new leader_record.acquired_at - t_kil
          lag_ms = failover_ms - the key's PTTL at the kill (what the protocol adds on top of
          waiting out the lease). The victim is restarted before the next round.
 sigterm  SIGTERM the leader (it releases and publishes); handover_ms = acquired_at - t_term.
+takeover with --open-positions paper positions open (reconciled once at start-up), SIGKILL
+         the leader and submit a signal at once; first_order_ms = the signal's booking time -
+         the new leader's acquired_at: reconciliation before trading, the claim and the
+         booking, everything a takeover does before its first order.
 idle     a steady cluster for --idle-seconds: Redis commands/s per replica (MONITOR) and
          PostgreSQL writes/s by the leader.
 Then the RSS of every replica.
@@ -53,9 +57,11 @@ from bench.idle import (
 )
 from bench.stats import summary
 from db.urls import libpq_url
+from engine import store
+from engine.signal import canonical_payload, fingerprint, intent_digest, order_tag, parse_signal
 from haexec.drill.cluster import free_port
 
-PHASES = ("kill", "sigterm", "idle")
+PHASES = ("kill", "sigterm", "takeover", "idle")
 FAILOVER_DEADLINE_LEASES = 5
 READY_TIMEOUT_S = 30.0
 # How long the cluster may take to show one leader between rounds (startup, a failed round).
@@ -63,6 +69,20 @@ LEADER_TIMEOUT_LEASES = 10
 GOAL_FOLLOWER_REDIS_PER_S = 2.0
 GOAL_LEADER_DB_WRITES_PER_S = 1.0
 GOAL_RSS_MB = 80.0
+GOAL_FIRST_ORDER_P99_MS = 100.0
+# The seeded book: market positions under epoch 0, as an earlier leader would have left them.
+SEED_SQL = """
+WITH o AS (
+    INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state)
+    SELECT %(cluster)s, 'HXSEED' || lpad(n::text, 21, '0'), 'EURUSD', 'buy', 'market', 0.01, 1.1, 1.09, NULL, 0,
+           'bench', 'filled'
+    FROM generate_series(1, %(n)s) AS n
+    RETURNING ticket, symbol, side, volume, price, sl, tag
+)
+INSERT INTO paper_positions (ticket, cluster, symbol, side, volume, price, sl, tag)
+SELECT ticket, %(cluster)s, symbol, side, volume, price, sl, tag FROM o
+"""
+BOOKED_SQL = "SELECT placed_at FROM paper_orders WHERE cluster = %s AND tag = %s"
 RECORD_SQL = "SELECT epoch, acquired_at, instance_id FROM leader_record WHERE cluster = %s"
 
 
@@ -78,6 +98,7 @@ class Options:
     database_url: str | None
     keep: bool
     trace: bool
+    open_positions: int = 5000
 
 
 @dataclass(frozen=True)
@@ -122,6 +143,8 @@ class Bench:
         for i in range(1, opts.replicas + 1):
             instance, port = f"{prefix}r{i}", free_port()
             env = replica_env(self.cluster, instance, port, servers.redis_url, servers.database_url, opts.lease_ms)
+            # The takeover phase's book would otherwise be refused by the default limit of 20.
+            env["HAEXEC_RISK_MAX_OPEN_POSITIONS"] = str(opts.open_positions + opts.rounds + 100)
             self.replicas.append(Replica(instance, port, env, servers.logs / f"{instance}.log"))
         self.ctl = redis.Redis.from_url(
             servers.redis_url,
@@ -310,6 +333,104 @@ class Bench:
             "samples": samples,
         }
 
+    def seed_book(self) -> None:
+        """The paper book of the takeover phase, before the replicas start: the first leader
+        reconciles it at start-up, as a long-running cluster would have done long ago."""
+        if self.opts.open_positions and "takeover" in self.opts.only:
+            self.db.execute(SEED_SQL, {"cluster": self.cluster, "n": self.opts.open_positions})
+            log(f"cluster {self.cluster}: {self.opts.open_positions} open paper positions seeded")
+
+    def _reconciled(self) -> bool:
+        row = self.db.execute("SELECT count(*) FROM reconciliations WHERE cluster = %s", (self.cluster,)).fetchone()
+        return bool(row and row[0])
+
+    def submit(self, n: int) -> str:
+        """A signal straight into the database, with its NOTIFY, as any replica's intake does."""
+        intent = parse_signal(
+            {
+                "source": "bench",
+                "signal_id": f"takeover-{n}",
+                "symbol": "EURUSD",
+                "side": "buy",
+                "type": "market",
+                "volume": "0.01",
+                "price": "1.1",
+                "sl": "1.09",
+            }
+        )
+        fp = fingerprint(intent)
+        store.accept(
+            self.db,
+            self.cluster,
+            "bench",
+            fp,
+            intent_digest(intent),
+            order_tag(fp),
+            canonical_payload(intent),
+            "bench",
+            intent.signal_id,
+            None,
+        )
+        return order_tag(fp)
+
+    def _takeover_round(self, n: int) -> dict[str, Any]:
+        leader = self.find_leader()
+        if leader is None:
+            return {"round": n, "ok": False, "error": "no single leader before the round"}
+        before = self.record()
+        t_kill = time.time()
+        leader.send(signal.SIGKILL)
+        tag = self.submit(n)
+        sample: dict[str, Any] = {"round": n, "victim": leader.instance_id, "epoch_before": before.epoch}
+        deadline = t_kill + FAILOVER_DEADLINE_LEASES * self.lease_s
+        after = self.wait_new_epoch(before.epoch, deadline)
+        booked = wait_until(
+            lambda: (self.db.execute(BOOKED_SQL, (self.cluster, tag)).fetchone() or [None])[0],
+            max(1.0, deadline - time.time()) + 5.0,
+        )
+        leader.wait_exit(10.0)
+        if after is None or after.acquired_at is None:
+            sample.update(ok=False, error="no new leader in time")
+        elif booked is None:
+            status = self.db.execute(
+                "SELECT status, error FROM signals WHERE cluster = %s AND tag = %s", (self.cluster, tag)
+            ).fetchone()
+            sample.update(ok=False, error=f"the signal was not booked in time: {status}")
+        else:
+            sample.update(
+                ok=True,
+                new_leader=after.instance_id,
+                epoch=after.epoch,
+                first_order_ms=round((booked.timestamp() - after.acquired_at.timestamp()) * 1000.0, 1),
+                kill_to_order_ms=round((booked.timestamp() - t_kill) * 1000.0, 1),
+            )
+        self.restart(leader)
+        return sample
+
+    def takeover_phase(self) -> dict[str, Any]:
+        if wait_until(self._reconciled, READY_TIMEOUT_S, 0.05) is None:
+            raise BenchError("the first leader never reconciled")
+        samples = []
+        for n in range(1, self.opts.rounds + 1):
+            s = self._takeover_round(n)
+            samples.append(s)
+            if s["ok"]:
+                log(
+                    f"takeover {n}/{self.opts.rounds}: {s['victim']} -> {s['new_leader']}, first order"
+                    f" {s['first_order_ms']:.1f} ms after its election ({s['kill_to_order_ms']:.0f} ms after the kill)"
+                )
+            else:
+                log(f"takeover {n}/{self.opts.rounds}: FAILED: {s['error']}")
+        ok = [s for s in samples if s["ok"]]
+        return {
+            "n": len(samples),
+            "failed": len(samples) - len(ok),
+            "open_positions": self.opts.open_positions,
+            "first_order_ms": summary([s["first_order_ms"] for s in ok]),
+            "kill_to_order_ms": summary([s["kill_to_order_ms"] for s in ok]),
+            "samples": samples,
+        }
+
     def idle_phase(self) -> dict[str, Any]:
         for r in self.replicas:
             if not r.alive():
@@ -420,6 +541,7 @@ class Bench:
             "host": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
             "kill": None,
             "sigterm": None,
+            "takeover": None,
             "idle": None,
         }
         tracer: RedisCommandCounter | None = None
@@ -435,11 +557,14 @@ class Bench:
         return result
 
     def _phases(self, result: dict[str, Any]) -> None:
+        self.seed_book()
         self.start_all()
         if "kill" in self.opts.only:
             result["kill"] = self.kill_phase()
         if "sigterm" in self.opts.only:
             result["sigterm"] = self.sigterm_phase()
+        if "takeover" in self.opts.only:
+            result["takeover"] = self.takeover_phase()
         if "idle" in self.opts.only:
             result["idle"] = self.idle_phase()
         result["host"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -466,7 +591,7 @@ def render(result: dict[str, Any]) -> str:
         f"host: {result['host']['cpus']} CPUs, load average {result['host']['loadavg_start'][0]:.2f} at start, "
         f"{result['host'].get('loadavg_end', ['-'])[0]} at end",
     ]
-    if result["kill"] or result["sigterm"]:
+    if result["kill"] or result["sigterm"] or result["takeover"]:
         lines += ["", f"{'':<22}{'n':>4}{'failed':>8}{'p50':>10}{'p99':>10}{'max':>10}"]
 
     def row(label: str, phase: dict[str, Any], key: str) -> None:
@@ -481,6 +606,15 @@ def render(result: dict[str, Any]) -> str:
         row("kill lag_ms", result["kill"], "lag_ms")
     if result["sigterm"]:
         row("sigterm handover_ms", result["sigterm"], "handover_ms")
+    takeover = result["takeover"]
+    if takeover:
+        row("takeover first_order_ms", takeover, "first_order_ms")
+        row("takeover kill_to_order", takeover, "kill_to_order_ms")
+        p99 = (takeover["first_order_ms"] or {}).get("p99")
+        lines.append(
+            f"  takeover to first order with {takeover['open_positions']} open positions: p99 {_fmt(p99)} ms"
+            f"   goal < {GOAL_FIRST_ORDER_P99_MS:g}: {_goal(p99 is not None and p99 < GOAL_FIRST_ORDER_P99_MS)}"
+        )
     idle = result["idle"]
     if idle:
         lines += [
@@ -560,7 +694,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--replicas", type=_positive_int, default=3)
     p.add_argument("--idle-seconds", type=float, default=30.0, help="length of the idle window")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--only", type=_phases, default=PHASES, help="comma-separated: kill,sigterm,idle")
+    p.add_argument("--only", type=_phases, default=PHASES, help="comma-separated: kill,sigterm,takeover,idle")
+    p.add_argument(
+        "--open-positions",
+        type=int,
+        default=5000,
+        help="open paper positions during the takeover phase (default 5000)",
+    )
     p.add_argument("--redis-url", help="an existing Redis (default: a bench-owned redis-server)")
     p.add_argument("--database-url", help="an existing PostgreSQL database at schema head")
     p.add_argument("--keep", action="store_true", help="keep the work directory (replica logs)")
@@ -570,8 +710,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="also log every SQL statement and every Redis command of the run into the kept work directory",
     )
     a = p.parse_args(argv)
-    if a.replicas < 2 and ({"kill", "sigterm"} & set(a.only)):
-        p.error("--replicas must be >= 2 for the kill and sigterm phases")
+    if a.replicas < 2 and ({"kill", "sigterm", "takeover"} & set(a.only)):
+        p.error("--replicas must be >= 2 for the kill, sigterm and takeover phases")
+    if a.open_positions < 0:
+        p.error("--open-positions must be >= 0")
     if a.idle_seconds <= 0:
         p.error("--idle-seconds must be positive")
     return Options(
@@ -585,6 +727,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         database_url=a.database_url,
         keep=a.keep or a.trace,
         trace=a.trace,
+        open_positions=a.open_positions,
     )
 
 
@@ -617,7 +760,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log("stopping replicas and servers")
                 bench.close()
             if result is not None:
-                failed = failed or any(result[p] is not None and result[p]["failed"] for p in ("kill", "sigterm"))
+                failed = failed or any(
+                    result[p] is not None and result[p]["failed"] for p in ("kill", "sigterm", "takeover")
+                )
                 if failed:
                     servers.keep = True
     except KeyboardInterrupt:

@@ -144,6 +144,17 @@ class VenueOrder:
     extra: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class PositionDiff:
+    """The venue's open positions against what broker_positions holds as open."""
+
+    count: int  # open positions at the venue
+    new: list[Position]  # at the venue, not known as open
+    changed: list[tuple[Position, tuple[str, str, Decimal]]]  # with the known (symbol, side, volume)
+    vanished: list[str]  # known as open, gone from the venue
+    duplicate_tags: dict[str, list[str]]  # a tag on more than one open position
+
+
 class BrokerError(Exception):
     """The venue could not be reached or answered nonsense; nothing is known to have happened."""
 

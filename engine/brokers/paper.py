@@ -24,6 +24,7 @@ from engine.brokers.base import (
     OrderResult,
     Outcome,
     Position,
+    PositionDiff,
     Quote,
     SymbolSpec,
     VenueOrder,
@@ -55,6 +56,28 @@ WITH request AS (
     SELECT %(cluster)s, ticket, 'open', volume, price, 0 FROM booked WHERE type = 'market'
 )
 SELECT tag, ticket FROM booked
+"""
+
+# Reconciliation inside the database: the open book against broker_positions' open rows in
+# one pass on the server, returning only what differs (and the count and duplicate tags), so
+# a takeover with thousands of unchanged positions ships nothing but a few numbers.
+POSITION_DIFF_SQL = """
+WITH venue AS (
+    SELECT ticket::text AS ticket, symbol, side, volume, price, sl, tp, tag
+    FROM paper_positions WHERE cluster = %(cluster)s AND closed_at IS NULL
+), known AS (
+    SELECT ticket, symbol, side, volume FROM broker_positions
+    WHERE cluster = %(cluster)s AND broker = %(broker)s AND state = 'open'
+)
+SELECT 'diff', v.ticket, v.symbol, v.side, v.volume, v.price, v.sl, v.tp, v.tag,
+       k.ticket, k.symbol, k.side, k.volume
+FROM venue v FULL JOIN known k ON k.ticket = v.ticket
+WHERE v.ticket IS NULL OR k.ticket IS NULL OR (v.symbol, v.side, v.volume) IS DISTINCT FROM (k.symbol, k.side, k.volume)
+UNION ALL
+SELECT 'dup', NULL, NULL, NULL, NULL, NULL, NULL, NULL, tag, string_agg(ticket, ',' ORDER BY ticket), NULL, NULL, NULL
+FROM venue WHERE tag IS NOT NULL GROUP BY tag HAVING count(*) > 1
+UNION ALL
+SELECT 'count', NULL, NULL, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM venue
 """
 
 _PAPER_QUOTE = Quote(SymbolSpec(contract_size=Decimal(1)))
@@ -131,6 +154,25 @@ class PaperBroker:
         """No price feed: every symbol is 1 account currency per 1.0 of price per lot, and an
         order is priced at the signal's price."""
         return _PAPER_QUOTE
+
+    def position_diff(self, conn: psycopg.Connection) -> PositionDiff:
+        """See POSITION_DIFF_SQL; `conn` is the reconciliation's own transaction."""
+        rows = conn.execute(POSITION_DIFF_SQL, {"cluster": self._cluster, "broker": self.name}).fetchall()
+        count, new, changed, vanished, dups = 0, [], [], [], {}
+        for kind, ticket, symbol, side, volume, price, sl, tp, tag, k_ticket, k_symbol, k_side, k_volume in rows:
+            if kind == "count":
+                count = int(volume)
+            elif kind == "dup":
+                dups[tag] = k_ticket.split(",")
+            elif ticket is None:
+                vanished.append(k_ticket)
+            else:
+                p = Position(ticket, symbol, Side(side), volume, price, sl, tp, tag)
+                if k_ticket is None:
+                    new.append(p)
+                else:
+                    changed.append((p, (k_symbol, k_side, k_volume)))
+        return PositionDiff(count, new, changed, sorted(vanished), dups)
 
     def _venue_orders(self, where: str, params: tuple[object, ...], limit: int = 1000) -> list[VenueOrder]:
         with self._pool.connection() as conn:
