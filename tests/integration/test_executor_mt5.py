@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -79,7 +80,10 @@ def leading(rig: Rig) -> Rig:
     return rig
 
 
-def executor(rig: Rig, database_url: str, broker: Any, alerts: Alerts, sweep_ms: int = 100, **limits: Any) -> Executor:
+@contextmanager
+def executing(
+    rig: Rig, database_url: str, broker: Any, alerts: Alerts | None = None, sweep_ms: int = 100, **limits: Any
+) -> Iterator[Executor]:
     ex = Executor(
         ExecutorConfig(
             cluster=rig.cluster, instance_id="leader", broker_deadline_ms=500, drift_margin_ms=50, sweep_ms=sweep_ms
@@ -90,10 +94,19 @@ def executor(rig: Rig, database_url: str, broker: Any, alerts: Alerts, sweep_ms:
         broker,
         CircuitBreaker(broker="mt5"),
         RiskLimits(**limits),
-        alert=alerts,
+        alert=alerts or Alerts(),
     )
     ex.start()
-    return ex
+    try:
+        yield ex
+    finally:
+        ex.stop(5)
+
+
+def settle(rig: Rig, database_url: str, broker: Any, *fps: str, alerts: Alerts | None = None, **limits: Any) -> None:
+    """Run an executor until every one of `fps` is settled."""
+    with executing(rig, database_url, broker, alerts, **limits):
+        wait_for(settled(rig, *fps), 10, "settled")
 
 
 def signal(rig: Rig, i: int, **fields: Any) -> tuple[str, str, int]:
@@ -139,44 +152,37 @@ def loss_at_stop(fake: FakeTerminal, request: dict[str, Any]) -> Decimal:
 def test_risk_is_sized_with_the_venue_spec(
     leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker, symbol: str, price: str, sl: str, volume: float
 ) -> None:
-    alerts = Alerts()
     fp, _, _ = signal(leading, 1, symbol=symbol, price=price, sl=sl)
-    ex = executor(leading, database_url, mt5, alerts)
-    try:
-        wait_for(settled(leading, fp), 10, "settled")
-    finally:
-        ex.stop(5)
+    settle(leading, database_url, mt5, fp)
     assert row(leading, fp)[0] == "executed", row(leading, fp)
     [sent] = fake.requests
     assert sent["volume"] == volume
     assert loss_at_stop(fake, sent) <= Decimal(200)  # the 2 % cap of 10 000
 
 
-def test_a_signal_priced_far_from_the_market_is_refused(
-    leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker
+@pytest.mark.parametrize(
+    ("fields", "market", "rule"),
+    [
+        ({"price": "1.00010", "sl": "1.00000"}, None, "price_tolerance"),  # the market is at 1.1001
+        ({"symbol": "NOPE"}, None, "symbol_spec"),  # the venue has no such symbol
+        ({}, (1.0985, 1.0986), "stop_side"),  # the market fell through the buy's stop 1.0991
+    ],
+)
+def test_a_signal_the_venue_cannot_take_as_given_is_refused(
+    leading: Rig,
+    database_url: str,
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    fields: dict[str, str],
+    market: tuple[float, float] | None,
+    rule: str,
 ) -> None:
-    fp, _, _ = signal(leading, 1, price="1.00010", sl="1.00000")  # the market is at 1.1001
-    ex = executor(leading, database_url, mt5, Alerts())
-    try:
-        wait_for(settled(leading, fp), 10, "settled")
-    finally:
-        ex.stop(5)
+    if market is not None:
+        fake.set_tick("EURUSD", *market)
+    fp, _, _ = signal(leading, 1, **fields)
+    settle(leading, database_url, mt5, fp)
     status, error, _ = row(leading, fp)
-    assert status == "rejected" and error is not None and error.startswith("risk price_tolerance:")
-    assert fake.requests == []
-
-
-def test_a_symbol_the_venue_does_not_have_is_refused(
-    leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker
-) -> None:
-    fp, _, _ = signal(leading, 1, symbol="NOPE")
-    ex = executor(leading, database_url, mt5, Alerts())
-    try:
-        wait_for(settled(leading, fp), 10, "settled")
-    finally:
-        ex.stop(5)
-    status, error, _ = row(leading, fp)
-    assert status == "rejected" and error is not None and error.startswith("risk symbol_spec:")
+    assert status == "rejected" and error is not None and error.startswith(f"risk {rule}:"), error
     assert fake.requests == []
 
 
@@ -193,9 +199,8 @@ IDS = itertools.count(1000)
 
 @pytest.fixture
 def running(leading: Rig, database_url: str, mt5: MT5Broker) -> Iterator[Executor]:
-    ex = executor(leading, database_url, mt5, Alerts(), max_open_positions=100_000)
-    yield ex
-    ex.stop(5)
+    with executing(leading, database_url, mt5, max_open_positions=100_000) as ex:
+        yield ex
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -255,14 +260,11 @@ def test_signals_already_expired_are_never_sent_when_a_notify_claims_them(
 ) -> None:
     alerts = Alerts()
     first, _, _ = signal(leading, 1)
-    ex = executor(leading, database_url, mt5, alerts, sweep_ms=60_000)  # no timer: only NOTIFY claims
-    try:
+    with executing(leading, database_url, mt5, alerts, sweep_ms=60_000):  # no timer: only NOTIFY claims
         wait_for(settled(leading, first), 10, "the first signal")  # office taken, housekeeping done
         past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
         late = [signal(leading, 10 + i, expires_at=past)[0] for i in range(10)]
         wait_for(settled(leading, *late), 10, "the expired signals settled")
-    finally:
-        ex.stop(5)
     assert [row(leading, fp)[0] for fp in late] == ["expired"] * 10
     assert len(fake.requests) == 1
     assert alerts.kinds().count("signal_expired") == 10
@@ -298,11 +300,7 @@ def test_a_halt_after_the_first_send_stops_the_rest_of_the_batch(
             )
         return result
 
-    ex = executor(leading, database_url, Wrapped(mt5, halt), Alerts())
-    try:
-        wait_for(settled(leading, *fps), 10, "the batch settled")
-    finally:
-        ex.stop(5)
+    settle(leading, database_url, Wrapped(mt5, halt), *fps)
     statuses = [row(leading, fp) for fp in fps]
     assert [s for s, _, _ in statuses] == ["executed"] + ["rejected"] * 4
     assert all("halted" in (e or "") for _, e, _ in statuses[1:])
@@ -315,11 +313,7 @@ def test_pending_orders_count_as_open_exposure(
     fake.add_order(symbol="EURUSD", type=fake_mt5.ORDER_TYPE_BUY_LIMIT, price_open=1.05)  # someone else's
     limit = {"type": "limit", "price": "1.0950", "sl": "1.0900"}
     fps = [signal(leading, i, **limit)[0] for i in range(3)]
-    ex = executor(leading, database_url, mt5, Alerts(), max_open_positions=3)
-    try:
-        wait_for(settled(leading, *fps), 10, "settled")
-    finally:
-        ex.stop(5)
+    settle(leading, database_url, mt5, *fps, max_open_positions=3)
     statuses = [row(leading, fp) for fp in fps]
     assert [s for s, _, _ in statuses] == ["executed", "executed", "rejected"]
     assert (statuses[2][1] or "").startswith("risk max_open_positions: 3 positions and pending orders open")
@@ -343,11 +337,7 @@ def test_a_database_error_after_one_send_hands_back_the_rest_and_records_the_sen
 
     monkeypatch.setattr(store, "record_outcomes", fails_once)
     alerts = Alerts()
-    ex = executor(leading, database_url, mt5, alerts)
-    try:
-        wait_for(settled(leading, *fps), 10, "settled")
-    finally:
-        ex.stop(5)
+    settle(leading, database_url, mt5, *fps, alerts=alerts)
     assert [row(leading, fp)[0] for fp in fps] == ["executed"] * 3
     assert len(fake.requests) == 3  # each once: the sent one recorded, the others sent after the hand-back
     assert "signal_in_doubt" not in alerts.kinds()
@@ -369,11 +359,8 @@ def test_an_outcome_whose_status_change_did_not_apply_raises_no_alert(
         return OrderResult(Outcome.UNKNOWN, detail="order_send returned None (injected)")
 
     alerts = Alerts()
-    ex = executor(leading, database_url, Wrapped(mt5, taken_over_meanwhile), alerts)
-    try:
+    with executing(leading, database_url, Wrapped(mt5, taken_over_meanwhile), alerts):
         wait_for(lambda: fact_count(leading, sid) == 1, 10, "the fact recorded")
-    finally:
-        ex.stop(5)
     assert alerts.kinds() == []
     assert row(leading, fp)[0] == "executing"  # the newer attempt's to settle
 
@@ -402,8 +389,7 @@ def test_a_late_duplicate_after_settlement_is_found_and_undone(
     limit = {"type": "limit", "price": "1.0950", "sl": "1.0900"} if kind == "pending" else {}
     fp, tag, _ = signal(leading, 1, **limit)
     alerts = Alerts()
-    ex = executor(leading, database_url, mt5, alerts)
-    try:
+    with executing(leading, database_url, mt5, alerts):
         wait_for(executed(leading, fp), 10, "executed")
         [kept] = ours(fake, tag)
         # a paused ex-leader's send of the same signal lands now, after the signal was settled
@@ -412,8 +398,6 @@ def test_a_late_duplicate_after_settlement_is_found_and_undone(
         else:
             fake.add_position(magic=MAGIC, comment=tag, symbol="EURUSD", price_open=1.1001)
         wait_for(lambda: len(ours(fake, tag)) == 1, 10, "the duplicate undone")
-    finally:
-        ex.stop(5)
     assert ours(fake, tag) == [kept]
     verb = "removed" if kind == "pending" else "closed"
     [(kind_sent, message)] = alerts.sent
@@ -427,14 +411,11 @@ def test_a_duplicate_that_cannot_be_closed_is_retried_and_escalated(
 ) -> None:
     fp, tag, _ = signal(leading, 1)
     alerts = Alerts()
-    ex = executor(leading, database_url, mt5, alerts)
-    try:
+    with executing(leading, database_url, mt5, alerts):
         wait_for(executed(leading, fp), 10, "executed")
         fake.script(fake_mt5.TRADE_RETCODE_REJECT, fake_mt5.TRADE_RETCODE_REJECT, fake_mt5.TRADE_RETCODE_REJECT)
         fake.add_position(magic=MAGIC, comment=tag, symbol="EURUSD", price_open=1.1001)
         wait_for(lambda: len(ours(fake, tag)) == 1, 10, "closed at the fourth attempt")
-    finally:
-        ex.stop(5)
     kinds = alerts.kinds()
     assert kinds == ["duplicate_order_open", "duplicate_order_open", "duplicate_order"]  # attempts 1, 2, then done
     assert "STILL OPEN after 1 attempt(s)" in alerts.sent[0][1] and "REJECT" in alerts.sent[0][1]

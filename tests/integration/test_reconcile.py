@@ -4,27 +4,20 @@ and duplicate tags, and an unchanged book writes nothing but the report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from db.session import SessionLimits, make_pool
 from engine.brokers.base import OrderRequest
 from engine.brokers.paper import PaperBroker
 from engine.model import OrderType, Side
 from engine.reconcile import Report, diff_positions, reconcile
+from tests.integration import test_paper
 from tests.integration.test_paper import lead
 
-
-@pytest.fixture
-def pool(database_url: str) -> Iterator[ConnectionPool]:
-    p = make_pool(database_url, SessionLimits(2000, "test-reconcile"), name="test-reconcile", max_size=3)
-    p.open(wait=True, timeout=10)
-    yield p
-    p.close()
+pool = test_paper.pool  # the fixture
 
 
 class ListingVenue:
