@@ -11,6 +11,9 @@ executed-once          every stored signal has exactly one broker order (its tag
 no-stale-order         no order was placed under an epoch after a later epoch was acquired,
                        and every order's instance held the order's epoch
 no-foreign-order       every broker order belongs to a stored signal
+true-in-doubt-alert    every `signal_in_doubt` alert a replica sent names a signal that was
+                       held in doubt (its status, or an `in_doubt` event): a deposed leader
+                       whose status change did not apply must not page anyone
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Facts:
     history: list[tuple[int, str, int, str, float]]  # id, instance, epoch, reason, at
     signals: dict[str, SignalRow]  # by fingerprint
     orders_by_tag: dict[str, list[OrderRow]]
+    held: set[int] = field(default_factory=set)  # signals with an `in_doubt` event
 
     def executed_times(self) -> list[float]:
         return sorted(s.updated_at for s in self.signals.values() if s.status == "executed")
@@ -162,8 +166,16 @@ def read_facts(database_url: str, cluster: str) -> Facts:
             (cluster,),
         ):
             orders[r[1]].append(OrderRow(int(r[0]), r[1], int(r[2]), r[3], float(r[4])))
+        held = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT DISTINCT e.signal FROM signal_events e JOIN signals s ON s.id = e.signal"
+                " WHERE s.cluster = %s AND e.status = 'in_doubt'",
+                (cluster,),
+            )
+        }
     acquired = [Acquired(i, inst, e, at) for i, inst, e, reason, at in history if reason == "acquired"]
-    return Facts(acquired, history, signals, dict(orders))
+    return Facts(acquired, history, signals, dict(orders), held)
 
 
 def unsettled_count(database_url: str, cluster: str) -> int:
@@ -174,13 +186,38 @@ def unsettled_count(database_url: str, cluster: str) -> int:
     return int(row[0]) if row else 0
 
 
-def check(facts: Facts, answers: Iterable[Answer]) -> CheckResult:
+def check(facts: Facts, answers: Iterable[Answer], alerts: Iterable[dict[str, Any]] = ()) -> CheckResult:
     result = CheckResult()
     _leaders(facts, result)
     _answers(facts, list(answers), result)
     _signals(facts, result)
     _orders(facts, result)
+    _alerts(facts, list(alerts), result)
     return result
+
+
+def _alerts(facts: Facts, alerts: list[dict[str, Any]], result: CheckResult) -> None:
+    by_id = {s.id: s for s in facts.signals.values()}
+    in_doubt = [a for a in alerts if a.get("kind") == "signal_in_doubt"]
+    for a in in_doubt:
+        s = by_id.get(a["signal"]) if isinstance(a.get("signal"), int) else facts.signals.get(a.get("fingerprint", ""))
+        if s is not None and (s.status == "in_doubt" or s.id in facts.held):
+            continue
+        result.add(
+            Violation(
+                "true-in-doubt-alert",
+                f"{a.get('instance_id')} alerted signal_in_doubt for "
+                + (
+                    f"signal {s.signal_id or s.fingerprint}, which ended {s.status} and was never held"
+                    if s
+                    else f"an unknown signal ({a.get('signal') or a.get('fingerprint')})"
+                ),
+                {"alert": a, "signal": vars(s) if s else None},
+                s.updated_at if s else None,
+            )
+        )
+    result.counts["alerts"] = len(alerts)
+    result.counts["in_doubt_alerts"] = len(in_doubt)
 
 
 def _leaders(facts: Facts, result: CheckResult) -> None:

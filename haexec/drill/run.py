@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from haexec.drill import checker, report, scenarios
+from haexec.drill.alert_sink import AlertSink
 from haexec.drill.cluster import DrillCluster, DrillError, log, wait_until
 from haexec.drill.monitor import Monitor
 from haexec.drill.producer import Producer, Target
@@ -64,6 +65,8 @@ def execute(opts: Options) -> int:
     faked = opts.scenario in ("clock-jump", "all", "random")
     # `all` runs clock-jump last and puts the replica under libfaketime only then (see
     # DrillCluster.ensure_faked); random needs it from the start.
+    sink = AlertSink()  # every replica's webhook: the checker holds its alerts to the truth
+    sink.start()
     cluster = DrillCluster(
         opts.replicas,
         opts.lease_ms,
@@ -72,6 +75,7 @@ def execute(opts: Options) -> int:
         faked,
         keep=opts.keep,
         faked_from_start=opts.scenario != "all",
+        env_extra={"HAEXEC_ALERT_WEBHOOK": sink.url},
     )
     atexit.register(cluster.close)
     monitor: Monitor | None = None
@@ -102,7 +106,7 @@ def execute(opts: Options) -> int:
         _stop_replicas(cluster)
         facts = checker.read_facts(cluster.servers.database_url, cluster.cluster)
         answers = producer.snapshot()
-        verdict = checker.check(facts, answers)
+        verdict = checker.check(facts, answers, sink.snapshot())
         doc = _document(opts, ctx, result, facts, answers, verdict, producer, began, ended)
         if opts.report_dir is not None:
             doc["timeline_png"] = _timeline(opts, ctx, facts, answers, began, ended)
@@ -132,6 +136,7 @@ def execute(opts: Options) -> int:
         if monitor is not None:
             monitor.stop()
         cluster.close()
+        sink.stop()
         atexit.unregister(cluster.close)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)

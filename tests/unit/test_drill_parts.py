@@ -171,6 +171,25 @@ def test_checker_names_every_broken_rule_with_evidence() -> None:
     assert not result.ok and result.counts["duplicated"] == 1 and result.counts["lost"] == 1
 
 
+def test_checker_holds_in_doubt_alerts_to_the_database() -> None:
+    acquired = [Acquired(1, "r1", 1, 10.0)]
+    sigs = [signal_row(1, ticket=1), signal_row(2, status="in_doubt"), signal_row(3, ticket=3)]
+    orders = [OrderRow(1, "TAG1", 1, "r1", 101.0), OrderRow(3, "TAG3", 1, "r1", 103.0)]
+    f = facts(sigs, orders, acquired)
+    f.held = {3}  # held in doubt for a while, then adopted as executed
+    alerts = [
+        {"kind": "signal_in_doubt", "instance_id": "r1", "signal": 2},
+        {"kind": "signal_in_doubt", "instance_id": "r1", "fingerprint": "fp3"},
+        {"kind": "signal_in_doubt", "instance_id": "r2", "signal": 1},  # executed once, never held
+        {"kind": "leadership_change", "instance_id": "r1"},
+    ]
+    result = check(f, [answer(1), answer(2), answer(3)], alerts)
+    assert result.by_rule() == {"true-in-doubt-alert": 1}
+    [false_alarm] = result.violations
+    assert "r2 alerted signal_in_doubt for signal s1, which ended executed" in false_alarm.detail
+    assert (result.counts["alerts"], result.counts["in_doubt_alerts"]) == (4, 3)
+
+
 # --------------------------------------------------------------------------- random schedule
 
 
