@@ -31,6 +31,8 @@ from db.session import SessionLimits, make_pool
 
 log = logging.getLogger("haexec.coordinator")
 
+VIEW_MAX_AGE_MS = 250.0  # how old an answer of view() may be
+
 
 class Coordinator:
     def __init__(
@@ -66,6 +68,9 @@ class Coordinator:
             on_stopped_leading=self._stopped_leading,
         )
         self._describe_extra = describe or (lambda: {})
+        self._view_lock = threading.Lock()
+        self._view: ClusterView | None = None
+        self._view_at = 0.0
         self._events = EventListener(
             redis_client(redis_url, None, f"haexec-events-{cfg.instance_id}"), cfg.cluster, self._on_event
         )
@@ -114,8 +119,18 @@ class Coordinator:
 
     # ---- for operators ----
 
-    def view(self) -> ClusterView:
-        return read_view(self._side_redis, self._view_epochs, self.cfg.stale_after_ms, with_replicas=False)
+    def view(self) -> tuple[ClusterView, float]:
+        """The cluster view and its age in ms. Read from both stores at most once per
+        VIEW_MAX_AGE_MS, one reader at a time: a burst of /coordinator/leader polls during a
+        takeover is answered from memory instead of queueing reads behind the new leader's."""
+        with self._view_lock:
+            now = self._clock.now_ms()
+            if self._view is None or now - self._view_at >= VIEW_MAX_AGE_MS:
+                self._view = read_view(
+                    self._side_redis, self._view_epochs, self.cfg.stale_after_ms, with_replicas=False
+                )
+                self._view_at = now = self._clock.now_ms()
+            return self._view, now - self._view_at
 
     def announce(self) -> None:
         """Publish this replica's registry entry now (its health or role changed)."""

@@ -86,9 +86,10 @@ def build_app(replica: ReplicaState) -> Starlette:
         return JSONResponse({"leader": False}, status_code=503)
 
     async def coordinator_leader(_: Request) -> Response:
-        view = await run_in_threadpool(coord.view)
+        view, age_ms = await run_in_threadpool(coord.view)
         return JSONResponse(
             {
+                "view_age_ms": round(age_ms),
                 "redis_leader": view.redis_leader,
                 "db_leader": view.db_leader,
                 "epoch": view.epoch,

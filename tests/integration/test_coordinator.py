@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from coordinator import service
+from coordinator.clock import FakeClock
 from coordinator.config import ElectionConfig
 from coordinator.elector import NotLeader
 from coordinator.fencing import EpochSuperseded, fenced
@@ -98,3 +100,27 @@ def test_lease_survives_a_ten_second_stall_elsewhere_in_the_process(
         assert [r for _, _, r in history(database_url, cluster)] == ["acquired"]
     finally:
         leader.stop()
+
+
+def test_the_cluster_view_is_served_from_memory_with_its_age(
+    cluster: str, redis_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/coordinator/leader's view: read from both stores at most every VIEW_MAX_AGE_MS, so a
+    poll storm during a takeover costs one read per interval, and each answer says how old it is."""
+    clock = FakeClock()
+    c = Coordinator(ElectionConfig.for_lease(cluster, "v", 1500), redis_url, database_url, clock=clock)
+    c.open(timeout_s=10)
+    reads = []
+    real = service.read_view
+    monkeypatch.setattr(service, "read_view", lambda *a, **k: reads.append(1) or real(*a, **k))
+    try:
+        first, age = c.view()
+        assert age == 0 and len(reads) == 1
+        clock.advance(service.VIEW_MAX_AGE_MS - 1)
+        again, age = c.view()
+        assert again is first and age == service.VIEW_MAX_AGE_MS - 1 and len(reads) == 1
+        clock.advance(1)
+        fresh, age = c.view()
+        assert fresh is not first and age == 0 and len(reads) == 2
+    finally:
+        c.stop()
