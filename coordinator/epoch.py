@@ -135,6 +135,7 @@ class EpochStore:
         """Compare-and-set the epoch to expected+1 for `me`. None when the record is not free
         or the epoch moved on. The `acquired` history row commits with the claim."""
         with self._pool.connection() as conn, conn.transaction():
+            conn.execute(ENSURE_ROW_SQL, (self.cluster,))  # a cluster's first claim need not follow a read
             conn.execute(LOCK_ROW_SQL, (self.cluster,))
             row = conn.execute(
                 CLAIM_SQL,
