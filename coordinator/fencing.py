@@ -1,4 +1,16 @@
-"""The epoch check. Every fenced write goes through `fenced`; nothing else compares epochs.
+"""The epoch check. Every fenced write goes through `fenced`.
+
+The epoch comparisons that exist, and none other:
+- here: a fenced write commits only while its epoch is the leader record's, unreleased
+  (`fenced`; `Coordinator.fenced` is it under the replica's current epoch; the paper venue
+  books, cancels and closes through it under the order's epoch);
+- coordinator/epoch.py: the leader record's own compare-and-sets (claim expects the epoch it
+  read; heartbeat and release name the epoch they hold);
+- engine/store.py: the attempt-epoch compare-and-sets on signals (an outcome, a hand-back, a
+  stamp, a take-over or a settlement applies only to the attempt of the epoch it names), so a
+  stale attempt never overwrites a newer one;
+- the lease: `Coordinator.fence(min_remaining_ms)` is the trusted epoch, and the executor acts
+  at a venue for an attempt only while that is the attempt's epoch.
 
 The row is read FOR KEY SHARE: it does not wait behind the leader's heartbeat (an UPDATE of
 non-key columns), but it does conflict with the FOR UPDATE that every epoch change and

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ import redis
 
 from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
-from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped
+from coordinator.elector import DB_ERRORS, Elector, Fence, NotLeader, OnStarted, OnStopped
 from coordinator.epoch import EpochStore, HistoryEntry
 from coordinator.errors import first_line
 from coordinator.events import EventListener
@@ -107,8 +108,23 @@ class Coordinator:
 
     # ---- for the engine ----
 
-    def fence(self) -> Fence:
-        return self.elector.fence()
+    def fence(self, min_remaining_ms: float = 0.0) -> Fence:
+        """The epoch to fence with, while the lease is trusted. With `min_remaining_ms`, the
+        rule for an action at a venue: the trusted lease must outlive the call. A lease short
+        of that right now is given one renew interval to be renewed; then NotLeader."""
+        fence = self.elector.fence()
+        if fence.remaining_ms >= min_remaining_ms:
+            return fence
+        deadline = time.monotonic() + self.cfg.renew_ms / 1000.0
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+            fence = self.elector.fence()
+            if fence.remaining_ms >= min_remaining_ms:
+                return fence
+        raise NotLeader(
+            f"{self.cfg.instance_id}: lease of epoch {fence.epoch} has {fence.remaining_ms:.0f} ms left,"
+            f" {min_remaining_ms:.0f} ms needed"
+        )
 
     @contextmanager
     def fenced(self, conn: psycopg.Connection) -> Iterator[tuple[psycopg.Cursor, Fence]]:

@@ -219,10 +219,10 @@ class Executor:
                 housekeeping = True
             if housekeeping:  # on the timer, not on every NOTIFY: keeps a lone signal's path short
                 self._housekept_at = now
-                self._expire(fence.epoch)
+                self._expire()
                 self._resolve_unsettled(fence.epoch)
                 self._scan_duplicates(fence.epoch)
-            self._drain(fence.epoch)
+            self._drain()
         except NotLeader:
             return
         except EpochSuperseded as e:
@@ -265,7 +265,7 @@ class Executor:
             self._requeue(sorted(self._unsent[epoch]), epoch, "handed back after a database error; never sent")
             del self._unsent[epoch]
 
-    def _expire(self, epoch: int) -> None:
+    def _expire(self) -> None:
         with self._pool.connection() as conn:
             if not store.any_due(conn, self.cfg.cluster):
                 return
@@ -279,7 +279,7 @@ class Executor:
             log.error("signal %s expired before execution", fp)
             self._alert("signal_expired", "error", f"signal {fp} expired before execution", fingerprint=fp)
 
-    def _drain(self, epoch: int) -> None:
+    def _drain(self) -> None:
         while not (self._stop.is_set() or self._paused.is_set()):
             if not self._breaker.allow():
                 return  # signals wait while the broker's circuit is open; they are not failed
@@ -395,22 +395,12 @@ class Executor:
         return store.Settlement(signal, SignalStatus.REJECTED, "rejected", error=error)
 
     def _lease_allows_send(self, epoch: int) -> bool:
-        """Send only while the lease outlives the broker call: wait for a renewal if it is
-        short right now (never longer than one renew interval), else give the claim back."""
-        need = self.cfg.broker_deadline_ms + self.cfg.drift_margin_ms
-        deadline = time.monotonic() + self._coord.cfg.renew_ms / 1000.0
-        while True:
-            try:
-                fence = self._coord.fence()
-            except NotLeader:
-                return False
-            if fence.epoch != epoch:
-                return False
-            if fence.remaining_ms >= need:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
+        """An action at the venue under `epoch` only while its lease outlives the broker call."""
+        try:
+            fence = self._coord.fence(min_remaining_ms=self.cfg.broker_deadline_ms + self.cfg.drift_margin_ms)
+        except NotLeader:
+            return False
+        return fence.epoch == epoch
 
     def _gate(self, signal: int, epoch: int) -> bool:
         """Stamp one order's attempt just before it goes; settle it instead if it expired or
@@ -556,14 +546,10 @@ class Executor:
         # book, and a late commit of the same tag would be refused as a duplicate): re-execute.
         if venue.fencing_aware or self.cfg.in_doubt_policy == "reexecute":
             with self._pool.connection() as conn, self._coord.fenced(conn) as (cur, fence):
+                if fence.epoch != epoch:  # one epoch throughout: the take-over and its send
+                    raise NotLeader(f"epoch {epoch} ended during in-doubt resolution")
                 taken = store.take_over(
-                    cur,
-                    u.id,
-                    u.status,
-                    u.epoch,
-                    fence.epoch,
-                    self.cfg.instance_id,
-                    "re-executing: tag absent",
+                    cur, u.id, u.status, u.epoch, epoch, self.cfg.instance_id, "re-executing: tag absent"
                 )
                 switch = controls.read(cur, self.cfg.cluster)
             if taken:

@@ -124,3 +124,15 @@ def test_the_cluster_view_is_served_from_memory_with_its_age(
         assert fresh is not first and age == 0 and len(reads) == 2
     finally:
         c.stop()
+
+
+def test_a_venue_action_needs_a_lease_that_outlives_the_call(cluster: str, redis_url: str, database_url: str) -> None:
+    c = make(cluster, "solo", redis_url, database_url)
+    try:
+        wait_for(c.elector.is_leader, 10, "leadership")
+        fence = c.fence(min_remaining_ms=100)
+        assert fence.epoch == c.elector.epoch and fence.remaining_ms >= 100
+        with pytest.raises(NotLeader, match="ms left, 15000 ms needed"):
+            c.fence(min_remaining_ms=10 * c.cfg.lease_ms)  # no renewal can give that much
+    finally:
+        c.stop()
