@@ -12,17 +12,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
 
-from coordinator.elector import NotLeader
+from coordinator.elector import Fence, NotLeader
 from coordinator.errors import first_line
 from coordinator.fencing import EpochSuperseded
-from coordinator.service import Coordinator
 from db.session import SessionLimits, connect
 from engine import controls, metrics, store
 from engine.breaker import CircuitBreaker
@@ -54,6 +54,15 @@ OUTCOME_STATUS = {
     Outcome.UNKNOWN: SignalStatus.IN_DOUBT,
     Outcome.EXPIRED: SignalStatus.EXPIRED,
 }
+
+
+class Fencing(Protocol):
+    """All the executor needs of the coordinator: the trusted epoch, and a transaction fenced
+    by it (coordinator.service.Coordinator is one)."""
+
+    def fence(self, min_remaining_ms: float = 0.0) -> Fence: ...
+
+    def fenced(self, conn: psycopg.Connection) -> AbstractContextManager[tuple[psycopg.Cursor, Fence]]: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ class Executor:
     def __init__(
         self,
         cfg: ExecutorConfig,
-        coordinator: Coordinator,
+        coordinator: Fencing,
         pool: ConnectionPool,
         database_url: str,
         broker: Broker,
