@@ -294,7 +294,7 @@ class Elector:
             if result.status is RenewStatus.TAKEN:
                 # Another token in the key: step down now. If PostgreSQL still names us, the
                 # two stores disagree: a split brain, recorded as such.
-                if self._heartbeat(leading):
+                if self._heartbeat(leading)[0]:
                     self._split_brain(leading, f"redis={holder_instance(result.holder)} db=self")
                     return self._step_down(leading, "demoted:split_brain", release_record=True)
                 return self._step_down(leading, "lost:token_mismatch", release_record=True)
@@ -307,8 +307,8 @@ class Elector:
                 leading = replace(leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms)
                 self._leading = leading
 
-        matched = self._heartbeat(leading)
-        leading = self._leading
+        matched, leading = self._heartbeat(leading)
+        self._leading = leading
         if matched is False:
             # Redis's answer counts only while it is still fresh: a heartbeat that stalled past
             # the lease met a record moved on for an ordinary reason, not a split brain.
@@ -323,21 +323,22 @@ class Elector:
             return max(0.0, leading.last_renew_ms + cfg.renew_ms - now)
         return min(cfg.renew_ms / 4, leading.last_renew_ms + cfg.renew_deadline_ms - now)
 
-    def _heartbeat(self, leading: _Leadership) -> bool | None:
-        """DB heartbeat matching epoch *and* instance. None: the database did not answer."""
+    def _heartbeat(self, leading: _Leadership) -> tuple[bool | None, _Leadership]:
+        """DB heartbeat matching epoch *and* instance, and the leadership it leaves. None: the
+        database did not answer."""
         sent = self._clock.now_ms()
         try:
             metrics.DB_SYNC_ATTEMPTS.inc()
             matched = self._epochs.heartbeat(leading.epoch, self.cfg.instance_id)
         except DB_ERRORS as e:
             self._db_failed(e)
-            return None
+            return None, leading
         self._db_ok()
         if matched:
             # Counted from the send: the row's heartbeat_at is no older than that.
-            self._leading = replace(leading, last_db_ok_ms=sent)
+            leading = replace(leading, last_db_ok_ms=sent)
             metrics.LAST_HEARTBEAT.set(time.time())
-        return matched
+        return matched, leading
 
     def _db_moved_on(self, leading: _Leadership, redis_says_self: bool) -> float:
         """The heartbeat matched no row: PostgreSQL has another leader or released us."""

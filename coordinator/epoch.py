@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 READ_SQL = """
@@ -121,6 +122,8 @@ class EpochStore:
             if row is None:
                 conn.execute(ENSURE_ROW_SQL, (self.cluster,))
                 row = conn.execute(READ_SQL, (self.cluster,)).fetchone()
+        if row is None:  # only if the row was deleted between the two statements
+            raise psycopg.OperationalError(f"leader_record of cluster {self.cluster!r} vanished while read")
         epoch, instance, released, handoff, hb_age, rel_age = row
         return LeaderRecord(
             epoch=int(epoch),

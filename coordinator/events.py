@@ -35,7 +35,9 @@ class EventListener:
         retrying = Retrying(
             retry=retry_if_exception_type(redis.RedisError),
             wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
-            before_sleep=lambda rs: log.debug("events subscription lost: %s", rs.outcome.exception()),
+            before_sleep=lambda rs: log.debug(
+                "events subscription lost: %s", rs.outcome.exception() if rs.outcome else None
+            ),
         )
         for attempt in retrying:
             with attempt:

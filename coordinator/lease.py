@@ -156,7 +156,8 @@ class RedisLease:
         )
 
     def holder(self) -> str | None:
-        return self._r.get(self.key)
+        value = self._r.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
 
     def pttl_ms(self) -> int:
         """-2: no key; -1: no TTL; else the remaining milliseconds."""

@@ -388,13 +388,13 @@ class ConciseSentinel(Sentinel):
 class SentinelRedis(redis.Redis):
     """A master client found through Sentinel; ``close()`` also closes its sentinel connections."""
 
-    sentinel: Sentinel | None = None  # set by make_client
+    sentinel_client: Sentinel | None = None  # set by make_client (not `sentinel`: that is a Redis command)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            sentinel, self.sentinel = self.sentinel, None
+            sentinel, self.sentinel_client = self.sentinel_client, None
             if sentinel is not None:
                 for client in sentinel.sentinels:
                     client.close()
@@ -456,7 +456,7 @@ def make_client(url: str, timeout_s: float | None, name: str | None = None) -> r
     if target.ssl:
         node_kwargs.update(_tls_kwargs(options))
     client = sentinel.master_for(target.master, redis_class=SentinelRedis, **node_kwargs)
-    client.sentinel = sentinel
+    client.sentinel_client = sentinel
     return client
 
 

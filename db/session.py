@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from db.urls import libpq_url
@@ -21,7 +22,8 @@ class SessionLimits:
     timeout_ms: int
     application_name: str = "haexec"
 
-    def connect_kwargs(self) -> dict[str, object]:
+    def connect_kwargs(self) -> dict[str, str | int]:
+        """libpq connection parameters (see conninfo)."""
         t = self.timeout_ms
         return {
             "options": (f"-c statement_timeout={t} -c lock_timeout={t} -c idle_in_transaction_session_timeout={t}"),
@@ -37,16 +39,21 @@ class SessionLimits:
 
 
 def connect(url: str, limits: SessionLimits, autocommit: bool = True) -> psycopg.Connection:
-    return psycopg.connect(libpq_url(url), autocommit=autocommit, **limits.connect_kwargs())
+    return psycopg.connect(conninfo(url, limits), autocommit=autocommit)
+
+
+def conninfo(url: str, limits: SessionLimits) -> str:
+    """The URL with the session's limits as libpq parameters, in one connection string."""
+    return make_conninfo(libpq_url(url), **limits.connect_kwargs())
 
 
 def make_pool(url: str, limits: SessionLimits, name: str, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
     """A closed pool; the caller opens it (so start-up can retry and report)."""
     return ConnectionPool(
-        libpq_url(url),
+        conninfo(url, limits),
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, **limits.connect_kwargs()},
+        kwargs={"autocommit": True},
         name=name,
         open=False,
         timeout=limits.timeout_ms / 1000,

@@ -79,6 +79,7 @@ from tenacity import (
     stop_any,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from engine.brokers.base import (
     Account,
@@ -412,6 +413,16 @@ def _retcode_detail(retcode: int, server_comment: str = "") -> str:
     return detail
 
 
+class _OutOfTime(stop_base):
+    """Stop retrying when the next wait would not leave the deadline any time to send."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._budget.left() <= (getattr(retry_state, "upcoming_sleep", 0.0) or 0.0) + 0.001
+
+
 @dataclass
 class _Group:
     """Everything at the venue that belongs to one order (one execution)."""
@@ -705,14 +716,14 @@ class MT5Broker:
         for d in found["deals"]:
             if ours(d) and d.type in (DEAL_TYPE_BUY, DEAL_TYPE_SELL):
                 group(d.order or d.position_id).deals.append(d)
-        out = [self._venue_order(g, tag) for g in groups.values()]
-        out = [v for v in out if v is not None]
+        out = [v for v in (self._venue_order(g, tag) for g in groups.values()) if v is not None]
         out.sort(key=lambda v: (v.at or datetime.min.replace(tzinfo=UTC), v.ticket))
         return out
 
     def _venue_order(self, g: _Group, tag: str) -> VenueOrder | None:
         entry_deals = [d for d in g.deals if d.entry == DEAL_ENTRY_IN] or g.deals
         rec: Any
+        side: Side | None
         if g.positions:
             p = g.positions[0]
             state, rec = "position", p
@@ -974,11 +985,8 @@ class MT5Broker:
         def retry_on(result: OrderResult) -> bool:
             return result.retcode in RETRY_RETCODES and not gave_up
 
-        def out_of_time(rs: RetryCallState) -> bool:
-            return budget.left() <= (getattr(rs, "upcoming_sleep", 0.0) or 0.0) + 0.001
-
         retrying = Retrying(
-            stop=stop_any(stop_after_attempt(max(1, attempts)), out_of_time),
+            stop=stop_any(stop_after_attempt(max(1, attempts)), _OutOfTime(budget)),
             wait=wait_exponential(multiplier=self.requote_backoff_s, max=1.0),
             retry=retry_if_result(retry_on),
             retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else tries[-1],

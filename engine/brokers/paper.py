@@ -295,11 +295,7 @@ class PaperBroker:
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
         """Close at the entry price (no price feed). Fenced when an epoch is given."""
         with self._pool.connection() as conn:
-            if epoch is not None:
-                ctx = fenced(conn, self._cluster, epoch)
-            else:
-                ctx = conn.transaction()
-            with ctx:
+            with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
                 row = conn.execute(
                     "UPDATE paper_positions SET closed_at = clock_timestamp(), close_price = price, pnl = 0 "
                     "WHERE cluster = %s AND ticket = %s AND closed_at IS NULL RETURNING volume, price",

@@ -296,8 +296,8 @@ def test_sentinel_client_properties() -> None:
     assert kwargs["db"] == 5
     assert (kwargs["username"], kwargs["password"]) == ("app", SECRET)
     _assert_no_retries(client)
-    assert client.sentinel is not None
-    sentinels = client.sentinel.sentinels
+    assert client.sentinel_client is not None
+    sentinels = client.sentinel_client.sentinels
     assert [
         (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"]) for s in sentinels
     ] == [
@@ -310,7 +310,7 @@ def test_sentinel_client_properties() -> None:
         assert skw["password"] == "sp"
         assert skw["retry"].get_retries() == 0
     client.close()
-    assert client.sentinel is None
+    assert client.sentinel_client is None
 
 
 def test_sentinel_timeouts() -> None:
@@ -318,12 +318,16 @@ def test_sentinel_timeouts() -> None:
     listener = make_client("redis+sentinel://127.0.0.1:1/m", None, "events")
     assert _kwargs(listener)["socket_timeout"] is None
     assert (
-        listener.sentinel.sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == DEFAULT_SENTINEL_TIMEOUT_S
+        listener.sentinel_client.sentinels[0].connection_pool.connection_kwargs["socket_timeout"]
+        == DEFAULT_SENTINEL_TIMEOUT_S
     )
     slow = make_client("redis+sentinel://127.0.0.1:1/m", 5.0, "x")
-    assert slow.sentinel.sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == DEFAULT_SENTINEL_TIMEOUT_S
+    assert (
+        slow.sentinel_client.sentinels[0].connection_pool.connection_kwargs["socket_timeout"]
+        == DEFAULT_SENTINEL_TIMEOUT_S
+    )
     explicit = make_client("redis+sentinel://127.0.0.1:1/m?sentinel_timeout=0.1&socket_timeout=0.7", 0.25, "x")
-    assert explicit.sentinel.sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == 0.1
+    assert explicit.sentinel_client.sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == 0.1
     assert _kwargs(explicit)["socket_timeout"] == 0.7
     assert _kwargs(explicit)["socket_connect_timeout"] == 0.25
 
@@ -332,7 +336,7 @@ def test_sentinel_tls_client() -> None:
     client = make_client("rediss+sentinel://127.0.0.1:1/m?ssl_ca_certs=/ca.pem&sentinel_ssl=0", 0.25, "x")
     assert client.connection_pool.connection_class is MasterSSLConnection
     assert _kwargs(client)["ssl_ca_certs"] == "/ca.pem"
-    sentinel_pool = client.sentinel.sentinels[0].connection_pool
+    sentinel_pool = client.sentinel_client.sentinels[0].connection_pool
     assert not issubclass(sentinel_pool.connection_class, SSLConnection)
 
 
