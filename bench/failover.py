@@ -56,6 +56,7 @@ from bench.idle import (
     wait_window,
 )
 from bench.stats import summary
+from coordinator.keys import cluster_pattern, events_channel, leader_key
 from db.urls import libpq_url
 from engine import store
 from engine.signal import canonical_payload, fingerprint, intent_digest, order_tag, parse_signal
@@ -134,8 +135,8 @@ class Bench:
         self.lease_s = opts.lease_ms / 1000.0
         tag = uuid.uuid4().hex[:8]
         self.cluster = f"bench{tag}"
-        self.key = f"haexec:{self.cluster}:leader"
-        self.events = f"haexec:{self.cluster}:events"
+        self.key = leader_key(self.cluster)
+        self.events = events_channel(self.cluster)
         # On a shared Redis, other clusters' replicas may be called r1 too; names must be
         # unique for MONITOR attribution.
         prefix = "" if servers.redis_server is not None else f"{tag}-"
@@ -193,7 +194,7 @@ class Bench:
         if self.servers.redis_server is not None and self.servers.pg_server is not None:
             return
         try:
-            keys = list(self.ctl.scan_iter(match=f"haexec:{self.cluster}:*", count=100))
+            keys = list(self.ctl.scan_iter(match=cluster_pattern(self.cluster), count=100))
             if keys:
                 self.ctl.delete(*keys)
             self.db.execute("DELETE FROM leadership_history WHERE cluster = %s", (self.cluster,))

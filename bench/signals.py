@@ -52,6 +52,7 @@ from bench.cluster import BENCH_CLIENT_PREFIX, BenchError, Replica, Servers, log
 from bench.failover import code_version
 from bench.idle import log_offset, logged_writes
 from bench.stats import summary
+from coordinator.keys import cluster_pattern
 from db.urls import libpq_url
 from haexec.drill.cluster import free_port
 
@@ -549,7 +550,7 @@ class SignalBench:
             return
         try:
             with redis.Redis.from_url(self.servers.redis_url, socket_timeout=5) as ctl:
-                keys = list(ctl.scan_iter(match=f"haexec:{self.cluster}:*", count=100))
+                keys = list(ctl.scan_iter(match=cluster_pattern(self.cluster), count=100))
                 if keys:
                     ctl.delete(*keys)
             for table in (

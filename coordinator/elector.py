@@ -31,7 +31,8 @@ from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
 from coordinator.epoch import EpochStore
 from coordinator.errors import first_line
-from coordinator.lease import RedisLease, RenewStatus, holder_instance
+from coordinator.keys import handoff_event, holder_instance, parse_event, released_event
+from coordinator.lease import RedisLease, RenewStatus
 
 log = logging.getLogger("haexec.coordinator")
 
@@ -134,8 +135,8 @@ class Elector:
 
     def wake(self, message: str = "") -> None:
         """Look again now (a release was announced). Never trusted, only hurries."""
-        parts = message.split("|")
-        if parts[0] == "handoff" and parts[-1] == self.cfg.instance_id:
+        event = parse_event(message)
+        if event.kind == "handoff" and event.target == self.cfg.instance_id:
             self._handed_to_me = True
         self._wake.set()
 
@@ -386,10 +387,10 @@ class Elector:
             self._unrecorded.append((leading.epoch, reason, release_record))
         try:
             if handoff_to is not None:
-                event = f"handoff|{cfg.instance_id}|{leading.epoch}|{handoff_to}"
+                event = handoff_event(cfg.instance_id, leading.epoch, handoff_to)
                 self._lease.hand_off(leading.value, handoff_to, cfg.handoff_ms, event)
             else:
-                self._lease.release(leading.value, f"released|{cfg.instance_id}|{leading.epoch}")
+                self._lease.release(leading.value, released_event(cfg.instance_id, leading.epoch))
         except REDIS_ERRORS as e:
             self._redis_failed(e)
         self._sit_out_until_ms = self._clock.now_ms() + cfg.cooldown_ms

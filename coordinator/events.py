@@ -10,11 +10,9 @@ from collections.abc import Callable
 import redis
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
+from coordinator.keys import events_channel
+
 log = logging.getLogger("haexec.coordinator.events")
-
-
-def events_channel(cluster: str) -> str:
-    return f"haexec:{cluster}:events"
 
 
 class EventListener:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from coordinator.clock import Clock
+from coordinator.keys import events_channel, leader_key, lease_value, reserved_value
 from coordinator.redis_url import make_client
 
 TOKEN_BYTES = 16
@@ -58,7 +59,6 @@ end
 return 0
 """
 
-RESERVED_PREFIX = "reserved:"
 
 # Compare-and-delete; publishes on the events channel only when asked (a lost CAS must not
 # wake every follower).
@@ -95,17 +95,6 @@ class RenewResult:
     sent_ms: float
 
 
-def holder_instance(value: str | None) -> str | None:
-    """The instance id inside a key value (`<instance>|<token>`)."""
-    if not value:
-        return None
-    return value.split("|", 1)[0]
-
-
-def reserved_value(instance_id: str) -> str:
-    return f"{RESERVED_PREFIX}{instance_id}|"
-
-
 def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> redis.Redis:
     """A client that never retries on its own: a retried SET NX whose first reply was lost
     would make a replica believe it failed while its token sits in the key. The name shows
@@ -117,8 +106,8 @@ def redis_client(url: str, timeout_s: float | None, name: str | None = None) -> 
 class RedisLease:
     def __init__(self, client: redis.Redis, cluster: str, instance_id: str, lease_ms: int, clock: Clock) -> None:
         self._r = client
-        self.key = f"haexec:{cluster}:leader"
-        self.events = f"haexec:{cluster}:events"
+        self.key = leader_key(cluster)
+        self.events = events_channel(cluster)
         self._instance = instance_id
         self._lease_ms = lease_ms
         self._clock = clock
@@ -128,7 +117,7 @@ class RedisLease:
         self._handoff = client.register_script(HANDOFF_SCRIPT)
 
     def new_value(self) -> str:
-        return f"{self._instance}|{secrets.token_hex(TOKEN_BYTES)}"
+        return lease_value(self._instance, secrets.token_hex(TOKEN_BYTES))
 
     def try_acquire(self) -> Grant | None:
         value = self.new_value()

@@ -11,11 +11,9 @@ from typing import Any
 
 import redis
 
+from coordinator.keys import replica_key
+
 log = logging.getLogger("haexec.coordinator.registry")
-
-
-def replica_key(cluster: str, instance_id: str) -> str:
-    return f"haexec:{cluster}:replica:{instance_id}"
 
 
 def list_replicas(client: redis.Redis, cluster: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import redis
 from coordinator.elector import DB_ERRORS
 from coordinator.epoch import EpochStore
 from coordinator.errors import first_line
-from coordinator.lease import holder_instance
+from coordinator.keys import holder_instance, leader_key
 from coordinator.registry import list_replicas
 
 
@@ -45,7 +45,7 @@ class ClusterView:
 def read_view(client: redis.Redis, epochs: EpochStore, stale_after_ms: int, with_replicas: bool = True) -> ClusterView:
     view = ClusterView(cluster=epochs.cluster)
     try:
-        key = f"haexec:{epochs.cluster}:leader"
+        key = leader_key(epochs.cluster)
         with client.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.pttl(key)
