@@ -29,7 +29,7 @@ import redis
 from coordinator import metrics
 from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
-from coordinator.epoch import EpochStore
+from coordinator.epoch import EpochStore, Reason
 from coordinator.errors import first_line
 from coordinator.keys import handoff_event, holder_instance, parse_event, released_event
 from coordinator.lease import RedisLease, RenewStatus
@@ -92,7 +92,7 @@ class Elector:
         self._unrecorded: list[tuple[int, str, bool]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._stop_reason = "released:sigterm"
+        self._stop_reason: str = Reason.SIGTERM
         self._stop_handoff: str | None = None
         self._handover: tuple[str | None] | None = None  # a switchover asked of this leader: (target,)
         self._handed_to_me = False  # a switchover named this follower: try now, not at PTTL
@@ -149,7 +149,7 @@ class Elector:
         self._wake.set()
         return True
 
-    def stop(self, reason: str = "released:sigterm", handoff_to: str | None = None) -> None:
+    def stop(self, reason: str = Reason.SIGTERM, handoff_to: str | None = None) -> None:
         self._stop_reason = reason
         self._stop_handoff = handoff_to
         self._stop.set()
@@ -174,7 +174,7 @@ class Elector:
         try:
             handover, self._handover = self._handover, None
             if handover is not None and self._leading is not None:
-                self.release("released:switchover", handoff_to=handover[0])
+                self.release(Reason.SWITCHOVER, handoff_to=handover[0])
                 return float(self.cfg.cooldown_ms)
             if self._leading is not None:
                 return self._lead()
@@ -256,13 +256,13 @@ class Elector:
         if now >= valid_until:
             # The CAS took longer than the lease: the key may already be someone else's.
             self._leading = leading
-            self._step_down(leading, "released:claim_too_late", release_record=True, notify=False)
+            self._step_down(leading, Reason.CLAIM_TOO_LATE, release_record=True, notify=False)
             return self._jitter()
         self._leading = leading
         self._db_ok()
         metrics.IS_LEADER.set(1)
         metrics.LEADER_EPOCH.set(epoch)
-        metrics.LEADERSHIP_CHANGES.labels("acquired").inc()
+        metrics.LEADERSHIP_CHANGES.labels(Reason.ACQUIRED).inc()
         metrics.LAST_HEARTBEAT.set(time.time())
         log.error("became leader: instance=%s epoch=%d", cfg.instance_id, epoch)
         if self._on_started:
@@ -278,7 +278,7 @@ class Elector:
         now = self._clock.now_ms()
         if now >= leading.valid_until_ms:
             # Paused (or starved) past the lease: someone else may lead by now.
-            return self._step_down(leading, "lost:lease_expired", release_record=True)
+            return self._step_down(leading, Reason.LEASE_EXPIRED, release_record=True)
 
         # Renew first, so a slow database never delays the Redis lease. An absent key may be
         # re-set only while our last matching heartbeat is younger than stale_after: until
@@ -297,8 +297,8 @@ class Elector:
                 # two stores disagree: a split brain, recorded as such.
                 if self._heartbeat(leading)[0]:
                     self._split_brain(leading, f"redis={holder_instance(result.holder)} db=self")
-                    return self._step_down(leading, "demoted:split_brain", release_record=True)
-                return self._step_down(leading, "lost:token_mismatch", release_record=True)
+                    return self._step_down(leading, Reason.SPLIT_BRAIN, release_record=True)
+                return self._step_down(leading, Reason.TOKEN_MISMATCH, release_record=True)
             if result.status in (RenewStatus.RENEWED, RenewStatus.REASSERTED):
                 renewed = True
                 metrics.LEASE_RENEW_SECONDS.observe((self._clock.now_ms() - result.sent_ms) / 1000.0)
@@ -317,9 +317,9 @@ class Elector:
             return self._db_moved_on(leading, redis_says_self=fresh)
         now = self._clock.now_ms()
         if matched is None and now - leading.last_db_ok_ms > cfg.db_grace_ms:
-            return self._step_down(leading, "released:db_unreachable", release_record=True)
+            return self._step_down(leading, Reason.DB_UNREACHABLE, release_record=True)
         if now - leading.last_renew_ms > cfg.renew_deadline_ms:
-            return self._step_down(leading, "lost:renew_deadline", release_record=True)
+            return self._step_down(leading, Reason.RENEW_DEADLINE, release_record=True)
         if renewed:
             return max(0.0, leading.last_renew_ms + cfg.renew_ms - now)
         return min(cfg.renew_ms / 4, leading.last_renew_ms + cfg.renew_deadline_ms - now)
@@ -345,8 +345,8 @@ class Elector:
         """The heartbeat matched no row: PostgreSQL has another leader or released us."""
         if redis_says_self:
             self._split_brain(leading, "redis=self db=other")
-            return self._step_down(leading, "demoted:split_brain", release_record=False)
-        return self._step_down(leading, "lost:epoch_superseded", release_record=False)
+            return self._step_down(leading, Reason.SPLIT_BRAIN, release_record=False)
+        return self._step_down(leading, Reason.EPOCH_SUPERSEDED, release_record=False)
 
     def _split_brain(self, leading: _Leadership, detail: str) -> None:
         metrics.SPLIT_BRAIN.inc()

@@ -6,6 +6,7 @@ fenced transactions (FOR KEY SHARE, see fencing.py), which then see the new stat
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import psycopg
@@ -104,6 +105,21 @@ class HistoryEntry:
     at: str
 
 
+class Reason(enum.StrEnum):
+    """Why leadership changed: one `leadership_history` row each. `<event>:<cause>`."""
+
+    ACQUIRED = "acquired"
+    SIGTERM = "released:sigterm"
+    SWITCHOVER = "released:switchover"
+    DB_UNREACHABLE = "released:db_unreachable"
+    CLAIM_TOO_LATE = "released:claim_too_late"
+    LEASE_EXPIRED = "lost:lease_expired"
+    RENEW_DEADLINE = "lost:renew_deadline"
+    TOKEN_MISMATCH = "lost:token_mismatch"
+    EPOCH_SUPERSEDED = "lost:epoch_superseded"
+    SPLIT_BRAIN = "demoted:split_brain"
+
+
 def event_of(reason: str) -> str:
     """`released:sigterm` -> `released`; `acquired` -> `acquired`."""
     return reason.split(":", 1)[0]
@@ -153,7 +169,7 @@ class EpochStore:
             if row is None:
                 return None
             epoch = int(row[0])
-            conn.execute(HISTORY_SQL, (self.cluster, me, epoch, "acquired", "acquired"))
+            conn.execute(HISTORY_SQL, (self.cluster, me, epoch, Reason.ACQUIRED, Reason.ACQUIRED))
             return epoch
 
     def heartbeat(self, epoch: int, me: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from coordinator.epoch import Reason
+
 IS_LEADER = Gauge("haexec_is_leader", "1 while this replica holds a valid lease and epoch")
 LEADER_EPOCH = Gauge("haexec_leader_epoch", "Epoch this replica leads under (0 when following)")
 LEADERSHIP_CHANGES = Counter("haexec_leadership_changes_total", "Leadership changes of this replica", ["event"])
@@ -21,5 +23,5 @@ LEASE_REASSERTED = Counter("haexec_lease_reasserted_total", "Leader re-set its k
 
 # Labelled series exist only once touched; create the ones alert rules count from, at 0, so
 # that increase() sees the first real event.
-for _event in ("acquired", "released:sigterm", "released:switchover", "lost:lease_expired"):
+for _event in (Reason.ACQUIRED, Reason.SIGTERM, Reason.SWITCHOVER, Reason.LEASE_EXPIRED):
     LEADERSHIP_CHANGES.labels(_event)

@@ -21,7 +21,7 @@ import redis
 from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
 from coordinator.elector import DB_ERRORS, Elector, Fence, NotLeader, OnStarted, OnStopped
-from coordinator.epoch import EpochStore, HistoryEntry
+from coordinator.epoch import EpochStore, HistoryEntry, Reason
 from coordinator.errors import first_line
 from coordinator.events import EventListener
 from coordinator.fencing import fenced
@@ -92,7 +92,7 @@ class Coordinator:
         self._registry.start()
         self._thread.start()
 
-    def stop(self, reason: str = "released:sigterm", timeout_s: float | None = None) -> None:
+    def stop(self, reason: str = Reason.SIGTERM, timeout_s: float | None = None) -> None:
         """Release leadership (if held) and stop every loop."""
         self.elector.stop(reason)
         if self._thread.is_alive():
