@@ -18,7 +18,7 @@ import pytest
 
 from haexec.drill.cluster import find_libfaketime, free_port
 from haexec.drill.scenarios import FAILOVER, SCENARIOS
-from tests.support import REPO
+from tests.support import REPO, wait_for
 
 LEASE = 1500
 LEASE_ARGS = ["--lease-ms", str(LEASE), "--replicas", "3"]
@@ -192,12 +192,17 @@ def test_sigint_during_a_drill_leaves_no_process_behind() -> None:
                 break  # a round done; the next one is under way
             assert time.monotonic() < deadline, "the drill did not get going"
         assert workdir and cluster
+
+        def replica_pids() -> set[int]:
+            now = _procs()
+            pids = {pid for pid, (_, _, _, env) in now.items() if f"HAEXEC_CLUSTER={cluster}\n" in env}
+            return pids if len(pids) == 3 else set()
+
+        # The round's victim may still be coming back when its line is printed.
+        replicas = wait_for(replica_pids, 60, "three replica processes")
         procs = _procs()
         ours = _descendants(proc.pid, procs) | {pid for pid, (_, cwd, _, _) in procs.items() if cwd.startswith(workdir)}
-        replicas = {pid for pid, (_, _, _, env) in procs.items() if f"HAEXEC_CLUSTER={cluster}\n" in env}
-        assert len(replicas) == 3, "three replica processes should run"
         assert any("postgres" in procs[p][2] for p in ours) and any("redis-server" in procs[p][2] for p in ours)
-        time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 130
         stderr_tail = proc.stderr.read()
@@ -205,17 +210,23 @@ def test_sigint_during_a_drill_leaves_no_process_behind() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    time.sleep(0.5)
-    after = _procs()
-    left = {
-        pid: after[pid][2]
-        for pid in after
-        if (
-            pid in ours
-            or pid in replicas
-            or after[pid][1].startswith(workdir)
-            or f"HAEXEC_CLUSTER={cluster}\n" in after[pid][3]
-        )
-    }
-    assert left == {}, f"processes left running: {left}\n{stderr_tail}"
+
+    def left_running() -> dict[int, str]:
+        after = _procs()
+        return {
+            pid: after[pid][2]
+            for pid in after
+            if (
+                pid in ours
+                or pid in replicas
+                or after[pid][1].startswith(workdir)
+                or f"HAEXEC_CLUSTER={cluster}\n" in after[pid][3]
+            )
+        }
+
+    # Reaped children vanish from /proc a moment after the drill exits: wait, with a deadline.
+    try:
+        wait_for(lambda: left_running() == {}, 10, "every process of the drill gone")
+    except AssertionError:
+        raise AssertionError(f"processes left running: {left_running()}\n{stderr_tail}") from None
     assert not Path(workdir).exists(), "the work directory should be removed"
