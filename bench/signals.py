@@ -603,11 +603,12 @@ class SignalBench:
         last = [time.monotonic()]
 
         def settled() -> bool:
-            total, pending = self.db.execute(
+            row = self.db.execute(
                 "SELECT count(*), count(*) FILTER (WHERE status IN ('received', 'executing')) "
                 "FROM signals WHERE cluster = %s AND source = %s",
                 (self.cluster, source),
             ).fetchone()
+            total, pending = row if row is not None else (0, 0)  # an aggregate always has a row
             if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
                 last[0] = time.monotonic()
                 log(f"  {source}: {total}/{expected} stored, {pending} not yet executed")

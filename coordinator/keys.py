@@ -39,11 +39,12 @@ def reserved_value(instance_id: str) -> str:
     return f"{RESERVED_PREFIX}{instance_id}|"
 
 
-def holder_instance(value: str | None) -> str | None:
-    """The instance id inside a key value (`<instance>|<token>`)."""
+def holder_instance(value: bytes | str | None) -> str | None:
+    """The instance id inside a key value (`<instance>|<token>`), as any client returns it."""
     if not value:
         return None
-    return value.split("|", 1)[0]
+    text = value.decode() if isinstance(value, bytes) else value
+    return text.split("|", 1)[0]
 
 
 def released_event(instance_id: str, epoch: int) -> str:

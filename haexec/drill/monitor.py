@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
+from coordinator.keys import holder_instance
 from haexec.drill.cluster import DrillCluster
 
 KEY_EVERY_S = 0.01
@@ -56,8 +57,7 @@ class Monitor:
         while not self._stop.is_set():
             now = time.time()
             try:
-                value = self._client.get(self.cluster.key)
-                sample = KeySample(now, value.split("|", 1)[0] if value else None, True)
+                sample = KeySample(now, holder_instance(self._client.get(self.cluster.key)), True)
             except redis.RedisError:
                 sample = KeySample(now, None, False)
             with self._lock:

@@ -10,6 +10,7 @@ nothing of it is used in any figure: the database stamps every row.
 from __future__ import annotations
 
 import email.utils
+import functools
 import random
 import signal
 import time
@@ -447,20 +448,20 @@ def run_round(ctx: Context, scenario: str, n: int) -> dict[str, Any]:
 def fill_round(rnd: dict[str, Any], facts: Facts, answers: list[Answer], monitor: Monitor) -> None:
     """Signal figures and leadership facts of one round's window, from the database."""
     t0, t1 = rnd["t_start"], rnd["t_end"]
-    first: dict[str, Answer] = {}
+    first_answer: dict[str, Answer] = {}
     for a in answers:
-        if a.fingerprint not in first or a.at < first[a.fingerprint].at:
-            first[a.fingerprint] = a
-    mine = [fp for fp, a in first.items() if t0 <= a.at < t1]
+        if a.fingerprint not in first_answer or a.at < first_answer[a.fingerprint].at:
+            first_answer[a.fingerprint] = a
+    mine = [fp for fp, a in first_answer.items() if t0 <= a.at < t1]
     executed = duplicated = lost = in_doubt = 0
     for fp in mine:
-        s = facts.signals.get(fp)
-        orders = facts.orders_by_tag.get(s.tag, []) if s else []
+        row = facts.signals.get(fp)
+        orders = facts.orders_by_tag.get(row.tag, []) if row else []
         if len(orders) > 1:
             duplicated += 1
-        elif len(orders) == 1 and s is not None and s.status == "executed":
+        elif len(orders) == 1 and row is not None and row.status == "executed":
             executed += 1
-        elif s is not None and s.status == "in_doubt":
+        elif row is not None and row.status == "in_doubt":
             in_doubt += 1
         else:
             lost += 1
@@ -619,9 +620,9 @@ class RandomRun:
     def run(self) -> None:
         c = self.ctx.cluster
         start = time.time()
-        actions: list[tuple[float, int, Callable[[], None]]] = []
+        actions: list[tuple[float, int, Callable[[], Any]]] = []
         for i, p in enumerate(self.plan):
-            actions.append((start + p.at, i, lambda p=p: self._inject(p, start)))
+            actions.append((start + p.at, i, functools.partial(self._inject, p, start)))
         seq = len(actions)
         while actions:
             actions.sort(key=lambda a: (a[0], a[1]))

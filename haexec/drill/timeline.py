@@ -141,9 +141,10 @@ def render(
         # Leaders: one band per epoch on its holder's row, labelled with the epoch.
         min_label = span / (WIDTH_IN * 5)  # about a fifth of an inch
         for inst, epoch, t0, t1, _how in bands:
-            y = rows.get(inst)
-            if y is None or x(t1) < lo or x(t0) > hi:
+            row = rows.get(inst)
+            if row is None or x(t1) < lo or x(t0) > hi:
                 continue
+            y = row
             ax.barh(y, max(t1 - t0, instant / 2), left=x(t0), height=0.6, color=color[inst], alpha=0.9)
             mid = (max(x(t0), lo) + min(x(t1), hi)) / 2
             if min(x(t1), hi) - max(x(t0), lo) >= min_label:
