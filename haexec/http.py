@@ -47,7 +47,12 @@ def _authorized(request: Request, token: str | None) -> bool:
     if token is None:
         return True
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    # Both sides stripped the same way and compared as the bytes on the wire: Starlette decodes
+    # header values as latin-1, so encoding back to latin-1 recovers what the client sent, and
+    # a non-ASCII token (UTF-8 in the environment) matches a client sending it as UTF-8.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1"), token.strip().encode("utf-8")
+    )
 
 
 async def _read_body(request: Request) -> bytes | None:

@@ -79,6 +79,18 @@ def parse_http(value: str, setting: str = "HAEXEC_HTTP") -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def _api_token(env: Mapping[str, str]) -> str | None:
+    """HAEXEC_API_TOKEN without surrounding whitespace: a newline from `$(cat token-file)` or a
+    stray blank could never match what a client sends after "Bearer " (HTTP strips it there)."""
+    raw = env.get("HAEXEC_API_TOKEN") or None
+    if raw is None:
+        return None
+    token = raw.strip()
+    if not token:
+        raise ConfigError("HAEXEC_API_TOKEN", "is only whitespace; unset it or give a token")
+    return token
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -115,7 +127,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if database_url and not is_postgres_url(database_url):
         raise ConfigError("HAEXEC_DATABASE_URL", "must be a postgresql:// URL")
     host, port = parse_http(env.get("HAEXEC_HTTP") or "127.0.0.1:8701")
-    token = env.get("HAEXEC_API_TOKEN") or None
+    token = _api_token(env)
     if not is_loopback(host) and not token:
         raise ConfigError("HAEXEC_HTTP", f"binding {host} (not loopback) requires HAEXEC_API_TOKEN")
     broker = env.get("HAEXEC_BROKER") or "paper"

@@ -25,6 +25,7 @@ from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wa
         ({"HAEXEC_IN_DOUBT": "maybe"}, "HAEXEC_IN_DOUBT"),
         ({"HAEXEC_BROKER_DEADLINE_MS": "5000"}, "HAEXEC_BROKER_DEADLINE_MS"),
         ({"HAEXEC_RISK_MAX_RISK_PCT": "200"}, "HAEXEC_RISK_MAX_RISK_PCT"),
+        ({"HAEXEC_API_TOKEN": "  "}, "HAEXEC_API_TOKEN"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:

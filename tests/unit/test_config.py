@@ -269,3 +269,14 @@ def test_load_unknown_broker(broker: str) -> None:
 def test_load_bad_startup_timeout(raw: str) -> None:
     message = load_error({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_STARTUP_TIMEOUT_S": raw})
     assert message.startswith("HAEXEC_STARTUP_TIMEOUT_S: ")
+
+
+@pytest.mark.parametrize("raw", [" t0ken", "t0ken\n", "\tt0ken  "])
+def test_load_strips_whitespace_around_the_api_token(raw: str) -> None:
+    assert settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_API_TOKEN": raw}).api_token == "t0ken"
+
+
+@pytest.mark.parametrize("raw", [" ", "\n", " \t "])
+def test_load_blank_api_token_names_variable(raw: str) -> None:
+    message = load_error({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_API_TOKEN": raw})
+    assert message.startswith("HAEXEC_API_TOKEN: ")
