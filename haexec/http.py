@@ -157,9 +157,14 @@ def build_app(replica: ReplicaState) -> Starlette:
             return JSONResponse({"error": "invalid signal", "errors": e.errors}, status_code=422)
         except DB_ERRORS:
             return JSONResponse({"error": "database unavailable; nothing was stored"}, status_code=503)
-        answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
         if accepted.conflict:
-            return JSONResponse({**answer, "error": "signal_id reused with a different trade intent"}, status_code=409)
+            # Not a duplicate: the stored signal under this id is another trade, and this one
+            # was not stored. The fingerprint names the signal that holds the id.
+            return JSONResponse(
+                {"error": "signal_id reused with a different trade intent", "fingerprint": accepted.fingerprint},
+                status_code=409,
+            )
+        answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
         return JSONResponse(answer, status_code=200 if accepted.duplicate else 202)
 
     async def get_signal(request: Request) -> Response:
