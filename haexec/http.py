@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import socket
 import threading
@@ -23,10 +22,11 @@ from starlette.routing import Route
 
 from coordinator.service import Coordinator
 from engine import intake, store
-from engine.signal import SignalValidationError, loads
+from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
 
-MAX_BODY_BYTES = 64 * 1024
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+# ASCII only: str.isdigit() and int() also take other scripts' digits ("１０" is 10 to int()).
+DIGITS = re.compile(r"[0-9]{1,20}")
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
 
 
@@ -55,17 +55,31 @@ def _authorized(request: Request, token: str | None) -> bool:
     )
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """The body, or None when it exceeds the limit (checked while streaming, not trusted from headers)."""
+class BodyRefused(Exception):
+    """A request body not read to the end; `response` says why."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _too_large(size: int | None = None) -> JSONResponse:
+    detail = f" ({size} bytes)" if size is not None else ""
+    return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes{detail}"}, status_code=413)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body, or BodyRefused. The limit is checked while streaming (a declared length
+    is only a shortcut, never trusted), so an oversized body is never held in memory."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+    if declared is not None and DIGITS.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
+        raise BodyRefused(_too_large(int(declared)))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return None
+            raise BodyRefused(_too_large())
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -112,11 +126,16 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def switchover(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        raw = await _read_body(request)
+        try:
+            raw = await _read_body(request)
+        except BodyRefused as e:  # never "no target": a body cut short must not switch leaders
+            return e.response
         target = None
         if raw:
             try:
-                body = json.loads(raw)
+                body = loads(raw)
+            except DuplicateKey as e:
+                return JSONResponse({"error": f"body: {e}"}, status_code=422)
             except (ValueError, RecursionError):
                 return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
             if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
@@ -132,7 +151,7 @@ def build_app(replica: ReplicaState) -> Starlette:
 
     async def history(request: Request) -> Response:
         raw = request.query_params.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= 1000:
             return JSONResponse({"error": "limit must be an integer from 1 to 1000"}, status_code=400)
         try:
             entries = await run_in_threadpool(coord.history, int(raw))
@@ -143,11 +162,14 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def post_signal(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        raw = await _read_body(request)
-        if raw is None:
-            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            body = loads(raw)
+            body = loads(await _read_body(request))
+        except BodyRefused as e:
+            return e.response
+        except BodyTooLarge:  # unreachable after _read_body's own check; the limit is loads' too
+            return _too_large()
+        except DuplicateKey as e:
+            return JSONResponse({"error": "invalid signal", "errors": {"body": str(e)}}, status_code=422)
         except (ValueError, RecursionError):
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         cfg = coord.cfg

@@ -9,13 +9,14 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from coordinator.config import ElectionConfig
 from coordinator.elector import Role
 from haexec import settings
-from haexec.http import HttpServer, build_app
+from haexec.http import MAX_BODY_BYTES, HttpServer, build_app
 from tests.support import wait_for
 
 TOKEN = "s3cret-token"
@@ -143,3 +144,39 @@ def read_all(conn: socket.socket) -> bytes:
     while chunk := conn.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# ---- one validation for every way in ----
+
+
+def test_a_key_given_twice_is_422_naming_it(serve: Serve) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    status, body = request(server.port, "POST", "/signals", b'{"source": "s", "volume": "0.1", "volume": "9"}', auth())
+    assert status == 422 and "duplicate key 'volume'" in body["errors"]["body"], body
+    status, body = request(server.port, "POST", "/coordinator/switchover", b'{"to": "r2", "to": "r3"}', auth())
+    assert status == 422 and "duplicate key 'to'" in body["error"], body
+    assert replica.switchovers == []
+
+
+def test_an_oversized_switchover_body_is_413_and_switches_nothing(serve: Serve) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    big = json.dumps({"to": "r2", "pad": "x" * MAX_BODY_BYTES}).encode()
+    assert request(server.port, "POST", "/coordinator/switchover", big, auth())[0] == 413
+    # Without a declared length (chunked), the limit still holds while streaming.
+    assert request(server.port, "POST", "/coordinator/switchover", iter([big]), auth())[0] == 413
+    assert replica.switchovers == []
+    status, body = request(server.port, "POST", "/coordinator/switchover", b'{"to": "r2"}', auth())
+    assert status == 202 and replica.switchovers == ["r2"], body
+
+
+@pytest.mark.parametrize("limit", ["１０", "١٠", "²", "+5", " 5", "0", "1001", "5.0", ""])
+def test_history_limit_is_ascii_digits_from_1_to_1000(serve: Serve, limit: str) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    status, body = request(server.port, "GET", f"/coordinator/history?limit={quote(limit)}")
+    assert status == 400 and body == {"error": "limit must be an integer from 1 to 1000"}
+    assert replica.coordinator.history_limits == []
+    assert request(server.port, "GET", "/coordinator/history?limit=1000")[0] == 200
+    assert replica.coordinator.history_limits == [1000]
