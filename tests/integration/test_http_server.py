@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -180,3 +181,50 @@ def test_history_limit_is_ascii_digits_from_1_to_1000(serve: Serve, limit: str) 
     assert replica.coordinator.history_limits == []
     assert request(server.port, "GET", "/coordinator/history?limit=1000")[0] == 200
     assert replica.coordinator.history_limits == [1000]
+
+
+# ---- clients that go away ----
+
+
+class Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def uvicorn_log() -> Iterator[Callable[[], list[logging.LogRecord]]]:
+    """uvicorn's own records, which its logging config keeps from reaching caplog. Call it after
+    the server started: start-up replaces the handlers of uvicorn's loggers."""
+    logger = logging.getLogger("uvicorn.error")
+    keep = Keep()
+
+    def watch() -> list[logging.LogRecord]:
+        logger.addHandler(keep)
+        return keep.records
+
+    yield watch
+    logger.removeHandler(keep)
+
+
+@pytest.mark.parametrize("path", ["/signals", "/coordinator/switchover"])
+def test_a_client_leaving_mid_body_is_no_traceback_and_does_nothing(
+    serve: Serve, caplog: pytest.LogCaptureFixture, uvicorn_log: Callable[[], list[logging.LogRecord]], path: str
+) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    uvicorn_records = uvicorn_log()
+    caplog.set_level(logging.DEBUG)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"to": "r2", "so'
+        )
+        wait_for(lambda: server.running_requests == 1, 10, "the handler reading the body")
+    wait_for(lambda: server.running_requests == 0 and server.open_connections == 0, 10, "the handler finishing")
+    logged = [*caplog.records, *uvicorn_records]
+    assert not [r for r in logged if r.exc_info or r.levelno >= logging.ERROR], [r.getMessage() for r in logged]
+    assert replica.switchovers == []
