@@ -235,7 +235,8 @@ class Replica:
         except BrokerError as e:
             raise StartupError(f"broker {self.settings.engine.broker} unavailable after {timeout:g}s: {e}") from None
         try:
-            self.http = HttpServer(build_app(self), self.settings.http_host, self.settings.http_port)
+            limits = self.settings.http_limits
+            self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)
         except OSError as e:
             raise StartupError(str(e)) from None
         self.coordinator.start()

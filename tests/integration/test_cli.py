@@ -28,6 +28,8 @@ from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wa
         ({"HAEXEC_BROKER_DEADLINE_MS": "5000"}, "HAEXEC_BROKER_DEADLINE_MS"),
         ({"HAEXEC_RISK_MAX_RISK_PCT": "200"}, "HAEXEC_RISK_MAX_RISK_PCT"),
         ({"HAEXEC_API_TOKEN": "  "}, "HAEXEC_API_TOKEN"),
+        ({"HAEXEC_HTTP_MAX_CONNECTIONS": "0"}, "HAEXEC_HTTP_MAX_CONNECTIONS"),
+        ({"HAEXEC_HTTP_BODY_TIMEOUT_MS": "ten"}, "HAEXEC_HTTP_BODY_TIMEOUT_MS"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:
