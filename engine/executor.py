@@ -36,6 +36,7 @@ from engine.brokers.base import (
     Quote,
     SymbolUnavailable,
 )
+from engine.db_health import DbHealth
 from engine.duplicates import DuplicateGuard
 from engine.model import SignalStatus
 from engine.risk import RiskLimits, RiskRejected, risk_cap, size_order
@@ -134,6 +135,7 @@ class Executor:
         # sent (handed back, not held in doubt) and sent orders' outcomes not yet recorded.
         self._unsent: dict[int, set[int]] = {}  # epoch -> signal ids
         self._unrecorded: list[tuple[int, list[store.Settlement]]] = []
+        self._db = DbHealth(time.monotonic())  # replaced whole, never mutated: see db_health
         self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
 
@@ -170,6 +172,12 @@ class Executor:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def db_health(self) -> DbHealth:
+        """When a sweep last got through to the database, and its error since. Safe from any
+        thread: the executor's thread only ever rebinds it to a new frozen snapshot."""
+        return self._db
 
     # ---- wake-ups ----
 
@@ -212,6 +220,7 @@ class Executor:
                 self._put_right()
             except DB_ERRORS as e:
                 log.warning("executor: database: %s", first_line(e))
+                self._db = self._db.failed(first_line(e))
                 return
         self._sample_controls()
         try:
@@ -238,8 +247,11 @@ class Executor:
             log.warning("executor stopped: %s", e)
         except DB_ERRORS as e:
             log.warning("executor: database: %s", first_line(e))
+            self._db = self._db.failed(first_line(e))
         except Exception:
             log.exception("executor: unexpected error; retrying at the next sweep")
+        else:
+            self._db = DbHealth(time.monotonic())
 
     def _sample_controls(self) -> None:
         """Every replica, leader or not, reads the kill switch once per sweep interval, so

@@ -25,6 +25,9 @@ from typing import Any
 from engine.model import OrderType, Side, SignalIntent
 
 __all__ = [
+    "MAX_BODY_BYTES",
+    "BodyTooLarge",
+    "DuplicateKey",
     "SignalValidationError",
     "canonical_intent_json",
     "canonical_payload",
@@ -32,6 +35,7 @@ __all__ = [
     "fingerprint_preimage",
     "intent_digest",
     "intent_from_payload",
+    "loads",
     "order_tag",
     "parse_signal",
 ]
@@ -78,6 +82,10 @@ MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 MAX_TIME_CHARS = 64
 
 META_MAX_DEPTH = 32  # a JSON object nested deeper than this is not metadata
+
+# A signal's JSON, however it comes in (POST /signals, `haexec signal submit`): one limit, so
+# nothing stored one way is refused the other.
+MAX_BODY_BYTES = 64 * 1024
 
 # Common misspellings a producer is likely to send: named in the error so the fix is obvious.
 _ALIASES = {
@@ -326,13 +334,45 @@ class JsonNumber(float):
         return number
 
 
+class BodyTooLarge(Exception):
+    """A body over MAX_BODY_BYTES (HTTP 413)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"body larger than {MAX_BODY_BYTES} bytes")
+
+
+class DuplicateKey(Exception):
+    """An object naming one key twice. json.loads would keep the last value silently, so what
+    was stored could differ from what a reader of the body (or another parser) saw; refused."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {_show(key)}: each key may appear once in an object")
+        self.key = key
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def loads(raw: str | bytes) -> object:
-    """Decode a request body: json.loads with exact decimals and no NaN/Infinity."""
-    return json.loads(raw, parse_float=JsonNumber, parse_constant=_reject_constant)
+    """Decode a JSON body the same way for every way in: at most MAX_BODY_BYTES (BodyTooLarge),
+    no key twice in an object (DuplicateKey), exact decimals, no NaN/Infinity (ValueError, as
+    for any text that is not JSON)."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    return json.loads(raw, parse_float=JsonNumber, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
 def _decimal(value: object) -> Decimal:

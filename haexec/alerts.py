@@ -63,7 +63,18 @@ STALE_LEADER = "stale_leader"
 IN_DOUBT_SIGNAL = "signal_in_doubt"
 SIGNAL_EXPIRED = "signal_expired"
 DUPLICATE_ORDER = "duplicate_order"
+DUPLICATE_ORDER_OPEN = "duplicate_order_open"  # a duplicate whose close or removal keeps failing
 CIRCUIT_OPEN = "circuit_breaker_open"
+KINDS = (
+    LEADERSHIP_CHANGE,
+    SPLIT_BRAIN,
+    STALE_LEADER,
+    IN_DOUBT_SIGNAL,
+    SIGNAL_EXPIRED,
+    DUPLICATE_ORDER,
+    DUPLICATE_ORDER_OPEN,
+    CIRCUIT_OPEN,
+)
 
 # Severities, as in the log lines these alerts accompany.
 INFO = "info"
@@ -79,6 +90,10 @@ STOPPED = "stopped"  # still queued (or emitted) when stop() gave up on it
 SENT = Counter("haexec_alerts_sent_total", "Alerts the webhook accepted (2xx)", ["kind"])
 DROPPED = Counter("haexec_alerts_dropped_total", "Alerts never delivered", ["reason"])
 QUEUE_DEPTH = Gauge("haexec_alert_queue_depth", "Alerts waiting for the sender thread")
+# A labelled series exists only once touched: create every known one at 0, so /metrics shows
+# it from the start and increase() over the first real alert sees a change, not a new series.
+for _kind in KINDS:
+    SENT.labels(_kind)
 for _reason in (QUEUE_FULL, DELIVERY_FAILED, STOPPED):
     DROPPED.labels(_reason)
 

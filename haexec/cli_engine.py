@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from db.session import SessionLimits, make_pool
 from engine import controls, intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
-from engine.signal import SignalValidationError, loads
+from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
 from haexec import settings as settings_mod
 
 EXIT_FAILED = 1
@@ -57,10 +58,13 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
     with _pool(args, env) as (pool, cfg):
         cluster = cfg.election.cluster
         if args.signal_command == "submit":
-            raw = sys.stdin.read() if args.body == "-" else args.body
+            # Bytes, as POST /signals reads them, and never more of stdin than the limit needs.
+            raw = sys.stdin.buffer.read(MAX_BODY_BYTES + 1) if args.body == "-" else os.fsencode(args.body)
             try:
                 body = loads(raw)
-            except ValueError:
+            except (BodyTooLarge, DuplicateKey) as e:
+                raise EngineCommandError(f"the signal is refused: {e}") from None
+            except (ValueError, RecursionError):
                 raise EngineCommandError("the signal is not valid JSON") from None
             try:
                 accepted = intake.submit(pool, cluster, f"cli:{getpass.getuser()}", body)

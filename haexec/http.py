@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import re
 import socket
 import threading
+from contextlib import aclosing
 from dataclasses import asdict
-from typing import Protocol
+from typing import Any, Protocol
 
+import h11
 import psycopg
 import psycopg_pool
 import uvicorn
@@ -17,17 +19,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from coordinator.service import Coordinator
 from engine import intake, store
-from engine.signal import SignalValidationError, loads
+from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
+from haexec.settings import HttpLimits
 
-MAX_BODY_BYTES = 64 * 1024
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+# ASCII only: str.isdigit() and int() also take other scripts' digits ("１０" is 10 to int()).
+DIGITS = re.compile(r"[0-9]{1,20}")
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+# A request head (request line and headers) larger than this is answered 400 by h11: a producer
+# sends a few short headers, and a half-sent head is held in memory until its deadline.
+MAX_HEAD_BYTES = 8 * 1024
+DEFAULT_LIMITS = HttpLimits()
+LINGER_S = 1.0  # how long a connection ended mid-request keeps reading (and dropping) before it closes
 
 
 class ReplicaState(Protocol):
@@ -47,26 +57,61 @@ def _authorized(request: Request, token: str | None) -> bool:
     if token is None:
         return True
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    # Both sides stripped the same way and compared as the bytes on the wire: Starlette decodes
+    # header values as latin-1, so encoding back to latin-1 recovers what the client sent, and
+    # a non-ASCII token (UTF-8 in the environment) matches a client sending it as UTF-8.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1"), token.strip().encode("utf-8")
+    )
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """The body, or None when it exceeds the limit (checked while streaming, not trusted from headers)."""
+class BodyRefused(Exception):
+    """A request body not read to the end; `response` says why."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _too_large(size: int | None = None) -> JSONResponse:
+    detail = f" ({size} bytes)" if size is not None else ""
+    return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes{detail}"}, status_code=413)
+
+
+async def _read_body(request: Request, timeout_s: float) -> bytes:
+    """The whole body within `timeout_s`, or BodyRefused. The limit is checked while streaming
+    (a declared length is only a shortcut, never trusted), so an oversized body is never held in
+    memory; the deadline is what uvicorn lacks, so a body sent a byte a second cannot hold a
+    connection (and a handler) for as long as it likes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+    if declared is not None and DIGITS.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
+        raise BodyRefused(_too_large(int(declared)))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s), aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise BodyRefused(_too_large())
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyRefused(
+            # No "Connection: close" here: it would make uvicorn close at once, where the
+            # protocol's lingering close lets a client still sending read this answer.
+            JSONResponse({"error": f"body not received within {timeout_s:g}s"}, status_code=408)
+        ) from None
+    except ClientDisconnect:
+        # The client went away mid-body: an everyday event, not a server error (uncaught, it is a
+        # 40-line traceback in the log). Nothing was read, so nothing is done; the answer is
+        # never delivered (uvicorn drops it) but keeps the handler's path uniform.
+        raise BodyRefused(JSONResponse({"error": "client disconnected before the body arrived"}, 400)) from None
     return b"".join(chunks)
 
 
-def build_app(replica: ReplicaState) -> Starlette:
+def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Starlette:
     coord = replica.coordinator
+    body_timeout_s = limits.body_timeout_ms / 1000
 
     async def health(_: Request) -> Response:
         parts = await run_in_threadpool(coord.probe)
@@ -108,11 +153,16 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def switchover(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        raw = await _read_body(request)
+        try:
+            raw = await _read_body(request, body_timeout_s)
+        except BodyRefused as e:  # never "no target": a body cut short must not switch leaders
+            return e.response
         target = None
         if raw:
             try:
-                body = json.loads(raw)
+                body = loads(raw)
+            except DuplicateKey as e:
+                return JSONResponse({"error": f"body: {e}"}, status_code=422)
             except (ValueError, RecursionError):
                 return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
             if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
@@ -128,7 +178,7 @@ def build_app(replica: ReplicaState) -> Starlette:
 
     async def history(request: Request) -> Response:
         raw = request.query_params.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= 1000:
             return JSONResponse({"error": "limit must be an integer from 1 to 1000"}, status_code=400)
         try:
             entries = await run_in_threadpool(coord.history, int(raw))
@@ -139,11 +189,14 @@ def build_app(replica: ReplicaState) -> Starlette:
     async def post_signal(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        raw = await _read_body(request)
-        if raw is None:
-            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            body = loads(raw)
+            body = loads(await _read_body(request, body_timeout_s))
+        except BodyRefused as e:
+            return e.response
+        except BodyTooLarge:  # unreachable after _read_body's own check; the limit is loads' too
+            return _too_large()
+        except DuplicateKey as e:
+            return JSONResponse({"error": "invalid signal", "errors": {"body": str(e)}}, status_code=422)
         except (ValueError, RecursionError):
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         cfg = coord.cfg
@@ -153,9 +206,14 @@ def build_app(replica: ReplicaState) -> Starlette:
             return JSONResponse({"error": "invalid signal", "errors": e.errors}, status_code=422)
         except DB_ERRORS:
             return JSONResponse({"error": "database unavailable; nothing was stored"}, status_code=503)
-        answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
         if accepted.conflict:
-            return JSONResponse({**answer, "error": "signal_id reused with a different trade intent"}, status_code=409)
+            # Not a duplicate: the stored signal under this id is another trade, and this one
+            # was not stored. The fingerprint names the signal that holds the id.
+            return JSONResponse(
+                {"error": "signal_id reused with a different trade intent", "fingerprint": accepted.fingerprint},
+                status_code=409,
+            )
+        answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
         return JSONResponse(answer, status_code=200 if accepted.duplicate else 202)
 
     async def get_signal(request: Request) -> Response:
@@ -190,10 +248,89 @@ def _show(pool: ConnectionPool, cluster: str, fp: str) -> dict | None:
         return store.show(conn, cluster, fp)
 
 
+class _DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus what uvicorn lacks. A request head must arrive whole within
+    `head_timeout_s` of its first byte (or of the connection, if nothing came yet): uvicorn only
+    times out an idle connection after an answer, so a client that sends half a head, or nothing,
+    would hold its connection forever. And a connection answered before its body arrived (a
+    refusal, a body deadline, a route that reads no body) ends there rather than being kept
+    alive: keeping it would mean reading the rest of the body, at whatever pace the client likes."""
+
+    head_timeout_s: float = 5.0  # set per server by _protocol_class
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a body no one will read
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._await_head()  # part of a head came: its deadline runs from its first byte
+        else:
+            self._head_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Close after our last answer to a client that may still be sending: half-close, drop
+        what arrives for LINGER_S (or until the client closes), then close. Closing at once
+        would answer the client's next bytes with a reset, which can destroy the answer before
+        the client reads it (RFC 9112, 9.6)."""
+        self._lingering = True
+        self._head_done()
+        self._unset_keepalive_if_required()
+        self.transport.write_eof()  # sent once the answer is flushed
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _await_head(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
+
+    def _head_done(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.trailing_data[0]:  # a head begun: say why (a connection that sent nothing is just closed)
+            message = f"request head not received within {self.head_timeout_s:g}s".encode()
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+            headers.append((b"content-length", str(len(message)).encode()))
+            response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
+            for event in (response, h11.Data(data=message), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+            self._linger_close()
+        else:
+            self.transport.close()
+
+
+def _protocol_class(head_timeout_s: float) -> type[_DeadlineH11Protocol]:
+    """uvicorn builds one protocol per connection from a class: give this server's deadline to a class of its own."""
+    return type("DeadlineH11Protocol", (_DeadlineH11Protocol,), {"head_timeout_s": head_timeout_s})
+
+
 class HttpServer:
     """uvicorn on a socket bound up front, so a taken port fails start-up with one line."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, limits: HttpLimits = DEFAULT_LIMITS) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for a
         # socket that says it is TCP; without it every answer waits out a delayed ACK (~40 ms).
@@ -206,7 +343,19 @@ class HttpServer:
             raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.port = self._sock.getsockname()[1]
         self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=1,
+                http=_protocol_class(limits.header_timeout_ms / 1000),
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+                # uvicorn answers 503 once connections >= limit, counting the one asking: + 1
+                # so that max_connections are served and the next is refused.
+                limit_concurrency=limits.max_connections + 1,
+                timeout_keep_alive=limits.keepalive_ms / 1000,  # typed int, used as call_later's float
+            )
         )
         self._thread = threading.Thread(target=self._serve, name="haexec-http", daemon=True)
 
@@ -215,6 +364,16 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections uvicorn holds open now (idle, reading or answering)."""
+        return len(self._server.server_state.connections)
+
+    @property
+    def running_requests(self) -> int:
+        """Requests whose handler has not finished."""
+        return len(self._server.server_state.tasks)
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -7,6 +7,7 @@ port bound, or the replica exits 1 with one line. It never serves half-started.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg_pool
@@ -137,6 +138,12 @@ class Replica:
             alert=self.alerts.emit,
         )
         self.http: HttpServer | None = None
+        # (epoch, monotonic time) of the latest leadership start, rebound whole by the leader
+        # callback: a database error from an earlier term must not count against this one.
+        self._leading: tuple[int | None, float] = (None, 0.0)
+        # One failed sweep is a blip; no sweep through for as long as the coordinator itself
+        # gives the database (and two sweeps at least) is an executor that cannot work.
+        self._db_failing_limit_s = max(election.db_grace_ms, 2 * engine.sweep_ms) / 1000
 
     @property
     def ready(self) -> bool:
@@ -144,9 +151,27 @@ class Replica:
 
     def health_extra(self) -> dict[str, str]:
         return {
-            "executor": "ok" if self.executor.alive else "stopped",
+            "executor": self._executor_health(),
             "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
         }
+
+    def _executor_health(self) -> str:
+        if not self.executor.alive:
+            return "stopped"
+        elector = self.coordinator.elector
+        epoch = elector.epoch
+        leading_epoch, leading_since = self._leading
+        # Only a leader's executor works the database; a term whose callback has not run yet
+        # has had no sweep to judge.
+        if epoch is None or epoch != leading_epoch or not elector.is_leader():
+            return "ok"
+        db = self.executor.db_health
+        if db.error is None:
+            return "ok"
+        failing_s = time.monotonic() - max(db.ok_at, leading_since)
+        if failing_s < self._db_failing_limit_s:
+            return "ok"
+        return f"database failing for {failing_s:.1f}s: {db.error}"
 
     def switchover(self, target: str | None) -> tuple[bool, str]:
         """Hand leadership over: stop claiming, finish or hand back work in hand, then release
@@ -171,6 +196,7 @@ class Replica:
         return True, "switching over"
 
     def _started_leading(self, epoch: int) -> None:
+        self._leading = (epoch, time.monotonic())
         self.executor.on_started_leading(epoch)
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
@@ -235,7 +261,8 @@ class Replica:
         except BrokerError as e:
             raise StartupError(f"broker {self.settings.engine.broker} unavailable after {timeout:g}s: {e}") from None
         try:
-            self.http = HttpServer(build_app(self), self.settings.http_host, self.settings.http_port)
+            limits = self.settings.http_limits
+            self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)
         except OSError as e:
             raise StartupError(str(e)) from None
         self.coordinator.start()

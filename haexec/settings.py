@@ -31,12 +31,43 @@ BROKERS = ("paper", "mt5")
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """How much of the HTTP server one client may hold, and for how long."""
+
+    max_connections: int = 256  # served at once; a request beyond them is answered 503
+    header_timeout_ms: int = 5000  # from a request head's first byte (or a new connection) to its end
+    body_timeout_ms: int = 10000  # from the head to the body's last byte; then 408 and the connection closed
+    keepalive_ms: int = 5000  # an idle connection between requests is closed after this
+
+
+HTTP_LIMIT_ENV = {
+    "max_connections": "HAEXEC_HTTP_MAX_CONNECTIONS",
+    "header_timeout_ms": "HAEXEC_HTTP_HEADER_TIMEOUT_MS",
+    "body_timeout_ms": "HAEXEC_HTTP_BODY_TIMEOUT_MS",
+    "keepalive_ms": "HAEXEC_HTTP_KEEPALIVE_MS",
+}
+
+
+def http_limits(env: Mapping[str, str]) -> HttpLimits:
+    given: dict[str, int] = {}
+    for field, name in HTTP_LIMIT_ENV.items():
+        value = _int(env, name)
+        if value is None:
+            continue
+        if value <= 0:
+            raise ConfigError(name, f"must be a positive integer (got {value})")
+        given[field] = value
+    return HttpLimits(**given)
+
+
+@dataclass(frozen=True)
 class Settings:
     election: ElectionConfig
     redis_url: str | None
     database_url: str | None
     http_host: str
     http_port: int
+    http_limits: HttpLimits
     api_token: str | None
     broker: str
     state_dir: Path
@@ -79,6 +110,18 @@ def parse_http(value: str, setting: str = "HAEXEC_HTTP") -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def _api_token(env: Mapping[str, str]) -> str | None:
+    """HAEXEC_API_TOKEN without surrounding whitespace: a newline from `$(cat token-file)` or a
+    stray blank could never match what a client sends after "Bearer " (HTTP strips it there)."""
+    raw = env.get("HAEXEC_API_TOKEN") or None
+    if raw is None:
+        return None
+    token = raw.strip()
+    if not token:
+        raise ConfigError("HAEXEC_API_TOKEN", "is only whitespace; unset it or give a token")
+    return token
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -115,7 +158,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if database_url and not is_postgres_url(database_url):
         raise ConfigError("HAEXEC_DATABASE_URL", "must be a postgresql:// URL")
     host, port = parse_http(env.get("HAEXEC_HTTP") or "127.0.0.1:8701")
-    token = env.get("HAEXEC_API_TOKEN") or None
+    token = _api_token(env)
     if not is_loopback(host) and not token:
         raise ConfigError("HAEXEC_HTTP", f"binding {host} (not loopback) requires HAEXEC_API_TOKEN")
     broker = env.get("HAEXEC_BROKER") or "paper"
@@ -130,6 +173,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         http_host=host,
         http_port=port,
+        http_limits=http_limits(env),
         api_token=token,
         broker=broker,
         state_dir=Path(env.get("HAEXEC_STATE_DIR") or ".haexec"),

@@ -125,7 +125,9 @@ def stop_replica(r: ReplicaProcess, timeout_s: float = 10.0) -> None:
         r.proc.wait()
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 60.0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "haexec.cli", *args],
         env={**os.environ, **env},
@@ -133,6 +135,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60.0) -> su
         text=True,
         timeout=timeout_s,
         cwd=str(REPO),
+        input=stdin,
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from db.urls import libpq_url
 from haexec.embedded import RedisServer
 from tests.support import ReplicaProcess, Spawn, cluster_env, the_leader, wait_for, wait_ready
 
@@ -82,3 +84,36 @@ def test_routes_of_leader_and_follower_and_health_naming_the_lost_part(
     wait_for(lambda: not leader.is_leader(), 10, "the leader stepping down without Redis")
     own_redis.start()
     the_leader(replicas, timeout_s=20)
+
+
+def test_health_names_the_executor_while_the_leader_cannot_work_the_database(
+    spawn: Spawn, redis_url: str, database_url: str, cluster: str
+) -> None:
+    """The coordinator's own database traffic (the leader record) is fine, the executor's is
+    not: `signals` is locked, so every sweep fails on its lock timeout. Only /health can say so."""
+    leader = spawn(cluster_env(cluster, redis_url, database_url), "r1")
+    wait_ready([leader])
+    wait_for(leader.is_leader, 15, "r1 leading")
+    wait_for(lambda: leader.get("/health")[0] == 200, 10, "a healthy leader")
+
+    with psycopg.connect(libpq_url(database_url)) as blocker:
+        blocker.execute("LOCK TABLE signals IN ACCESS EXCLUSIVE MODE")
+
+        def failing() -> dict | None:
+            status, body = leader.get("/health")
+            return body if status == 503 else None
+
+        body = wait_for(failing, 20, "/health answering 503")
+        assert body["checks"]["executor"].startswith("database failing for "), body
+        assert "timeout" in body["checks"]["executor"], body  # the error itself, in one line
+        assert {k: v for k, v in body["checks"].items() if k != "executor"} == {
+            "redis": "ok",
+            "database": "ok",
+            "election_loop": "ok",
+            "broker": "ok",
+        }
+        assert leader.is_leader()  # the election is untouched: only health tells
+        blocker.rollback()
+
+    wait_for(lambda: leader.get("/health")[0] == 200, 20, "/health back to 200 once the executor gets through")
+    assert "Traceback" not in leader.log()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 
+from db.urls import libpq_url
 from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
 
 
@@ -25,6 +27,9 @@ from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wa
         ({"HAEXEC_IN_DOUBT": "maybe"}, "HAEXEC_IN_DOUBT"),
         ({"HAEXEC_BROKER_DEADLINE_MS": "5000"}, "HAEXEC_BROKER_DEADLINE_MS"),
         ({"HAEXEC_RISK_MAX_RISK_PCT": "200"}, "HAEXEC_RISK_MAX_RISK_PCT"),
+        ({"HAEXEC_API_TOKEN": "  "}, "HAEXEC_API_TOKEN"),
+        ({"HAEXEC_HTTP_MAX_CONNECTIONS": "0"}, "HAEXEC_HTTP_MAX_CONNECTIONS"),
+        ({"HAEXEC_HTTP_BODY_TIMEOUT_MS": "ten"}, "HAEXEC_HTTP_BODY_TIMEOUT_MS"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:
@@ -113,3 +118,31 @@ def test_status_and_leader_read_the_stores_directly(
     body = status()
     assert body["leader"] is None and body["replicas"] == []
     assert run_cli(["leader", "--json"], env).returncode == 1
+
+
+def test_signal_submit_refuses_what_post_signals_refuses(cluster: str, redis_url: str, database_url: str) -> None:
+    """One limit and one decoder for every way in: over 64 KiB, or a key given twice, is
+    refused with one line and nothing stored (argument and stdin alike)."""
+    env = cluster_env(cluster, redis_url, database_url)
+    good = {"source": "cli", "symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.1"}
+    good |= {"price": "1.1", "sl": "1"}
+    big = json.dumps({**good, "meta": {"pad": "x" * 70_000}})
+    twice = json.dumps(good)[:-1] + ', "volume": "50"}'
+
+    for args, stdin, says in (
+        ([big], None, "larger than 65536 bytes"),
+        (["-"], big, "larger than 65536 bytes"),
+        ([twice], None, "duplicate key 'volume'"),
+        (["-"], twice, "duplicate key 'volume'"),
+    ):
+        result = run_cli(["signal", "submit", *args], env, stdin=stdin)
+        assert result.returncode == 1, (args[0][:20], result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], lines
+
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        stored = conn.execute("SELECT count(*) FROM signals WHERE cluster = %s", (cluster,)).fetchone()
+    assert stored == (0,)
+    accepted = run_cli(["signal", "submit", "--json", json.dumps(good)], env)
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["duplicate"] is False

@@ -120,6 +120,10 @@ def test_answers_for_each_kind_of_bad_request(client: tuple) -> None:
     assert again.json()["fingerprint"] == first.json()["fingerprint"]
     reused = c.post("/signals", json={**GOOD, "signal_id": "one", "volume": "0.2"}, headers=AUTH)
     assert reused.status_code == 409
+    assert reused.json() == {
+        "error": "signal_id reused with a different trade intent",
+        "fingerprint": first.json()["fingerprint"],
+    }  # a conflict, not a duplicate: no "duplicate" and no status of a signal it is not
     shown = c.get(f"/signals/{first.json()['fingerprint']}")
     assert shown.status_code == 200 and shown.json()["status"] == "received"
     assert [e["status"] for e in shown.json()["events"]] == ["received"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -473,3 +475,20 @@ def test_parse_webhook_url_strips_userinfo_and_fragment() -> None:
         "Basic YTpi",
     )
     assert parse_webhook_url("https://example.com/x") == ("https://example.com/x", None)
+
+
+# ---- metrics ----
+
+
+def test_alert_counters_are_exported_at_zero_before_the_first_alert() -> None:
+    """In a fresh interpreter (this one's registry has seen other tests' alerts): what a
+    replica's /metrics shows before any alert, so increase() sees the first one."""
+    script = "import haexec.replica\nfrom prometheus_client import generate_latest\nprint(generate_latest().decode())\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert 'haexec_alerts_sent_total{kind="leadership_change"} 0.0' in out.stdout
+    for kind in alerts.KINDS:
+        assert f'haexec_alerts_sent_total{{kind="{kind}"}} 0.0' in out.stdout, kind
+    for reason in (alerts.QUEUE_FULL, alerts.DELIVERY_FAILED, alerts.STOPPED):
+        assert f'haexec_alerts_dropped_total{{reason="{reason}"}} 0.0' in out.stdout, reason
+    # Every kind the engine emits is among the pre-created ones.
+    assert {"signal_expired", "signal_in_doubt", "duplicate_order", "duplicate_order_open"} <= set(alerts.KINDS)

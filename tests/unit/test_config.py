@@ -269,3 +269,35 @@ def test_load_unknown_broker(broker: str) -> None:
 def test_load_bad_startup_timeout(raw: str) -> None:
     message = load_error({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_STARTUP_TIMEOUT_S": raw})
     assert message.startswith("HAEXEC_STARTUP_TIMEOUT_S: ")
+
+
+@pytest.mark.parametrize("raw", [" t0ken", "t0ken\n", "\tt0ken  "])
+def test_load_strips_whitespace_around_the_api_token(raw: str) -> None:
+    assert settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_API_TOKEN": raw}).api_token == "t0ken"
+
+
+@pytest.mark.parametrize("raw", [" ", "\n", " \t "])
+def test_load_blank_api_token_names_variable(raw: str) -> None:
+    message = load_error({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_API_TOKEN": raw})
+    assert message.startswith("HAEXEC_API_TOKEN: ")
+
+
+def test_load_http_limits_defaults_and_overrides() -> None:
+    assert settings.load({"HAEXEC_INSTANCE_ID": "r1"}).http_limits == settings.HttpLimits(256, 5000, 10000, 5000)
+    s = settings.load(
+        {
+            "HAEXEC_INSTANCE_ID": "r1",
+            "HAEXEC_HTTP_MAX_CONNECTIONS": "10",
+            "HAEXEC_HTTP_HEADER_TIMEOUT_MS": "200",
+            "HAEXEC_HTTP_BODY_TIMEOUT_MS": "300",
+            "HAEXEC_HTTP_KEEPALIVE_MS": "400",
+        }
+    )
+    assert s.http_limits == settings.HttpLimits(10, 200, 300, 400)
+
+
+@pytest.mark.parametrize("var", list(settings.HTTP_LIMIT_ENV.values()))
+@pytest.mark.parametrize("raw", ["0", "-1", "fast", "1.5"])
+def test_load_bad_http_limit_names_variable(var: str, raw: str) -> None:
+    message = load_error({"HAEXEC_INSTANCE_ID": "r1", var: raw})
+    assert message.startswith(f"{var}: ") and "\n" not in message

@@ -728,3 +728,34 @@ def test_json_numbers_keep_every_digit_the_producer_sent() -> None:
     assert intent.meta == {"f": 0.5}
     with pytest.raises(ValueError):
         loads(b'{"price": NaN}')
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"volume": "0.1", "volume": "5"}', "volume"),
+        (b'{"source": "s", "meta": {"a": 1, "b": 2, "a": 3}}', "a"),
+        (b'[{"x": 1}, {"y": 1, "y": 1}]', "y"),
+    ],
+)
+def test_loads_refuses_a_key_given_twice_naming_it(raw: bytes, key: str) -> None:
+    """json.loads alone keeps the last value: "volume": "0.1" would silently become 5 lots."""
+    from engine.signal import DuplicateKey, loads
+
+    with pytest.raises(DuplicateKey) as info:
+        loads(raw)
+    assert info.value.key == key and repr(key) in str(info.value)
+
+
+def test_loads_takes_at_most_the_body_limit_as_bytes_or_text() -> None:
+    from engine.signal import MAX_BODY_BYTES, BodyTooLarge, loads
+
+    fits = b'{"meta": "' + b"x" * (MAX_BODY_BYTES - 12) + b'"}'
+    assert len(fits) == MAX_BODY_BYTES and loads(fits) == {"meta": "x" * (MAX_BODY_BYTES - 12)}
+    with pytest.raises(BodyTooLarge):
+        loads(fits[:-2] + b'x"}')
+    # Text is measured in UTF-8 bytes, as it would arrive over HTTP: 2 bytes per "é".
+    text = '{"meta": "' + "é" * (MAX_BODY_BYTES // 2) + '"}'
+    assert len(text) < MAX_BODY_BYTES
+    with pytest.raises(BodyTooLarge):
+        loads(text)
