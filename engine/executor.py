@@ -131,6 +131,7 @@ class Executor:
         self._prepared_epoch: int | None = None
         self._housekept_at = 0.0
         self._controls_at = float("-inf")
+        self._switch: controls.KillSwitch | None = None  # as last read; None before the first read
         # What a database error left mid-batch, put right at the next sweep: signals never
         # sent (handed back, not held in doubt) and sent orders' outcomes not yet recorded.
         self._unsent: dict[int, set[int]] = {}  # epoch -> signal ids
@@ -172,6 +173,11 @@ class Executor:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def kill_switch(self) -> controls.KillSwitch | None:
+        """The kill switch as this replica last read it (every sweep interval), or None."""
+        return self._switch
 
     @property
     def db_health(self) -> DbHealth:
@@ -262,7 +268,7 @@ class Executor:
         self._controls_at = now
         try:
             with self._pool.connection() as conn:
-                controls.read(conn, self.cfg.cluster)
+                self._switch = controls.read(conn, self.cfg.cluster)
         except DB_ERRORS as e:
             log.debug("kill switch not sampled: %s", first_line(e))
 
@@ -308,7 +314,7 @@ class Executor:
                 if not store.any_received(conn, self.cfg.cluster):
                     return  # a read first, so an idle leader's sweep writes nothing
                 with self._coord.fenced(conn) as (cur, fence):
-                    switch = controls.read(cur, self.cfg.cluster)
+                    switch = self._switch = controls.read(cur, self.cfg.cluster)
                     got = store.claim(cur, self.cfg.cluster, self.cfg.instance_id, fence.epoch, self.cfg.batch)
             self._expired(got.expired)
             if got.claimed:

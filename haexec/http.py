@@ -50,6 +50,8 @@ class ReplicaState(Protocol):
 
     def health_extra(self) -> dict[str, str]: ...
 
+    def kill_switch(self) -> dict[str, Any] | None: ...
+
     def switchover(self, target: str | None) -> tuple[bool, str]: ...
 
 
@@ -117,7 +119,13 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         parts = await run_in_threadpool(coord.probe)
         parts.update(replica.health_extra())
         ok = all(v == "ok" for v in parts.values())
-        body = {"status": "ok" if ok else "degraded", "checks": parts, "role": coord.elector.role.value}
+        # A halt is an operator's decision, not a fault: shown, never a 503 by itself.
+        body = {
+            "status": "ok" if ok else "degraded",
+            "checks": parts,
+            "role": coord.elector.role.value,
+            "kill_switch": replica.kill_switch(),
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def ready(_: Request) -> Response:
@@ -135,6 +143,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         return JSONResponse(
             {
                 "view_age_ms": round(age_ms),
+                "kill_switch": replica.kill_switch(),
                 "redis_leader": view.redis_leader,
                 "db_leader": view.db_leader,
                 "epoch": view.epoch,

@@ -149,6 +149,10 @@ class Replica:
     def ready(self) -> bool:
         return self._ready
 
+    def kill_switch(self) -> dict[str, Any] | None:
+        switch = self.executor.kill_switch
+        return None if switch is None else {**switch.as_dict(), "state": switch.describe()}
+
     def health_extra(self) -> dict[str, str]:
         return {
             "executor": self._executor_health(),

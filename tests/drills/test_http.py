@@ -10,7 +10,7 @@ import pytest
 
 from db.urls import libpq_url
 from haexec.embedded import RedisServer
-from tests.support import ReplicaProcess, Spawn, cluster_env, the_leader, wait_for, wait_ready
+from tests.support import ReplicaProcess, Spawn, cluster_env, run_cli, the_leader, wait_for, wait_ready
 
 METRICS = [
     "haexec_is_leader",
@@ -117,3 +117,29 @@ def test_health_names_the_executor_while_the_leader_cannot_work_the_database(
 
     wait_for(lambda: leader.get("/health")[0] == 200, 20, "/health back to 200 once the executor gets through")
     assert "Traceback" not in leader.log()
+
+
+def test_the_kill_switch_shows_on_every_replica(spawn: Spawn, redis_url: str, database_url: str, cluster: str) -> None:
+    """Halted: who, when and why on /health and /coordinator/leader of leader and follower alike,
+    and haexec_halted 1 on each; a halt alone never makes a replica unhealthy."""
+    env = cluster_env(cluster, redis_url, database_url)
+    replicas = [spawn(env, "r1"), spawn(env, "r2")]
+    wait_ready(replicas)
+    done = run_cli(["halt", "--reason", "news at 14:30"], env)
+    assert done.returncode == 0, done.stderr
+
+    def halted(r: ReplicaProcess) -> dict | None:
+        status, body = r.get("/health")
+        switch = body.get("kill_switch") if status == 200 else None
+        return switch if switch and switch["halted"] else None
+
+    for r in replicas:
+        switch = wait_for(lambda r=r: halted(r), 10, f"{r.instance_id} showing the halt")
+        assert switch["reason"] == "news at 14:30" and switch["actor"].startswith("cli:") and switch["at"]
+        assert switch["state"].startswith("trading is halted by cli:")
+        assert r.get("/coordinator/leader")[1]["kill_switch"]["halted"] is True
+        assert "haexec_halted 1.0" in r.get("/metrics")[1]
+    assert run_cli(["resume"], env).returncode == 0
+    for r in replicas:
+        wait_for(lambda r=r: r.get("/health")[1]["kill_switch"]["halted"] is False, 10, "the resume shown")
+        assert "haexec_halted 0.0" in r.get("/metrics")[1]
