@@ -19,6 +19,9 @@ from coordinator.config import ConfigError
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+# What a shell reports for a process killed by SIGPIPE (128 + 13): the reader of our stdout
+# (`head`, a closed pager) went away, as it would for any Unix tool under `set -o pipefail`.
+EXIT_BROKEN_PIPE = 141
 
 
 class CommandError(Exception):
@@ -308,6 +311,15 @@ def _positive(value: str) -> int:
     return n
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("haexec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cluster", help="cluster name (HAEXEC_CLUSTER)")
@@ -316,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--database-url", help="HAEXEC_DATABASE_URL")
 
     parser = argparse.ArgumentParser(prog="haexec", description="High-availability trading-signal executor")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run one replica (what a supervisor starts)")
@@ -378,12 +391,25 @@ def cmd_engine(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
 
 
+def _stdout_gone() -> int:
+    """The reader of stdout closed it: stop quietly. Whatever is still buffered goes to
+    /dev/null, so the interpreter's own flush at exit cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = cmd_engine if hasattr(args, "engine_func") else args.func
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except ConfigError as e:
         print(f"haexec {args.command}: configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -3,10 +3,55 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
 
+import psycopg
 import pytest
 
-from tests.support import Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
+from db.urls import libpq_url
+from tests.support import REPO, Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
+
+
+def run_into_closed_pipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`haexec ARGS | head -1` at its worst: the reader is gone before the first write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "haexec", *args],
+            env={**os.environ, **env},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=str(REPO),
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_version() -> None:
+    result = run_cli(["--version"], {})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"haexec {version('haexec')}\n"
+
+
+@pytest.mark.parametrize("args", [["status"], ["signal", "list"], ["history"], ["history", "--json"]])
+def test_a_closed_stdout_ends_quietly_with_141(
+    args: list[str], cluster: str, redis_url: str, database_url: str
+) -> None:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO leadership_history (cluster, instance_id, epoch, event, reason) "
+            "VALUES (%s, 'r1', 1, 'acquired', 'acquired')",
+            (cluster,),
+        )
+    result = run_into_closed_pipe(args, cluster_env(cluster, redis_url, database_url))
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize(
