@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from coordinator.config import ConfigError
 
@@ -22,6 +22,9 @@ EXIT_CONFIG = 2
 # What a shell reports for a process killed by SIGPIPE (128 + 13): the reader of our stdout
 # (`head`, a closed pager) went away, as it would for any Unix tool under `set -o pipefail`.
 EXIT_BROKEN_PIPE = 141
+# More rows than an operator reads, few enough for one query and one screen of JSON.
+MAX_LIMIT = 10_000
+MAX_REPLICAS = 64
 
 
 class CommandError(Exception):
@@ -301,14 +304,43 @@ def cmd_up(args: argparse.Namespace) -> int:
 # ---- parser ----
 
 
-def _positive(value: str) -> int:
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad input (argparse's own
+    answer is a usage block). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer within [low, high]."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer (got {value!r})") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high} (got {n})")
+        return n
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    """A positive, finite number of seconds, at most an hour (a wait, never a forever)."""
     try:
-        n = int(value)
+        n = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer (got {value!r})") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {n})")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {value!r})") from None
+    if not 0 < n <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds (got {value})")
     return n
+
+
+def _positive(value: str) -> int:
+    """At least 1; the setting it feeds checks the upper bound and names itself."""
+    return int_in(1, sys.maxsize)(value)
 
 
 def _version() -> str:
@@ -327,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", help="HAEXEC_REDIS_URL")
     common.add_argument("--database-url", help="HAEXEC_DATABASE_URL")
 
-    parser = argparse.ArgumentParser(prog="haexec", description="High-availability trading-signal executor")
+    parser = Parser(prog="haexec", description="High-availability trading-signal executor")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -338,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", parents=[common], help="run a local cluster of N replicas")
-    up.add_argument("--replicas", type=_positive, default=3)
-    up.add_argument("--http-base-port", type=_positive, default=8700, help="replicas listen on P+1..P+N")
+    up.add_argument("--replicas", type=int_in(1, MAX_REPLICAS), default=3)
+    up.add_argument("--http-base-port", type=int_in(1, 65535), default=8700, help="replicas listen on P+1..P+N")
     up.add_argument("--lease-ms", type=_positive, help="HAEXEC_LEASE_MS")
     up.add_argument("--no-view", action="store_true", help="print changes only, no live table")
     up.set_defaults(func=cmd_up)
@@ -354,11 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("switchover", parents=[common], help="graceful handover to another replica")
     sw.add_argument("--to", help="the instance to hand over to (default: whoever is first)")
-    sw.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the new leader")
+    sw.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the new leader")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_switchover)
     hist = sub.add_parser("history", parents=[common], help="latest leadership changes")
-    hist.add_argument("--limit", type=_positive, default=20)
+    hist.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=20)
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=cmd_history)
 

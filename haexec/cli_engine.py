@@ -195,6 +195,8 @@ def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from haexec.cli import MAX_LIMIT, int_in
+
     sig = sub.add_parser("signal", help="submit, list, show and resolve signals")
     sigsub = sig.add_subparsers(dest="signal_command", required=True)
     submit = sigsub.add_parser("submit", parents=[common], help="store a signal (JSON argument, or - for stdin)")
@@ -202,7 +204,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     submit.add_argument("--json", action="store_true")
     lst = sigsub.add_parser("list", parents=[common])
     lst.add_argument("--status", choices=[s.value for s in SignalStatus])
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=50)
     lst.add_argument("--json", action="store_true")
     show = sigsub.add_parser("show", parents=[common])
     show.add_argument("fingerprint")

@@ -79,6 +79,28 @@ def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str
     assert len(lines) == 1 and names in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["signal", "list", "--limit", "-5"],
+        ["signal", "list", "--limit", "0"],
+        ["signal", "list", "--limit", "99999999999999999999"],
+        ["history", "--limit", "-5"],
+        ["history", "--limit", "10001"],
+        ["switchover", "--timeout", "nan"],
+        ["up", "--replicas", "0"],
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    args: list[str], cluster: str, redis_url: str, database_url: str
+) -> None:
+    result = run_cli(args, cluster_env(cluster, redis_url, database_url))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and args[-2] in lines[0], lines
+    assert "Traceback" not in result.stderr
+
+
 def test_unreachable_redis_at_start_exits_1_after_bounded_retries(database_url: str) -> None:
     result = run_cli(
         ["run", "--http", "127.0.0.1:0"],
