@@ -7,21 +7,52 @@ import io
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
+from db.session import SessionLimits, connect
 from db.urls import libpq_url, redact, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# The tables the migrations create (test_migrations holds this to the real head schema). A
+# database with no alembic revision that already has one of them was not made by haexec, and
+# migrating it would fail half-way or, worse, run on a stranger's table of the same name.
+TABLES = frozenset(
+    {
+        "leader_record",
+        "leadership_history",
+        "signals",
+        "signal_events",
+        "executions",
+        "paper_accounts",
+        "paper_orders",
+        "paper_positions",
+        "paper_deals",
+        "controls",
+        "reconciliations",
+        "broker_positions",
+    }
+)
+
+READ_REVISION_SQL = "SELECT version_num FROM alembic_version ORDER BY version_num"
+READ_TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = ANY (current_schemas(false))"
+
 
 class MigrationError(Exception):
     """One-line reason a migration command could not run."""
+
+
+class SchemaError(MigrationError):
+    """The database is not at the schema this release runs on; the message says what to do."""
 
 
 def alembic_config(url: str, stdout: io.TextIOBase | None = None) -> Config:
@@ -32,10 +63,92 @@ def alembic_config(url: str, stdout: io.TextIOBase | None = None) -> Config:
     return cfg
 
 
+@cache
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
     assert head is not None
     return head
+
+
+@cache
+def known_revisions() -> frozenset[str]:
+    return frozenset(rev for rev, _, _ in history())
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a database holds: its alembic revision (None: never migrated) and its tables."""
+
+    revision: str | None
+    tables: frozenset[str]
+
+    @property
+    def foreign_tables(self) -> list[str]:
+        """haexec's table names present in a database haexec never migrated."""
+        return sorted(TABLES & self.tables) if self.revision is None else []
+
+    @property
+    def upgradable(self) -> bool:
+        """`haexec db upgrade` would bring it to head: never migrated and no clashing table,
+        or at a revision this release knows."""
+        if self.revision is None:
+            return not self.foreign_tables
+        return self.revision in known_revisions()
+
+    def problem(self) -> str | None:
+        """None at head, else one line saying what is wrong and what to do about it."""
+        head = head_revision()
+        if self.revision == head:
+            return None
+        if self.foreign_tables:
+            return (
+                f"database schema is not haexec's: it has tables named like haexec's "
+                f"({', '.join(self.foreign_tables)}) but no alembic revision; use a database of its own"
+            )
+        if self.upgradable:
+            at = self.revision or "base"
+            return f"database schema is at {at}, this release needs {head}: run `haexec db upgrade`"
+        # Never advise `db upgrade` here: this release cannot migrate from a revision it does not know.
+        return (
+            f"database schema is at revision {self.revision!r}, which this release (head {head}) does not know: "
+            f"a newer haexec migrated it (upgrade haexec, or run `haexec db downgrade {head}` with that release) "
+            "or it is not haexec's database"
+        )
+
+
+def read_schema(conn: psycopg.Connection) -> SchemaState:
+    """On a connection the caller already holds (psycopg, no SQLAlchemy engine)."""
+    tables = frozenset(row[0] for row in conn.execute(READ_TABLES_SQL).fetchall())
+    revision = None
+    if "alembic_version" in tables:
+        revisions = [row[0] for row in conn.execute(READ_REVISION_SQL).fetchall()]
+        revision = ",".join(revisions) or None  # several rows: branches haexec never makes
+    return SchemaState(revision, tables - {"alembic_version"})
+
+
+def schema_state(url: str, timeout_ms: int = 2000) -> SchemaState:
+    """Raises psycopg.OperationalError when the database cannot be reached."""
+    with connect(url, SessionLimits(timeout_ms, "haexec-schema")) as conn:
+        return read_schema(conn)
+
+
+def schema_mismatch(error: BaseException) -> str | None:
+    """One line when a statement failed because the tables are not what it expects (SQLSTATE
+    class 42: no such table, column or function, wrong type; not a refused permission), else None."""
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    if not sqlstate.startswith("42") or sqlstate == "42501":
+        return None
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (
+        f"database schema is not what this release expects ({detail}): "
+        "not haexec's database, not migrated (`haexec db upgrade`), or altered by hand"
+    )
+
+
+def check_schema(state: SchemaState) -> None:
+    problem = state.problem()
+    if problem is not None:
+        raise SchemaError(problem)
 
 
 def current_revision(url: str) -> str | None:

@@ -10,12 +10,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from coordinator.config import ConfigError
+
+if TYPE_CHECKING:  # the commands import what they need when they run: `haexec --help` stays quick
+    from psycopg_pool import ConnectionPool
+    from redis import Redis
+
+    from coordinator.view import ClusterView
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -107,27 +114,76 @@ def _store_urls(args: argparse.Namespace) -> tuple[str, str]:
     return cfg.redis_url or servers.redis_url, cfg.database_url or servers.database_url
 
 
-def _read_view(args: argparse.Namespace) -> Any:
-    from coordinator.epoch import EpochStore
+@contextmanager
+def open_database(url: str, name: str, timeout_ms: int = 5000, max_size: int = 1) -> Iterator[ConnectionPool]:
+    """A pool on a database that answered and holds this release's schema, or CommandError:
+    one line naming the database (password redacted) and the cause. The first connection is
+    made by hand so the cause is libpq's, not the pool's "initialization incomplete"."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from coordinator.errors import first_line
+    from db import migrate
+    from db.session import SessionLimits, connect, make_pool
+    from db.urls import redact
+
+    limits = SessionLimits(timeout_ms, name)
+    try:
+        with connect(url, limits) as conn:
+            state = migrate.read_schema(conn)
+    except psycopg.OperationalError as e:
+        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
+    except psycopg.Error as e:
+        raise CommandError(f"database at {redact(url)}: {first_line(e)}") from None
+    problem = state.problem()
+    if problem is not None:
+        raise CommandError(problem)
+    pool = make_pool(url, limits, name=name, max_size=max_size)
+    try:
+        pool.open(wait=True, timeout=timeout_ms / 1000)
+    except PoolTimeout as e:  # it answered a moment ago
+        pool.close()
+        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
+    try:
+        yield pool
+    finally:
+        pool.close(timeout=1)
+
+
+def _redis(url: str) -> Redis:
+    """A client on a Redis that answered a PING, or CommandError naming it (password redacted)."""
+    import redis
+
+    from coordinator.errors import first_line
     from coordinator.lease import redis_client
+    from coordinator.redis_url import redact_redis_url
+
+    client = redis_client(url, 2.0)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        client.close()
+        raise CommandError(f"redis at {redact_redis_url(url)} unreachable: {first_line(e)}") from None
+    return client
+
+
+def _read_view(args: argparse.Namespace) -> ClusterView:
+    from coordinator.epoch import EpochStore
     from coordinator.view import read_view
-    from db.session import SessionLimits, make_pool
     from haexec import settings as settings_mod
 
     election = settings_mod.election_config(_env_with(args))
     redis_url, database_url = _store_urls(args)
-    client = redis_client(redis_url, 2.0)
-    pool = make_pool(database_url, SessionLimits(2000, "haexec-status"), name="haexec-status", max_size=1)
+    client = _redis(redis_url)
     try:
-        try:
-            pool.open(wait=True, timeout=5)
-        except Exception:
-            pass  # read_view reports the database as unreachable
-        epochs = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms)
-        return read_view(client, epochs, election.stale_after_ms)
+        with open_database(database_url, "haexec-status", timeout_ms=2000) as pool:
+            epochs = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms)
+            view = read_view(client, epochs, election.stale_after_ms)
     finally:
-        pool.close(timeout=1)
         client.close()
+    if view.errors:  # both answered a moment ago: a store went away meanwhile
+        raise CommandError(view.errors[0])
+    return view
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,9 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in view.replicas:
             name, role = r.get("instance_id"), r.get("role")
             print(f"  {name:<20} {role:<9} http={r.get('http')} healthy={r.get('healthy')}")
-        for err in view.errors:
-            print(f"error: {err}")
-    return EXIT_FAILED if len(view.errors) == 2 else 0
+    return 0
 
 
 def cmd_leader(args: argparse.Namespace) -> int:
@@ -222,21 +276,12 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from coordinator.epoch import EpochStore
-    from db.session import SessionLimits, make_pool
     from haexec import settings as settings_mod
 
     election = settings_mod.election_config(_env_with(args))
     _, database_url = _store_urls(args)
-    pool = make_pool(database_url, SessionLimits(5000, "haexec-history"), name="haexec-history", max_size=1)
-    try:
-        pool.open(wait=True, timeout=10)
+    with open_database(database_url, "haexec-history") as pool:
         entries = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms).history(args.limit)
-    except Exception as e:
-        from coordinator.errors import first_line
-
-        raise CommandError(f"database unreachable: {first_line(e)}") from None
-    finally:
-        pool.close(timeout=1)
     if args.json:
         print(json.dumps([asdict(e) for e in entries]))
     else:
@@ -272,6 +317,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = _database_url(args)
     try:
         if args.db_command == "upgrade":
+            state = migrate.schema_state(url)
+            if not state.upgradable:  # a stranger's tables, or a newer release's revision
+                raise CommandError(str(state.problem()))
             dump = migrate.upgrade(url, args.revision, Path(args.backup_dir) if args.backup_dir else None)
             if dump:
                 print(f"backup: {dump}")
@@ -283,7 +331,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             current = migrate.current_revision(url)
             head = migrate.head_revision()
             print(f"{current or 'base'}{' (head)' if current == head else f' (head is {head})'}")
-    except migrate.MigrationError as e:
+    except (migrate.MigrationError, CommandError) as e:
         raise CommandError(str(e)) from None
     except Exception as e:  # alembic/SQLAlchemy: unknown revision, unreachable database
         from coordinator.errors import first_line
@@ -415,12 +463,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from coordinator.errors import first_line
+    from db.migrate import schema_mismatch
     from haexec.cli_engine import EngineCommandError
 
     try:
         return args.engine_func(args, _env_with(args))
     except EngineCommandError as e:
         raise CommandError(str(e)) from None
+    except psycopg.Error as e:  # a table not as the statement expects, or the database went away
+        raise CommandError(schema_mismatch(e) or f"database: {first_line(e)}") from None
+    except PoolTimeout as e:
+        raise CommandError(f"database unreachable: {first_line(e)}") from None
 
 
 def _stdout_gone() -> int:

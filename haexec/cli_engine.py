@@ -13,8 +13,6 @@ from dataclasses import asdict
 
 from psycopg_pool import ConnectionPool
 
-from coordinator.errors import first_line
-from db.session import SessionLimits, make_pool
 from engine import intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
@@ -30,23 +28,16 @@ class EngineCommandError(Exception):
 
 @contextmanager
 def _pool(args: argparse.Namespace, env: dict[str, str]) -> Iterator[tuple[ConnectionPool, settings_mod.Settings]]:
-    from haexec.cli import CommandError, _database_url
+    """A pool on the configured database, reachable and at this release's schema."""
+    from haexec.cli import CommandError, _database_url, open_database
 
     cfg = settings_mod.load(env)
     try:
         url = _database_url(args)
+        with open_database(url, "haexec-cli", max_size=2) as pool:
+            yield pool, cfg
     except CommandError as e:
         raise EngineCommandError(str(e)) from None
-    pool = make_pool(url, SessionLimits(5000, "haexec-cli"), name="haexec-cli", max_size=2)
-    try:
-        pool.open(wait=True, timeout=10)
-    except Exception as e:
-        pool.close()
-        raise EngineCommandError(f"database unreachable: {first_line(e)}") from None
-    try:
-        yield pool, cfg
-    finally:
-        pool.close(timeout=1)
 
 
 def _print(obj: object, as_json: bool, text: Callable[[], str]) -> None:

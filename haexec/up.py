@@ -19,7 +19,7 @@ from coordinator.lease import redis_client
 from coordinator.view import ClusterView, read_view
 from db.session import SessionLimits, make_pool
 from haexec import settings as settings_mod
-from haexec.replica import StartupError, resolve_urls
+from haexec.replica import StartupError, check_database, resolve_urls
 
 RESTART_BACKOFF_MAX_S = 10.0
 
@@ -92,6 +92,8 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
     started_servers = base.embedded and running_servers(base.state_dir) is None
     try:
         redis_url, database_url = resolve_urls(base)
+        # Here, once: a replica would fail the same way, and be restarted to fail again.
+        check_database(database_url, base.startup_timeout_s)
     except StartupError as e:
         print(f"haexec up: {e}", file=sys.stderr)
         return 1

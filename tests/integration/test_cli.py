@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 
 import psycopg
 import pytest
 
+from db import migrate
 from db.urls import libpq_url
+from tests.conftest import create_database, drop_database
 from tests.support import REPO, Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
 
 
@@ -129,6 +132,28 @@ def test_unreachable_database_at_start_exits_1(redis_url: str) -> None:
     assert len(lines) == 1 and "database" in lines[0] and "unreachable" in lines[0], lines
 
 
+@pytest.mark.parametrize("command", ["status", "leader", "history", "halt"])
+@pytest.mark.parametrize("store", ["redis", "database"])
+def test_a_store_that_is_down_is_one_line_naming_it_and_exit_1(
+    command: str, store: str, cluster: str, redis_url: str, database_url: str
+) -> None:
+    port = free_port()  # nothing listens there
+    if store == "redis":
+        env = cluster_env(cluster, f"redis://:hunter2@127.0.0.1:{port}/0", database_url)
+        named = f"redis at redis://:***@127.0.0.1:{port}/0 unreachable: "
+    else:
+        env = cluster_env(cluster, redis_url, f"postgresql://postgres:hunter2@127.0.0.1:{port}/x")
+        named = f"database at postgresql://postgres:***@127.0.0.1:{port}/x unreachable: "
+    if command in ("history", "halt") and store == "redis":
+        pytest.skip(f"{command} reads no Redis")
+    result = run_cli([command], env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"haexec {command}: {named}"), lines
+    assert "refused" in lines[0].lower() and "hunter2" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_port_in_use_exits_1(spawn: Spawn, cluster: str, redis_url: str, database_url: str) -> None:
     env = cluster_env(cluster, redis_url, database_url)
     first = spawn(env, "r1")
@@ -180,3 +205,99 @@ def test_status_and_leader_read_the_stores_directly(
     body = status()
     assert body["leader"] is None and body["replicas"] == []
     assert run_cli(["leader", "--json"], env).returncode == 1
+
+
+# ---- a database that is not at this release's schema ----
+
+FOREIGN = {
+    # never migrated: the one case `haexec db upgrade` mends
+    "empty": [],
+    # a newer release's revision: `db upgrade` must not be advised
+    "unknown_revision": [
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "INSERT INTO alembic_version VALUES ('ffff')",
+    ],
+    # another application's tables under haexec's names, no alembic revision
+    "foreign_tables": ["CREATE TABLE signals (id int, name text)", "CREATE TABLE controls (x int)"],
+}
+SCHEMA_WORDS = {
+    "empty": "run `haexec db upgrade`",
+    "unknown_revision": "'ffff', which this release",
+    "foreign_tables": "not haexec's",
+    "altered": "not what this release expects",
+}
+
+
+@pytest.fixture(scope="module")
+def schema_dbs(server_urls: tuple[str, str]) -> Iterator[dict[str, str]]:
+    urls = {}
+    for kind, statements in FOREIGN.items():
+        urls[kind] = create_database(server_urls[1], prefix="haexec_s")
+        with psycopg.connect(libpq_url(urls[kind]), autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+    # at head, then a column renamed by hand: only the statements themselves can notice
+    urls["altered"] = create_database(server_urls[1], prefix="haexec_s")
+    migrate.upgrade(urls["altered"])
+    with psycopg.connect(libpq_url(urls["altered"]), autocommit=True) as conn:
+        conn.execute("ALTER TABLE signals RENAME COLUMN tag TO tag_renamed")
+        conn.execute("ALTER TABLE controls RENAME COLUMN halted TO stopped")
+        conn.execute("ALTER TABLE paper_accounts RENAME COLUMN currency TO cur")
+    yield urls
+    for url in urls.values():
+        drop_database(server_urls[1], url)
+
+
+ENGINE_COMMANDS = [
+    ["halt", "--reason", "test"],
+    ["resume"],
+    ["signal", "list"],
+    ["signal", "show", "0" * 64],
+    [
+        "signal",
+        "submit",
+        '{"source": "t", "symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.01", '
+        '"price": "1.1", "sl": "1.09"}',
+    ],
+    ["signal", "resolve", "0" * 64, "--cancel"],
+    ["broker", "orders"],
+    ["reconcile"],
+]
+
+
+def assert_one_schema_line(result: subprocess.CompletedProcess[str], kind: str) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and SCHEMA_WORDS[kind] in lines[0], lines
+    if kind != "empty":
+        assert "db upgrade`" not in lines[0] or kind == "altered", lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", list(SCHEMA_WORDS))
+@pytest.mark.parametrize("args", [*ENGINE_COMMANDS, ["status"], ["leader"], ["history"]], ids=" ".join)
+def test_commands_on_a_database_not_at_this_schema_are_one_line_and_exit_1(
+    args: list[str], kind: str, schema_dbs: dict[str, str], cluster: str, redis_url: str
+) -> None:
+    if kind == "altered" and args[:2] in (["status"], ["leader"], ["history"], ["signal", "resolve"]):
+        pytest.skip("reads no renamed column")
+    result = run_cli(args, cluster_env(cluster, redis_url, schema_dbs[kind]))
+    assert_one_schema_line(result, kind)
+
+
+@pytest.mark.parametrize("kind", ["unknown_revision", "foreign_tables"])
+def test_run_and_up_refuse_a_schema_they_cannot_use(
+    kind: str, schema_dbs: dict[str, str], cluster: str, redis_url: str
+) -> None:
+    env = cluster_env(cluster, redis_url, schema_dbs[kind])
+    line = assert_one_schema_line(run_cli(["run", "--http", "127.0.0.1:0"], env), kind)
+    assert line.startswith("haexec run: ")
+    up = run_cli(["up", "--http-base-port", str(free_port()), "--replicas", "1", "--no-view"], env, timeout_s=30)
+    assert assert_one_schema_line(up, kind).startswith("haexec up: ")
+
+
+def test_db_upgrade_refuses_what_it_cannot_migrate(schema_dbs: dict[str, str]) -> None:
+    for kind in ("unknown_revision", "foreign_tables"):
+        result = run_cli(["db", "upgrade"], {"HAEXEC_DATABASE_URL": schema_dbs[kind]})
+        assert_one_schema_line(result, kind)

@@ -42,6 +42,13 @@ def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
     assert TABLES <= tables(empty_db)
 
 
+def test_the_table_list_is_the_head_schema(empty_db: str) -> None:
+    migrate.upgrade(empty_db)
+    assert tables(empty_db) == migrate.TABLES
+    state = migrate.schema_state(empty_db)
+    assert state.revision == migrate.head_revision() and state.problem() is None
+
+
 def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Path) -> None:
     env = {"HAEXEC_DATABASE_URL": empty_db}
     up = run_cli(["db", "upgrade", "--backup-dir", str(tmp_path / "backups")], env)
