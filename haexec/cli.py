@@ -38,9 +38,9 @@ class CommandError(Exception):
     """An expected failure of a command: one line, exit status 1."""
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = _env_with(args)
     cfg = settings_mod.load(env)
     alerts = AlertSink.from_env(env, cfg.election.cluster, cfg.election.instance_id)
-    _setup_logging(os.environ.get("HAEXEC_LOG_LEVEL", "INFO"))
+    _setup_logging(cfg.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -73,6 +73,9 @@ def test_a_closed_stdout_ends_quietly_with_141(
         ({"HAEXEC_IN_DOUBT": "maybe"}, "HAEXEC_IN_DOUBT"),
         ({"HAEXEC_BROKER_DEADLINE_MS": "5000"}, "HAEXEC_BROKER_DEADLINE_MS"),
         ({"HAEXEC_RISK_MAX_RISK_PCT": "200"}, "HAEXEC_RISK_MAX_RISK_PCT"),
+        ({"HAEXEC_LEASE_MS": "99999999999999999999"}, "HAEXEC_LEASE_MS"),
+        ({"HAEXEC_STARTUP_TIMEOUT_S": "99999999999999999999"}, "HAEXEC_STARTUP_TIMEOUT_S"),
+        ({"HAEXEC_LOG_LEVEL": "LOUD"}, "HAEXEC_LOG_LEVEL"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:
