@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine, pool
 
 from db.session import SessionLimits, connect
@@ -182,19 +187,49 @@ def backup(url: str, backup_dir: Path) -> Path:
         raise MigrationError(f"cannot create backup directory {backup_dir}: {e.strerror}") from None
     target = backup_dir / f"haexec-{time.strftime('%Y%m%dT%H%M%S')}.dump"
     try:
-        proc = subprocess.run(
-            [pg_dump, "--format=custom", f"--file={target}", f"--dbname={libpq_url(url)}"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise MigrationError(f"pg_dump failed: {e}") from e
+        params = conninfo_to_dict(libpq_url(url))
+    except psycopg.ProgrammingError:
+        raise MigrationError(f"cannot read the database URL {redact(url)}") from None
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    with _passfile(password) as passfile:
+        if passfile is not None:
+            params.pop("passfile", None)  # it would win over PGPASSFILE
+            env.pop("PGPASSWORD", None)  # it would win over any password file
+            env["PGPASSFILE"] = passfile
+        try:
+            proc = subprocess.run(
+                [pg_dump, "--format=custom", f"--file={target}", f"--dbname={make_conninfo('', **params)}"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=env,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise MigrationError(f"pg_dump failed: {e}") from e
     if proc.returncode != 0:
         target.unlink(missing_ok=True)
         first = (proc.stderr.strip().splitlines() or ["no output"])[0]
         raise MigrationError(f"pg_dump of {redact(url)} failed: {first}")
     return target
+
+
+@contextmanager
+def _passfile(password: str | None) -> Iterator[str | None]:
+    """A libpq password file holding `password` for any server, mode 0600, removed afterwards.
+    pg_dump's argv is readable by every user in /proc; its password file is not."""
+    if password is None:
+        yield None
+        return
+    if "\n" in password or "\r" in password:
+        raise MigrationError("the database password contains a line break, which a libpq password file cannot hold")
+    fd, path = tempfile.mkstemp(prefix="haexec-pgpass-")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("*:*:*:*:" + password.replace("\\", "\\\\").replace(":", "\\:") + "\n")
+        yield path
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 def _pg_dump_binary() -> str:

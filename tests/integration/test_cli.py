@@ -157,6 +157,26 @@ def test_a_store_that_is_down_is_one_line_naming_it_and_exit_1(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", [["run", "--http", "127.0.0.1:0"], ["status"], ["signal", "list"]])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:{port}/x?password=hunter2",
+            "postgresql://postgres@127.0.0.1:{port}/x?password=***",
+        ),
+        ("postgresql://:hunter2@127.0.0.1:{port}/x", "postgresql://:***@127.0.0.1:{port}/x"),
+    ],
+)
+def test_a_database_password_never_reaches_an_error(command: list[str], url: str, shown: str, redis_url: str) -> None:
+    port = free_port()
+    env = {"HAEXEC_REDIS_URL": redis_url, "HAEXEC_DATABASE_URL": url.format(port=port), "HAEXEC_STARTUP_TIMEOUT_S": "1"}
+    result = run_cli(command, env)
+    assert result.returncode == 1, result.stderr
+    assert shown.format(port=port) in result.stderr and "hunter2" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
 def test_port_in_use_exits_1(spawn: Spawn, cluster: str, redis_url: str, database_url: str) -> None:
     env = cluster_env(cluster, redis_url, database_url)
     first = spawn(env, "r1")

@@ -61,6 +61,14 @@ def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Pa
     assert hist.returncode == 0 and migrate.head_revision() in hist.stdout
 
 
+def test_backup_with_a_password_in_the_query_string(empty_db: str, tmp_path: Path) -> None:
+    # trust authentication ignores the password; the point is that pg_dump runs with the
+    # password-less connection string and the password file it is given
+    dump = migrate.backup(f"{empty_db}?password=not-in-argv&sslmode=disable", tmp_path)
+    assert dump.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == [dump.name]
+
+
 def test_failed_backup_refuses_to_migrate(empty_db: str, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
