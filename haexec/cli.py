@@ -237,6 +237,12 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     leader = before.leader
     if leader is None:
         raise CommandError("no leader to switch over from")
+    if args.to is not None and args.to == leader["instance_id"]:  # nothing to do, which is success
+        if args.json:
+            print(json.dumps({"from": leader, "leader": leader, "took_ms": 0, "already_leader": True}))
+        else:
+            print(f"{leader['instance_id']} already leads at epoch {leader['epoch']}")
+        return 0
     http = next((r.get("http") for r in before.replicas if r.get("instance_id") == leader["instance_id"]), None)
     if not http:
         raise CommandError(f"leader {leader['instance_id']} has no registered HTTP address")
@@ -444,13 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="schema migrations")
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    upg = dbsub.add_parser("upgrade", parents=[common])
+    upg = dbsub.add_parser("upgrade", parents=[common], help="migrate to a revision (default head)")
     upg.add_argument("revision", nargs="?", default="head")
     upg.add_argument("--backup-dir", help="pg_dump here first; refuse to migrate if the dump fails")
-    down = dbsub.add_parser("downgrade", parents=[common])
+    down = dbsub.add_parser("downgrade", parents=[common], help="migrate back to a revision")
     down.add_argument("revision", help="target revision, or 'base'")
-    dbsub.add_parser("current", parents=[common])
-    dbsub.add_parser("history", parents=[common])
+    dbsub.add_parser("current", parents=[common], help="the database's revision and this release's head")
+    dbsub.add_parser("history", parents=[common], help="this release's revisions, newest first")
     db.set_defaults(func=cmd_db)
 
     from haexec import cli_engine

@@ -15,7 +15,17 @@ import pytest
 from db import migrate
 from db.urls import libpq_url
 from tests.conftest import create_database, drop_database
-from tests.support import REPO, Spawn, cluster_env, free_port, run_cli, the_leader, wait_for, wait_ready
+from tests.support import (
+    REPO,
+    Spawn,
+    cluster_env,
+    epoch_of,
+    free_port,
+    run_cli,
+    the_leader,
+    wait_for,
+    wait_ready,
+)
 
 
 def run_into_closed_pipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -324,3 +334,74 @@ def test_db_upgrade_refuses_what_it_cannot_migrate(schema_dbs: dict[str, str]) -
     for kind in ("unknown_revision", "foreign_tables"):
         result = run_cli(["db", "upgrade"], {"HAEXEC_DATABASE_URL": schema_dbs[kind]})
         assert_one_schema_line(result, kind)
+
+
+# ---- signal show / resolve by prefix; switchover to the leader ----
+
+
+def forge_signal(database_url: str, cluster: str, fingerprint: str) -> None:
+    """A stored signal whose fingerprint we choose, so two can share a long prefix."""
+    from engine import store
+
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        store.accept(conn, cluster, "test", fingerprint, fingerprint, f"HX{fingerprint[:24]}", {}, "t", None, None)
+
+
+def test_signal_show_takes_the_prefix_signal_list_prints(cluster: str, redis_url: str, database_url: str) -> None:
+    env = cluster_env(cluster, redis_url, database_url)
+    shared = "abcdef01"
+    for fp in (shared + "0" * 56, shared + "1" * 56, "9" * 64):
+        forge_signal(database_url, cluster, fp)
+    listed = run_cli(["signal", "list"], env)
+    assert listed.returncode == 0, listed.stderr
+    shown = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert sorted(shown) == sorted([shared + "0" * 8, shared + "1" * 8, "9" * 16])
+
+    for prefix, full in (
+        ("9" * 16, "9" * 64),  # as `signal list` prints it
+        ("9" * 8, "9" * 64),  # the shortest accepted
+        ((shared + "1").upper(), shared + "1" * 56),  # one character past the shared part, any case
+        (shared + "0" * 56, shared + "0" * 56),  # the whole fingerprint
+    ):
+        result = run_cli(["signal", "show", prefix, "--json"], env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["fingerprint"] == full
+
+    ambiguous = run_cli(["signal", "show", shared], env)
+    assert ambiguous.returncode == 1 and "Traceback" not in ambiguous.stderr
+    assert ambiguous.stderr.strip().splitlines() == [
+        f"haexec signal: {shared} is the start of several signals ({shared}0000, {shared}1111): give more characters"
+    ]
+    # resolve looks it up the same way (and then refuses: the signal is not in doubt)
+    refused = run_cli(["signal", "resolve", "9" * 8, "--cancel"], env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "haexec signal: signal is received; only in_doubt signals can be resolved"
+    missing = run_cli(["signal", "show", "12345678"], env)
+    assert missing.returncode == 1 and "no signal 12345678" in missing.stderr
+
+
+@pytest.mark.parametrize("prefix", ["abcdef0", "", "abcdefgh", "0" * 65])
+def test_signal_show_refuses_a_short_or_non_hex_prefix(
+    prefix: str, cluster: str, redis_url: str, database_url: str
+) -> None:
+    result = run_cli(["signal", "show", prefix], cluster_env(cluster, redis_url, database_url))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "8 or more hex characters" in lines[0], lines
+
+
+def test_switchover_to_the_leader_says_so_and_exits_0(
+    spawn: Spawn, cluster: str, redis_url: str, database_url: str
+) -> None:
+    env = cluster_env(cluster, redis_url, database_url)
+    replicas = [spawn(env, "r1"), spawn(env, "r2")]
+    wait_ready(replicas)
+    leader = the_leader(replicas)
+    epoch = epoch_of(leader)
+    wait_for(lambda: len(json.loads(run_cli(["status", "--json"], env).stdout)["replicas"]) == 2, 10, "registry")
+    result = run_cli(["switchover", "--to", leader.instance_id], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{leader.instance_id} already leads at epoch {epoch}\n"
+    as_json = run_cli(["switchover", "--to", leader.instance_id, "--json"], env)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["already_leader"] is True
+    assert the_leader(replicas) is leader and epoch_of(leader) == epoch  # nothing was handed over

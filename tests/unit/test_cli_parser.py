@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from haexec.cli import MAX_LIMIT, MAX_REPLICAS, build_parser
@@ -31,3 +33,20 @@ def test_bounds_themselves_are_accepted() -> None:
     assert parser.parse_args(["up", "--replicas", str(MAX_REPLICAS)]).replicas == MAX_REPLICAS
     assert parser.parse_args(["signal", "list", "--limit", str(MAX_LIMIT)]).limit == MAX_LIMIT
     assert parser.parse_args(["history", "--limit", "1"]).limit == 1
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {choice.dest: choice.help for choice in action._choices_actions}
+
+
+@pytest.mark.parametrize("group", ["signal", "db", "broker"])
+def test_every_subcommand_says_what_it_does(group: str) -> None:
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = _subcommands(action.choices[group])
+    assert helps and all(helps.values()), helps
+
+
+def test_every_command_says_what_it_does() -> None:
+    helps = _subcommands(build_parser())
+    assert all(helps.values()), helps
