@@ -204,8 +204,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if view.stale_leader:
             print("STALE LEADER: the database leader stopped heartbeating")
         for r in view.replicas:
-            name, role = r.get("instance_id"), r.get("role")
-            print(f"  {name:<20} {role:<9} http={r.get('http')} healthy={r.get('healthy')}")
+            name = r.get("instance_id")
+            role, healthy = ("unresponsive", False) if r.get("unresponsive") else (r.get("role"), r.get("healthy"))
+            print(f"  {name:<20} {role:<12} http={r.get('http')} healthy={healthy}")
     return 0
 
 
