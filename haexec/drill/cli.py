@@ -1,8 +1,8 @@
 """`haexec drill SCENARIO` and `haexec drill random`: failure drills on a throwaway cluster.
 
 Bad input is one line and exit status 2; a drill that cannot start its servers, one line
-and 1; a drill that finds a violation (or a round the cluster did not recover from), the
-report and 1.
+and 1; a drill that finds a violation, a round the cluster did not recover from, or a goal
+it missed, the report and 1.
 """
 
 from __future__ import annotations
