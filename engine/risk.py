@@ -84,7 +84,7 @@ LIMIT_ENV = {
 }
 
 # A cap, not a target: far beyond any account this sizes for, and still a number SQL counts.
-MAX_OPEN_POSITIONS = 100_000
+MAX_OPEN_POSITIONS = 1_000_000_000
 
 _HUNDRED = Decimal(100)
 _ZERO = Decimal(0)

@@ -312,3 +312,10 @@ def test_load_unknown_log_level_names_variable(raw: str) -> None:
 @pytest.mark.parametrize(("raw", "level"), [("", "INFO"), ("debug", "DEBUG"), ("Warning", "WARNING"), ("WARN", "WARN")])
 def test_load_log_level(raw: str, level: str) -> None:
     assert settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_LOG_LEVEL": raw}).log_level == level
+
+
+def test_the_open_position_caps_drills_and_benchmarks_use_are_within_bounds() -> None:
+    # both lift the cap so it never rejects a signal they count on executing
+    for raw in ("100000000", "1000000"):
+        s = settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_RISK_MAX_OPEN_POSITIONS": raw})
+        assert s.engine.risk.max_open_positions == int(raw)
