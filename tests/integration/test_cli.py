@@ -313,7 +313,14 @@ def assert_one_schema_line(result: subprocess.CompletedProcess[str], kind: str) 
 def test_commands_on_a_database_not_at_this_schema_are_one_line_and_exit_1(
     args: list[str], kind: str, schema_dbs: dict[str, str], cluster: str, redis_url: str
 ) -> None:
-    if kind == "altered" and args[:2] in (["status"], ["leader"], ["history"], ["signal", "resolve"]):
+    # show and resolve look the fingerprint up first, find none, and read no further
+    if kind == "altered" and args[:2] in (
+        ["status"],
+        ["leader"],
+        ["history"],
+        ["signal", "show"],
+        ["signal", "resolve"],
+    ):
         pytest.skip("reads no renamed column")
     result = run_cli(args, cluster_env(cluster, redis_url, schema_dbs[kind]))
     assert_one_schema_line(result, kind)
