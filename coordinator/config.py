@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# No timer of the protocol has a use beyond a day; a larger value is a typo (or an extra zero)
+# that would make a failover take forever.
+MAX_TIMER_MS = 86_400_000
+
 
 class ConfigError(ValueError):
     """A setting breaks a rule. The message is one line naming the setting and the rule."""
@@ -64,8 +68,12 @@ class ElectionConfig:
             raise ConfigError("instance_id", f"must be non-empty without spaces, '|' or ':' (got {self.instance_id!r})")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("_ms") and (type(value) is not int or value <= 0):
+            if not f.name.endswith("_ms"):
+                continue
+            if type(value) is not int or value <= 0:
                 raise ConfigError(f.name, f"must be a positive integer of milliseconds (got {value!r})")
+            if value > MAX_TIMER_MS:
+                raise ConfigError(f.name, f"must be at most {MAX_TIMER_MS} ms, a day (got {value})")
         if not self.lease_ms > self.renew_deadline_ms:
             raise ConfigError("lease_ms", f"must be > renew_deadline_ms ({self.lease_ms} <= {self.renew_deadline_ms})")
         if not self.renew_deadline_ms > 1.2 * self.renew_ms:

@@ -42,6 +42,8 @@ from redis.connection import parse_url as _redis_parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
+from db.urls import redact
+
 DIRECT_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SCHEMES = DIRECT_SCHEMES + SENTINEL_SCHEMES
@@ -97,22 +99,7 @@ class RedisTarget:
 def redact_redis_url(url: str) -> str:
     """The URL with every password replaced by ``***``: the userinfo's and any query option
     whose name says password. Works on malformed URLs too (it never parses them)."""
-    head, sep, query = url.partition("?")
-    scheme, colon_slashes, rest = head.partition("://")
-    if colon_slashes:
-        # The userinfo ends at the last '@' before the path: passwords may contain '@' and '/'.
-        at = rest.rfind("@")
-        if at >= 0:
-            user, has_pw, _ = rest[:at].partition(":")
-            rest = f"{user}:***@{rest[at + 1 :]}" if has_pw else rest
-        head = f"{scheme}://{rest}"
-    if sep:
-        parts = []
-        for item in query.split("&"):
-            name, eq, _ = item.partition("=")
-            parts.append(f"{name}=***" if eq and "password" in unquote(name).lower() else item)
-        query = "&".join(parts)
-    return head + sep + query
+    return redact(url)
 
 
 def parse_redis_url(url: str) -> RedisTarget:

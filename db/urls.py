@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 _SCHEME = re.compile(r"^(postgres|postgresql)(\+\w+)?://")
 
@@ -21,5 +22,23 @@ def is_postgres_url(url: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with every password replaced by ``***``, fit for logs and error messages: the
+    userinfo's (also with an empty user, ``://:pw@``) and any query option whose name says
+    password (``?password=``, ``sslpassword=``, ``sentinel_password=``). Works on malformed
+    URLs too: it never parses them, so it cannot fail on one and print it whole."""
+    head, sep, query = url.partition("?")
+    scheme, colon_slashes, rest = head.partition("://")
+    if colon_slashes:
+        # The userinfo ends at the last '@' before the query: passwords may contain '@' and '/'.
+        at = rest.rfind("@")
+        if at >= 0:
+            user, has_password, _ = rest[:at].partition(":")
+            rest = f"{user}:***@{rest[at + 1 :]}" if has_password else rest
+        head = f"{scheme}://{rest}"
+    if sep:
+        parts = []
+        for item in query.split("&"):
+            name, eq, _ = item.partition("=")
+            parts.append(f"{name}=***" if eq and "password" in unquote(name).lower() else item)
+        query = "&".join(parts)
+    return head + sep + query

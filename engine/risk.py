@@ -83,6 +83,9 @@ LIMIT_ENV = {
     "max_price_deviation_pct": "HAEXEC_RISK_MAX_PRICE_DEVIATION_PCT",
 }
 
+# A cap, not a target: far beyond any account this sizes for, and still a number SQL counts.
+MAX_OPEN_POSITIONS = 1_000_000_000
+
 _HUNDRED = Decimal(100)
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
@@ -126,8 +129,10 @@ class RiskLimits:
                 raise ConfigError(name, f"must be a percentage in (0, 100] (got {value})")
         if not self.max_volume > _ZERO:
             raise ConfigError("max_volume", f"must be > 0 lots (got {self.max_volume})")
-        if type(self.max_open_positions) is not int or self.max_open_positions < 1:
-            raise ConfigError("max_open_positions", f"must be an integer >= 1 (got {self.max_open_positions!r})")
+        if type(self.max_open_positions) is not int or not 1 <= self.max_open_positions <= MAX_OPEN_POSITIONS:
+            raise ConfigError(
+                "max_open_positions", f"must be an integer 1..{MAX_OPEN_POSITIONS} (got {self.max_open_positions!r})"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RiskLimits:

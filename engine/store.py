@@ -393,6 +393,16 @@ def show(conn: psycopg.Connection, cluster: str, fingerprint: str) -> dict[str, 
     return _jsonable(sig)
 
 
+def fingerprints_starting(conn: psycopg.Connection, cluster: str, prefix: str, limit: int = 2) -> list[str]:
+    """Fingerprints of `cluster` that start with `prefix` (hex, so no LIKE wildcard), at most `limit`."""
+    rows = conn.execute(
+        "SELECT fingerprint FROM signals WHERE cluster = %s AND starts_with(fingerprint, %s) "
+        "ORDER BY fingerprint LIMIT %s",
+        (cluster, prefix, limit),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def list_signals(conn: psycopg.Connection, cluster: str, status: str | None, limit: int) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(

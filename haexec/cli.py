@@ -10,24 +10,37 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn
 
 from coordinator.config import ConfigError
 
+if TYPE_CHECKING:  # the commands import what they need when they run: `haexec --help` stays quick
+    from psycopg_pool import ConnectionPool
+    from redis import Redis
+
+    from coordinator.view import ClusterView
+
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+# What a shell reports for a process killed by SIGPIPE (128 + 13): the reader of our stdout
+# (`head`, a closed pager) went away, as it would for any Unix tool under `set -o pipefail`.
+EXIT_BROKEN_PIPE = 141
+# More rows than an operator reads, few enough for one query and one screen of JSON.
+MAX_LIMIT = 10_000
+MAX_REPLICAS = 64
 
 
 class CommandError(Exception):
     """An expected failure of a command: one line, exit status 1."""
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -64,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = _env_with(args)
     cfg = settings_mod.load(env)
     alerts = AlertSink.from_env(env, cfg.election.cluster, cfg.election.instance_id)
-    _setup_logging(os.environ.get("HAEXEC_LOG_LEVEL", "INFO"))
+    _setup_logging(cfg.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -101,27 +114,76 @@ def _store_urls(args: argparse.Namespace) -> tuple[str, str]:
     return cfg.redis_url or servers.redis_url, cfg.database_url or servers.database_url
 
 
-def _read_view(args: argparse.Namespace) -> Any:
-    from coordinator.epoch import EpochStore
+@contextmanager
+def open_database(url: str, name: str, timeout_ms: int = 5000, max_size: int = 1) -> Iterator[ConnectionPool]:
+    """A pool on a database that answered and holds this release's schema, or CommandError:
+    one line naming the database (password redacted) and the cause. The first connection is
+    made by hand so the cause is libpq's, not the pool's "initialization incomplete"."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from coordinator.errors import first_line
+    from db import migrate
+    from db.session import SessionLimits, connect, make_pool
+    from db.urls import redact
+
+    limits = SessionLimits(timeout_ms, name)
+    try:
+        with connect(url, limits) as conn:
+            state = migrate.read_schema(conn)
+    except psycopg.OperationalError as e:
+        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
+    except psycopg.Error as e:
+        raise CommandError(f"database at {redact(url)}: {first_line(e)}") from None
+    problem = state.problem()
+    if problem is not None:
+        raise CommandError(problem)
+    pool = make_pool(url, limits, name=name, max_size=max_size)
+    try:
+        pool.open(wait=True, timeout=timeout_ms / 1000)
+    except PoolTimeout as e:  # it answered a moment ago
+        pool.close()
+        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
+    try:
+        yield pool
+    finally:
+        pool.close(timeout=1)
+
+
+def _redis(url: str) -> Redis:
+    """A client on a Redis that answered a PING, or CommandError naming it (password redacted)."""
+    import redis
+
+    from coordinator.errors import first_line
     from coordinator.lease import redis_client
+    from coordinator.redis_url import redact_redis_url
+
+    client = redis_client(url, 2.0)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        client.close()
+        raise CommandError(f"redis at {redact_redis_url(url)} unreachable: {first_line(e)}") from None
+    return client
+
+
+def _read_view(args: argparse.Namespace) -> ClusterView:
+    from coordinator.epoch import EpochStore
     from coordinator.view import read_view
-    from db.session import SessionLimits, make_pool
     from haexec import settings as settings_mod
 
     election = settings_mod.election_config(_env_with(args))
     redis_url, database_url = _store_urls(args)
-    client = redis_client(redis_url, 2.0)
-    pool = make_pool(database_url, SessionLimits(2000, "haexec-status"), name="haexec-status", max_size=1)
+    client = _redis(redis_url)
     try:
-        try:
-            pool.open(wait=True, timeout=5)
-        except Exception:
-            pass  # read_view reports the database as unreachable
-        epochs = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms)
-        return read_view(client, epochs, election.stale_after_ms)
+        with open_database(database_url, "haexec-status", timeout_ms=2000) as pool:
+            epochs = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms)
+            view = read_view(client, epochs, election.stale_after_ms)
     finally:
-        pool.close(timeout=1)
         client.close()
+    if view.errors:  # both answered a moment ago: a store went away meanwhile
+        raise CommandError(view.errors[0])
+    return view
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -142,11 +204,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if view.stale_leader:
             print("STALE LEADER: the database leader stopped heartbeating")
         for r in view.replicas:
-            name, role = r.get("instance_id"), r.get("role")
-            print(f"  {name:<20} {role:<9} http={r.get('http')} healthy={r.get('healthy')}")
-        for err in view.errors:
-            print(f"error: {err}")
-    return EXIT_FAILED if len(view.errors) == 2 else 0
+            name = r.get("instance_id")
+            role, healthy = ("unresponsive", False) if r.get("unresponsive") else (r.get("role"), r.get("healthy"))
+            print(f"  {name:<20} {role:<12} http={r.get('http')} healthy={healthy}")
+    return 0
 
 
 def cmd_leader(args: argparse.Namespace) -> int:
@@ -177,6 +238,12 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     leader = before.leader
     if leader is None:
         raise CommandError("no leader to switch over from")
+    if args.to is not None and args.to == leader["instance_id"]:  # nothing to do, which is success
+        if args.json:
+            print(json.dumps({"from": leader, "leader": leader, "took_ms": 0, "already_leader": True}))
+        else:
+            print(f"{leader['instance_id']} already leads at epoch {leader['epoch']}")
+        return 0
     http = next((r.get("http") for r in before.replicas if r.get("instance_id") == leader["instance_id"]), None)
     if not http:
         raise CommandError(f"leader {leader['instance_id']} has no registered HTTP address")
@@ -216,21 +283,12 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from coordinator.epoch import EpochStore
-    from db.session import SessionLimits, make_pool
     from haexec import settings as settings_mod
 
     election = settings_mod.election_config(_env_with(args))
     _, database_url = _store_urls(args)
-    pool = make_pool(database_url, SessionLimits(5000, "haexec-history"), name="haexec-history", max_size=1)
-    try:
-        pool.open(wait=True, timeout=10)
+    with open_database(database_url, "haexec-history") as pool:
         entries = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms).history(args.limit)
-    except Exception as e:
-        from coordinator.errors import first_line
-
-        raise CommandError(f"database unreachable: {first_line(e)}") from None
-    finally:
-        pool.close(timeout=1)
     if args.json:
         print(json.dumps([asdict(e) for e in entries]))
     else:
@@ -266,6 +324,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = _database_url(args)
     try:
         if args.db_command == "upgrade":
+            state = migrate.schema_state(url)
+            if not state.upgradable:  # a stranger's tables, or a newer release's revision
+                raise CommandError(str(state.problem()))
             dump = migrate.upgrade(url, args.revision, Path(args.backup_dir) if args.backup_dir else None)
             if dump:
                 print(f"backup: {dump}")
@@ -277,7 +338,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             current = migrate.current_revision(url)
             head = migrate.head_revision()
             print(f"{current or 'base'}{' (head)' if current == head else f' (head is {head})'}")
-    except migrate.MigrationError as e:
+    except (migrate.MigrationError, CommandError) as e:
         raise CommandError(str(e)) from None
     except Exception as e:  # alembic/SQLAlchemy: unknown revision, unreachable database
         from coordinator.errors import first_line
@@ -298,14 +359,52 @@ def cmd_up(args: argparse.Namespace) -> int:
 # ---- parser ----
 
 
-def _positive(value: str) -> int:
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad input (argparse's own
+    answer is a usage block). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer within [low, high]."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer (got {value!r})") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high} (got {n})")
+        return n
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    """A positive, finite number of seconds, at most an hour (a wait, never a forever)."""
     try:
-        n = int(value)
+        n = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer (got {value!r})") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {n})")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {value!r})") from None
+    if not 0 < n <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds (got {value})")
     return n
+
+
+def _positive(value: str) -> int:
+    """At least 1; the setting it feeds checks the upper bound and names itself."""
+    return int_in(1, sys.maxsize)(value)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("haexec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", help="HAEXEC_REDIS_URL")
     common.add_argument("--database-url", help="HAEXEC_DATABASE_URL")
 
-    parser = argparse.ArgumentParser(prog="haexec", description="High-availability trading-signal executor")
+    parser = Parser(prog="haexec", description="High-availability trading-signal executor")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run one replica (what a supervisor starts)")
@@ -325,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", parents=[common], help="run a local cluster of N replicas")
-    up.add_argument("--replicas", type=_positive, default=3)
-    up.add_argument("--http-base-port", type=_positive, default=8700, help="replicas listen on P+1..P+N")
+    up.add_argument("--replicas", type=int_in(1, MAX_REPLICAS), default=3)
+    up.add_argument("--http-base-port", type=int_in(1, 65535), default=8700, help="replicas listen on P+1..P+N")
     up.add_argument("--lease-ms", type=_positive, help="HAEXEC_LEASE_MS")
     up.add_argument("--no-view", action="store_true", help="print changes only, no live table")
     up.set_defaults(func=cmd_up)
@@ -341,23 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("switchover", parents=[common], help="graceful handover to another replica")
     sw.add_argument("--to", help="the instance to hand over to (default: whoever is first)")
-    sw.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the new leader")
+    sw.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the new leader")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_switchover)
     hist = sub.add_parser("history", parents=[common], help="latest leadership changes")
-    hist.add_argument("--limit", type=_positive, default=20)
+    hist.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=20)
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=cmd_history)
 
     db = sub.add_parser("db", help="schema migrations")
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    upg = dbsub.add_parser("upgrade", parents=[common])
+    upg = dbsub.add_parser("upgrade", parents=[common], help="migrate to a revision (default head)")
     upg.add_argument("revision", nargs="?", default="head")
     upg.add_argument("--backup-dir", help="pg_dump here first; refuse to migrate if the dump fails")
-    down = dbsub.add_parser("downgrade", parents=[common])
+    down = dbsub.add_parser("downgrade", parents=[common], help="migrate back to a revision")
     down.add_argument("revision", help="target revision, or 'base'")
-    dbsub.add_parser("current", parents=[common])
-    dbsub.add_parser("history", parents=[common])
+    dbsub.add_parser("current", parents=[common], help="the database's revision and this release's head")
+    dbsub.add_parser("history", parents=[common], help="this release's revisions, newest first")
     db.set_defaults(func=cmd_db)
 
     from haexec import cli_engine
@@ -370,12 +470,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from coordinator.errors import first_line
+    from db.migrate import schema_mismatch
     from haexec.cli_engine import EngineCommandError
 
     try:
         return args.engine_func(args, _env_with(args))
     except EngineCommandError as e:
         raise CommandError(str(e)) from None
+    except psycopg.Error as e:  # a table not as the statement expects, or the database went away
+        raise CommandError(schema_mismatch(e) or f"database: {first_line(e)}") from None
+    except PoolTimeout as e:
+        raise CommandError(f"database unreachable: {first_line(e)}") from None
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed it: stop quietly. Whatever is still buffered goes to
+    /dev/null, so the interpreter's own flush at exit cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = cmd_engine if hasattr(args, "engine_func") else args.func
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except ConfigError as e:
         print(f"haexec {args.command}: configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG

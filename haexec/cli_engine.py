@@ -7,15 +7,15 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
-from coordinator.errors import first_line
-from db.session import SessionLimits, make_pool
 from engine import controls, intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
@@ -23,6 +23,9 @@ from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalVali
 from haexec import settings as settings_mod
 
 EXIT_FAILED = 1
+# `signal list` shows 16 characters; 8 already make a collision among a cluster's signals rare.
+MIN_PREFIX = 8
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class EngineCommandError(Exception):
@@ -31,23 +34,37 @@ class EngineCommandError(Exception):
 
 @contextmanager
 def _pool(args: argparse.Namespace, env: dict[str, str]) -> Iterator[tuple[ConnectionPool, settings_mod.Settings]]:
-    from haexec.cli import CommandError, _database_url
+    """A pool on the configured database, reachable and at this release's schema."""
+    from haexec.cli import CommandError, _database_url, open_database
 
     cfg = settings_mod.load(env)
     try:
         url = _database_url(args)
+        with open_database(url, "haexec-cli", max_size=2) as pool:
+            yield pool, cfg
     except CommandError as e:
         raise EngineCommandError(str(e)) from None
-    pool = make_pool(url, SessionLimits(5000, "haexec-cli"), name="haexec-cli", max_size=2)
-    try:
-        pool.open(wait=True, timeout=10)
-    except Exception as e:
-        pool.close()
-        raise EngineCommandError(f"database unreachable: {first_line(e)}") from None
-    try:
-        yield pool, cfg
-    finally:
-        pool.close(timeout=1)
+
+
+def fingerprint_arg(value: str) -> str:
+    """An argparse type: a fingerprint, or a prefix of one (hex, at least MIN_PREFIX characters)."""
+    text = value.strip().lower()
+    if not (MIN_PREFIX <= len(text) <= 64 and _HEX.fullmatch(text)):
+        raise argparse.ArgumentTypeError(
+            f"must be a fingerprint or its first {MIN_PREFIX} or more hex characters (got {value!r})"
+        )
+    return text
+
+
+def _fingerprint(conn: psycopg.Connection, cluster: str, prefix: str) -> str:
+    """The one fingerprint that starts with `prefix`; none or several is an EngineCommandError."""
+    found = store.fingerprints_starting(conn, cluster, prefix, limit=3)
+    if not found:
+        raise EngineCommandError(f"no signal {prefix} in cluster {cluster!r}")
+    if len(found) > 1:
+        some = ", ".join(fp[: len(prefix) + 4] for fp in found[:2]) + (", ..." if len(found) > 2 else "")
+        raise EngineCommandError(f"{prefix} is the start of several signals ({some}): give more characters")
+    return found[0]
 
 
 def _print(obj: object, as_json: bool, text: Callable[[], str]) -> None:
@@ -97,8 +114,8 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
             return 0
         if args.signal_command == "show":
             with pool.connection() as conn:
-                found = store.show(conn, cluster, args.fingerprint)
-            if found is None:
+                found = store.show(conn, cluster, _fingerprint(conn, cluster, args.fingerprint))
+            if found is None:  # deleted in between
                 raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
             _print(found, args.json, lambda: json.dumps(found, indent=2, default=str))
             return 0
@@ -108,9 +125,10 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
 def _resolve(args: argparse.Namespace, pool: ConnectionPool, cluster: str) -> int:
     actor = args.actor or f"cli:{getpass.getuser()}"
     with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        fingerprint = _fingerprint(conn, cluster, args.fingerprint)
         row = cur.execute(
             "SELECT id, status, epoch FROM signals WHERE cluster = %s AND fingerprint = %s FOR UPDATE",
-            (cluster, args.fingerprint),
+            (cluster, fingerprint),
         ).fetchone()
         if row is None:
             raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
@@ -129,7 +147,7 @@ def _resolve(args: argparse.Namespace, pool: ConnectionPool, cluster: str) -> in
         else:
             target, detail, ref = SignalStatus.RECEIVED, f"re-execute requested: {why}", None
         store.settle_held(cur, signal, status, epoch, target, actor, actor, detail, ref=ref)
-    print(f"{args.fingerprint} {target}")
+    print(f"{fingerprint} {target}")
     return 0
 
 
@@ -192,20 +210,25 @@ def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from haexec.cli import MAX_LIMIT, int_in
+
     sig = sub.add_parser("signal", help="submit, list, show and resolve signals")
     sigsub = sig.add_subparsers(dest="signal_command", required=True)
     submit = sigsub.add_parser("submit", parents=[common], help="store a signal (JSON argument, or - for stdin)")
-    submit.add_argument("body")
+    submit.add_argument("body", help="the signal as JSON, or - to read it from stdin")
     submit.add_argument("--json", action="store_true")
-    lst = sigsub.add_parser("list", parents=[common])
-    lst.add_argument("--status", choices=[s.value for s in SignalStatus])
-    lst.add_argument("--limit", type=int, default=50)
+    lst = sigsub.add_parser(
+        "list", parents=[common], help="the latest signals, newest first (fingerprints cut to 16 characters)"
+    )
+    lst.add_argument("--status", choices=[s.value for s in SignalStatus], help="only signals in this status")
+    lst.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=50, help=f"at most this many (1..{MAX_LIMIT})")
     lst.add_argument("--json", action="store_true")
-    show = sigsub.add_parser("show", parents=[common])
-    show.add_argument("fingerprint")
+    fp_help = f"the fingerprint, or a unique prefix of it ({MIN_PREFIX}+ hex characters, as `signal list` shows)"
+    show = sigsub.add_parser("show", parents=[common], help="one signal with its event history")
+    show.add_argument("fingerprint", type=fingerprint_arg, help=fp_help)
     show.add_argument("--json", action="store_true")
     res = sigsub.add_parser("resolve", parents=[common], help="settle a signal held in doubt")
-    res.add_argument("fingerprint")
+    res.add_argument("fingerprint", type=fingerprint_arg, help=fp_help)
     how = res.add_mutually_exclusive_group(required=True)
     how.add_argument("--executed", metavar="TICKET", help="it was executed: this is the broker's ticket")
     how.add_argument("--reexecute", action="store_true", help="it was not executed: execute it now")

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+import psycopg
 import psycopg_pool
 import redis
 from filelock import FileLock, Timeout
@@ -55,14 +56,41 @@ def resolve_urls(settings: Settings) -> tuple[str, str]:
 
 
 def ensure_schema_head(database_url: str, settings: Settings) -> None:
-    """Embedded default only: migrate to head, one process at a time."""
+    """Embedded default only: migrate to head, one process at a time, unless this release
+    cannot (a newer release migrated the state directory's database)."""
     try:
         with FileLock(str(settings.state_dir / "migrate.lock"), timeout=settings.startup_timeout_s):
-            if not migrate.is_at_head(database_url):
-                log.warning("migrating embedded database to %s", migrate.head_revision())
-                migrate.upgrade(database_url)
+            state = read_database(database_url, settings.startup_timeout_s)
+            if state.problem() is None:
+                return
+            if not state.upgradable:
+                raise StartupError(f"embedded {state.problem()}")
+            log.warning("migrating embedded database to %s", migrate.head_revision())
+            migrate.upgrade(database_url)
     except Timeout:
         raise StartupError("embedded servers: timed out waiting for another process to migrate") from None
+
+
+def read_database(database_url: str, timeout_s: float) -> migrate.SchemaState:
+    """The database's schema, retried while it cannot be reached (bounded by timeout_s)."""
+    try:
+        for attempt in _retrying(timeout_s, psycopg.OperationalError):
+            with attempt:
+                return migrate.schema_state(database_url)
+    except psycopg.OperationalError as e:
+        raise StartupError(
+            f"database at {redact(database_url)} unreachable after {timeout_s:g}s: {first_line(e)}"
+        ) from None
+    except psycopg.Error as e:  # reached, but it refused the schema queries (a permission, say)
+        raise StartupError(f"database at {redact(database_url)}: {first_line(e)}") from None
+    raise AssertionError("unreachable: Retrying either returns or reraises")
+
+
+def check_database(database_url: str, timeout_s: float) -> None:
+    """Reachable (within timeout_s) and at this release's schema head, or StartupError."""
+    problem = read_database(database_url, timeout_s).problem()
+    if problem is not None:
+        raise StartupError(problem)
 
 
 def _retrying(timeout_s: float, *errors: type[BaseException]) -> Retrying:
@@ -238,19 +266,7 @@ class Replica:
             ) from None
         finally:
             probe.close()
-        try:
-            for attempt in _retrying(timeout, Exception):
-                with attempt:
-                    current = migrate.current_revision(self._database_url)
-        except Exception as e:  # SQLAlchemy wraps the driver's errors; any of them means "unreachable"
-            raise StartupError(
-                f"database at {redact(self._database_url)} unreachable after {timeout:g}s: {first_line(e)}"
-            ) from None
-        head = migrate.head_revision()
-        if current != head:
-            raise StartupError(
-                f"database schema is at {current or 'base'}, this release needs {head}: run `haexec db upgrade`"
-            )
+        check_database(self._database_url, timeout)
         try:
             self.coordinator.open(timeout)
             self.engine_pool.open(wait=True, timeout=timeout)
@@ -261,9 +277,12 @@ class Replica:
                 with attempt:
                     self.broker.connect()
         except BrokerUnavailable as e:
-            raise StartupError(f"broker {self.settings.engine.broker}: {e}") from None
+            raise StartupError(f"broker {self.settings.engine.broker}: {first_line(e)}") from None
         except BrokerError as e:
             raise StartupError(f"broker {self.settings.engine.broker} unavailable after {timeout:g}s: {e}") from None
+        except psycopg.Error as e:  # the paper broker's tables
+            why = migrate.schema_mismatch(e) or f"broker {self.settings.engine.broker}: {first_line(e)}"
+            raise StartupError(why) from None
         try:
             limits = self.settings.http_limits
             self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)

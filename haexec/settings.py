@@ -4,6 +4,7 @@ is reported as one line naming the setting (exit status 2 at the CLI)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from coordinator.config import ConfigError, ElectionConfig
+from coordinator.config import MAX_TIMER_MS, ConfigError, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.risk import RiskLimits
@@ -73,6 +74,7 @@ class Settings:
     state_dir: Path
     startup_timeout_s: float
     engine: EngineSettings
+    log_level: str = "INFO"
 
     @property
     def embedded(self) -> bool:
@@ -95,6 +97,18 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
 def _int_or(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name)
     return default if value is None else value
+
+
+def _int_in(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    """The variable within [low, high] (None when unset), else a ConfigError naming it."""
+    value = _int(env, name)
+    if value is not None and not low <= value <= high:
+        raise ConfigError(name, f"must be {low}..{high} (got {value})")
+    return value
+
+
+MAX_STARTUP_TIMEOUT_S = 86_400
+MAX_MT5_ID = 2**63 - 1  # MT5 logins and magic numbers are 64-bit integers
 
 
 def parse_http(value: str, setting: str = "HAEXEC_HTTP") -> tuple[str, int]:
@@ -165,9 +179,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if broker not in BROKERS:
         raise ConfigError("HAEXEC_BROKER", f"must be one of {', '.join(BROKERS)} (got {broker!r})")
     startup = _int_or(env, "HAEXEC_STARTUP_TIMEOUT_S", 30)
-    if startup <= 0:
-        raise ConfigError("HAEXEC_STARTUP_TIMEOUT_S", f"must be positive (got {startup})")
+    if not 0 < startup <= MAX_STARTUP_TIMEOUT_S:
+        raise ConfigError(
+            "HAEXEC_STARTUP_TIMEOUT_S", f"must be positive and at most {MAX_STARTUP_TIMEOUT_S} s (got {startup})"
+        )
     return Settings(
+        log_level=log_level(env),
         election=election,
         redis_url=redis_url,
         database_url=database_url,
@@ -180,6 +197,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         startup_timeout_s=float(startup),
         engine=engine_settings(env, election, broker),
     )
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    """HAEXEC_LOG_LEVEL as a logging level name (any case); a name logging does not know is refused,
+    not quietly read as INFO."""
+    raw = env.get("HAEXEC_LOG_LEVEL") or "INFO"
+    known = set(logging.getLevelNamesMapping()) - {"NOTSET"}  # WARN and FATAL are logging's aliases
+    if raw.upper() not in known:
+        names = "CRITICAL, ERROR, WARNING, INFO, DEBUG"
+        raise ConfigError("HAEXEC_LOG_LEVEL", f"must be one of {names} (got {raw!r})")
+    return raw.upper()
 
 
 IN_DOUBT_POLICIES = ("hold", "reexecute")
@@ -217,13 +245,15 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
     if policy not in IN_DOUBT_POLICIES:
         raise ConfigError("HAEXEC_IN_DOUBT", f"must be one of {', '.join(IN_DOUBT_POLICIES)} (got {policy!r})")
     grace = _int_or(env, "HAEXEC_IN_DOUBT_GRACE_MS", 2 * deadline)
-    if grace <= deadline:
+    if not deadline < grace <= MAX_TIMER_MS:
         raise ConfigError(
-            "HAEXEC_IN_DOUBT_GRACE_MS", f"must be longer than the broker deadline ({grace} <= {deadline})"
+            "HAEXEC_IN_DOUBT_GRACE_MS",
+            f"must be longer than the broker deadline and at most {MAX_TIMER_MS} ms (got {grace}, deadline {deadline})",
         )
     sweep = _int_or(env, "HAEXEC_SWEEP_MS", 1000)
-    if sweep <= 0:
-        raise ConfigError("HAEXEC_SWEEP_MS", f"must be positive (got {sweep})")
+    if not 0 < sweep <= MAX_TIMER_MS:
+        raise ConfigError("HAEXEC_SWEEP_MS", f"must be positive and at most {MAX_TIMER_MS} ms (got {sweep})")
+    magic = _int_in(env, "HAEXEC_MT5_MAGIC", 0, MAX_MT5_ID)
     raw_balance = env.get("HAEXEC_PAPER_BALANCE") or "100000"
     try:
         balance = Decimal(raw_balance)
@@ -239,9 +269,9 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         sweep_ms=sweep,
         paper_balance=balance,
         risk=RiskLimits.from_env(env),
-        mt5_login=_int(env, "HAEXEC_MT5_LOGIN"),
+        mt5_login=_int_in(env, "HAEXEC_MT5_LOGIN", 1, MAX_MT5_ID),
         mt5_password=env.get("HAEXEC_MT5_PASSWORD") or None,
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
         mt5_path=env.get("HAEXEC_MT5_PATH") or None,
-        mt5_magic=_int_or(env, "HAEXEC_MT5_MAGIC", 770077),
+        mt5_magic=770077 if magic is None else magic,
     )

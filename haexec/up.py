@@ -4,6 +4,7 @@ configured servers), restarted when they crash, with a live view of who leads.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coordinator.config import ConfigError
 from coordinator.epoch import EpochStore
@@ -19,7 +21,7 @@ from coordinator.lease import redis_client
 from coordinator.view import ClusterView, read_view
 from db.session import SessionLimits, make_pool
 from haexec import settings as settings_mod
-from haexec.replica import StartupError, resolve_urls
+from haexec.replica import StartupError, check_database, resolve_urls
 
 RESTART_BACKOFF_MAX_S = 10.0
 
@@ -35,12 +37,16 @@ class Child:
     backoff_s: float = 0.5
     last_exit: int | None = None
     started_at: float = field(default_factory=time.monotonic)
+    log_offset: int = 0  # where this run's output starts in its log
+    last_error: str | None = None  # why it last died, while it has not come back
+    announced: bool = False  # seen in the registry since it was last started
 
 
 def _spawn(child: Child, env: dict[str, str]) -> None:
     child_env = {**env, "HAEXEC_INSTANCE_ID": child.instance_id, "HAEXEC_HTTP": child.http}
     log = open(child.log_path, "ab")
     try:
+        child.log_offset = os.fstat(log.fileno()).st_size
         child.proc = subprocess.Popen(
             [sys.executable, "-m", "haexec.cli", "run"],
             env=child_env,
@@ -52,6 +58,57 @@ def _spawn(child: Child, env: dict[str, str]) -> None:
     finally:
         log.close()
     child.started_at = time.monotonic()
+    child.announced = False
+
+
+def last_line(path: Path, offset: int, window: int = 8192) -> str | None:
+    """The last non-empty line written to `path` after `offset` (a one-line start-up failure,
+    or the last line of a traceback), or None."""
+    text = ""
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(offset, size - window))
+        text = f.read().decode(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else None
+
+
+def exit_reason(code: int, log_path: Path, offset: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return last_line(log_path, offset) or f"exit {code} with no output"
+
+
+def _alive(c: Child) -> bool:
+    return c.proc is not None and c.proc.poll() is None
+
+
+def role_of(c: Child, entry: dict[str, Any] | None) -> tuple[str, str]:
+    """(role, healthy) as the table shows them. A registry entry outlives its replica by up to
+    its TTL; one that stopped being refreshed is "unresponsive", whatever role it last claimed."""
+    if not _alive(c):
+        return ("stopped" if c.last_exit is None else f"exit {c.last_exit}"), "-"
+    if entry is None:
+        return ("unresponsive", "no") if c.announced else ("starting", "-")
+    if entry.get("unresponsive"):
+        return "unresponsive", "no"
+    return str(entry.get("role", "?")), str(entry.get("healthy", "-"))
+
+
+def _roles(view: ClusterView, children: list[Child]) -> tuple[str, ...]:
+    registered = {r.get("instance_id"): r for r in view.replicas}
+    return tuple(role_of(c, registered.get(c.instance_id))[0] for c in children)
+
+
+def _note_announced(view: ClusterView, children: list[Child]) -> None:
+    registered = {r.get("instance_id") for r in view.replicas if not r.get("unresponsive")}
+    for c in children:
+        if c.instance_id in registered and _alive(c):
+            c.announced = True
+            c.last_error = None  # it came back
 
 
 def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
@@ -65,13 +122,14 @@ def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
         registered = {r.get("instance_id"): r for r in view.replicas}
     else:
         registered = {}
-    lines.append(f"{'instance':<14}{'pid':>8}  {'role':<9}{'healthy':<9}{'http':<18}restarts")
+    lines.append(f"{'instance':<14}{'pid':>8}  {'role':<13}{'healthy':<9}{'http':<18}restarts")
     for c in children:
-        reg = registered.get(c.instance_id, {})
-        alive = c.proc is not None and c.proc.poll() is None
-        pid = str(c.proc.pid) if alive and c.proc else "-"
-        role = reg.get("role", "starting" if alive else f"exit {c.last_exit}")
-        lines.append(f"{c.instance_id:<14}{pid:>8}  {role:<9}{str(reg.get('healthy', '-')):<9}{c.http:<18}{c.restarts}")
+        pid = str(c.proc.pid) if _alive(c) and c.proc else "-"
+        role, healthy = role_of(c, registered.get(c.instance_id))
+        lines.append(f"{c.instance_id:<14}{pid:>8}  {role:<13}{healthy:<9}{c.http:<18}{c.restarts}")
+    for c in children:
+        if c.last_error:
+            lines.append(f"{c.instance_id} died: {c.last_error} (log {c.log_path})")
     for err in view.errors if view else []:
         lines.append(f"error: {err}")
     text = "\n".join(lines)
@@ -92,6 +150,8 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
     started_servers = base.embedded and running_servers(base.state_dir) is None
     try:
         redis_url, database_url = resolve_urls(base)
+        # Here, once: a replica would fail the same way, and be restarted to fail again.
+        check_database(database_url, base.startup_timeout_s)
     except StartupError as e:
         print(f"haexec up: {e}", file=sys.stderr)
         return 1
@@ -120,18 +180,21 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
             for c in children:
                 if c.proc is not None and c.proc.poll() is not None:
                     c.last_exit = c.proc.returncode
+                    c.last_error = exit_reason(c.last_exit, c.log_path, c.log_offset)
                     c.proc = None
                     # A replica that keeps dying right away backs off; one that ran a while restarts at once.
                     c.backoff_s = 0.5 if now - c.started_at > 30 else min(c.backoff_s * 2, RESTART_BACKOFF_MAX_S)
                     c.next_start = now + c.backoff_s
                     print(
-                        f"{c.instance_id} exited with {c.last_exit}; restarting in {c.backoff_s:.1f}s",
+                        f"{c.instance_id} exited with {c.last_exit}: {c.last_error} (log {c.log_path}); "
+                        f"restarting in {c.backoff_s:.1f}s",
                         file=sys.stderr,
                     )
                 if c.proc is None and now >= c.next_start:
                     c.restarts += 1
                     _spawn(c, env)
             view = read_view(client, epochs, base.election.stale_after_ms)
+            _note_announced(view, children)
             if tty:
                 sys.stdout.write(_render(view, children, tty=True))
                 sys.stdout.flush()
@@ -139,6 +202,7 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
                 summary = (
                     view.leader and (view.leader["instance_id"], view.leader["epoch"]),
                     view.split_brain,
+                    _roles(view, children),  # a replica dying or hanging is news too
                 )
                 if summary != last_summary:
                     sys.stdout.write(_render(view, children, tty=False))

@@ -1,8 +1,8 @@
 """`haexec drill SCENARIO` and `haexec drill random`: failure drills on a throwaway cluster.
 
 Bad input is one line and exit status 2; a drill that cannot start its servers, one line
-and 1; a drill that finds a violation (or a round the cluster did not recover from), the
-report and 1.
+and 1; a drill that finds a violation, a round the cluster did not recover from, or a goal
+it missed, the report and 1.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ from haexec.drill.scenarios import SCENARIOS
 
 EXIT_USAGE = 2
 DEFAULT_LEASE_MS = 3000
+# A drill runs on one machine: beyond these it measures the machine, not the cluster.
+MAX_REPLICAS = 16
+MAX_ROUNDS = 1000
+MAX_SECONDS = 86_400
+MAX_RATE = 10_000.0
 
 CHOICES = (*SCENARIOS, "all", "random")
 
@@ -61,14 +66,14 @@ def options(args: argparse.Namespace) -> object:
     scenario = args.scenario
     if scenario not in CHOICES:
         _usage_error(f"unknown scenario {scenario!r} (choose from {', '.join(CHOICES)})")
-    if args.replicas < 2:
-        _usage_error(f"--replicas must be >= 2 (got {args.replicas})")
-    if args.rounds < 1:
-        _usage_error(f"--rounds must be >= 1 (got {args.rounds})")
-    if args.seconds < 1:
-        _usage_error(f"--seconds must be >= 1 (got {args.seconds})")
-    if not args.rate > 0:
-        _usage_error(f"--rate must be positive (got {args.rate})")
+    if not 2 <= args.replicas <= MAX_REPLICAS:
+        _usage_error(f"--replicas must be >= 2 and <= {MAX_REPLICAS} (got {args.replicas})")
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        _usage_error(f"--rounds must be >= 1 and <= {MAX_ROUNDS} (got {args.rounds})")
+    if not 1 <= args.seconds <= MAX_SECONDS:
+        _usage_error(f"--seconds must be >= 1 and <= {MAX_SECONDS} (got {args.seconds})")
+    if not 0 < args.rate <= MAX_RATE:
+        _usage_error(f"--rate must be positive and <= {MAX_RATE:g} (got {args.rate})")
     try:
         ElectionConfig.for_lease("drill", "drill", args.lease_ms)
     except ConfigError as e:

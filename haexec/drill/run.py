@@ -118,7 +118,7 @@ def execute(opts: Options) -> int:
             print(json.dumps(doc, default=str))
         else:
             print("\n".join(_human(opts, doc)))
-        return EXIT_FAILED if (not verdict.ok or failed_rounds) else EXIT_OK
+        return exit_status(doc)
     except KeyboardInterrupt as e:
         _ignore_signals()
         log(f"interrupted ({e or 'SIGINT'}); stopping replicas, proxies and servers")
@@ -140,6 +140,19 @@ def execute(opts: Options) -> int:
         atexit.unregister(cluster.close)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+
+
+def missed_goals(doc: dict[str, Any]) -> list[str]:
+    """The goals the report prints as MISSED (`scenario.goal` under `all`)."""
+    return sorted(name for name, ok in doc["summary"].get("goals", {}).items() if not ok)
+
+
+def exit_status(doc: dict[str, Any]) -> int:
+    """1 when the checker found a violation, a round did not recover, or a goal was missed:
+    a drill that prints MISSED must not pass in a script or CI."""
+    if doc["check"]["violations"] or doc["summary"].get("failed_rounds") or missed_goals(doc):
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- phases

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from haexec.drill.cluster import find_libfaketime, free_port
+from haexec.drill.run import exit_status, missed_goals
 from haexec.drill.scenarios import FAILOVER, SCENARIOS
 from tests.support import REPO, wait_for
 
@@ -41,10 +42,15 @@ def run_drill(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[
 
 
 def json_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout: {done.stdout[-3000:]}\nstderr: {done.stderr[-3000:]}"
+    """The report; its exit status must be what the report says. A timing goal missed on a
+    busy machine exits 1 without any invariant broken: the callers check the invariants."""
+    why = f"exit {done.returncode}\nstdout: {done.stdout[-3000:]}\nstderr: {done.stderr[-3000:]}"
+    assert done.returncode in (0, 1), why
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, f"--json must print exactly one line, got {len(lines)}"
-    return json.loads(lines[0])
+    assert len(lines) == 1, f"--json must print exactly one line, got {len(lines)}\n{why}"
+    doc = json.loads(lines[0])
+    assert done.returncode == exit_status(doc), (missed_goals(doc), why)
+    return doc
 
 
 @pytest.mark.timeout(400)
@@ -89,8 +95,8 @@ def test_every_scenario_once_with_no_violation_and_a_timeline(tmp_path: Path) ->
 @pytest.mark.timeout(200)
 def test_one_scenario_prints_a_table_per_round() -> None:
     done = run_drill(["switchover", "--rounds", "2", *LEASE_ARGS], 180)
-    assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
+    assert done.returncode == (1 if "MISSED" in out else 0), done.stderr[-3000:]
     assert "== switchover" in out and "violations: none" in out
     rows = [ln for ln in out.splitlines() if re.match(r"^\s+[12]\s+r\d", ln)]
     assert len(rows) == 2, out
@@ -120,6 +126,10 @@ def test_a_short_random_schedule_is_reproducible_and_checked_clean() -> None:
         (["nosuch"], "unknown scenario 'nosuch'"),
         (["kill", "--rounds", "0"], "--rounds must be >= 1"),
         (["kill", "--replicas", "1"], "--replicas must be >= 2"),
+        (["kill", "--replicas", "1000"], "--replicas must be >= 2 and <= 16"),
+        (["kill", "--rounds", "99999999999999999999"], "--rounds must be >= 1 and <= 1000"),
+        (["random", "--seconds", "99999999"], "--seconds must be >= 1 and <= 86400"),
+        (["kill", "--rate", "inf"], "--rate must be positive and <= 10000"),
         (["random", "--seconds", "0"], "--seconds must be >= 1"),
         (["kill", "--rounds", "many"], "invalid int value"),
         (["redis-restart", "--redis-url", "redis://127.0.0.1:6399/0"], "cannot be run with --redis-url"),

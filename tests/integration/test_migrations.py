@@ -42,6 +42,13 @@ def test_upgrade_downgrade_upgrade(empty_db: str) -> None:
     assert TABLES <= tables(empty_db)
 
 
+def test_the_table_list_is_the_head_schema(empty_db: str) -> None:
+    migrate.upgrade(empty_db)
+    assert tables(empty_db) == migrate.TABLES
+    state = migrate.schema_state(empty_db)
+    assert state.revision == migrate.head_revision() and state.problem() is None
+
+
 def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Path) -> None:
     env = {"HAEXEC_DATABASE_URL": empty_db}
     up = run_cli(["db", "upgrade", "--backup-dir", str(tmp_path / "backups")], env)
@@ -52,6 +59,14 @@ def test_cli_upgrade_with_backup_current_and_history(empty_db: str, tmp_path: Pa
     assert current.returncode == 0 and "(head)" in current.stdout
     hist = run_cli(["db", "history"], env)
     assert hist.returncode == 0 and migrate.head_revision() in hist.stdout
+
+
+def test_backup_with_a_password_in_the_query_string(empty_db: str, tmp_path: Path) -> None:
+    # trust authentication ignores the password; the point is that pg_dump runs with the
+    # password-less connection string and the password file it is given
+    dump = migrate.backup(f"{empty_db}?password=not-in-argv&sslmode=disable", tmp_path)
+    assert dump.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == [dump.name]
 
 
 def test_failed_backup_refuses_to_migrate(empty_db: str, tmp_path: Path) -> None:

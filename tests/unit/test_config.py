@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import pytest
 
-from coordinator.config import ConfigError, ElectionConfig
+from coordinator.config import MAX_TIMER_MS, ConfigError, ElectionConfig
 from haexec import settings
 
 MS_FIELDS = [f.name for f in fields(ElectionConfig) if f.name.endswith("_ms")]
@@ -47,6 +47,12 @@ def test_frozen() -> None:
 def test_timers_positive_integers(name: str, bad: object) -> None:
     error = raises_naming(name, **{name: bad})
     assert "positive integer" in error.rule
+
+
+@pytest.mark.parametrize("name", MS_FIELDS)
+def test_timers_at_most_a_day(name: str) -> None:
+    error = raises_naming(name, **{name: MAX_TIMER_MS + 1})
+    assert f"at most {MAX_TIMER_MS}" in error.rule
 
 
 def test_lease_greater_than_renew_deadline() -> None:
@@ -301,3 +307,47 @@ def test_load_http_limits_defaults_and_overrides() -> None:
 def test_load_bad_http_limit_names_variable(var: str, raw: str) -> None:
     message = load_error({"HAEXEC_INSTANCE_ID": "r1", var: raw})
     assert message.startswith(f"{var}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("HAEXEC_LEASE_MS", "99999999999999999999"),
+        ("HAEXEC_LEASE_MS", str(MAX_TIMER_MS + 1)),
+        ("HAEXEC_RENEW_MS", "99999999999999999999"),
+        ("HAEXEC_STARTUP_TIMEOUT_S", "99999999999999999999"),
+        ("HAEXEC_SWEEP_MS", "99999999999999999999"),
+        ("HAEXEC_IN_DOUBT_GRACE_MS", "99999999999999999999"),
+        ("HAEXEC_BROKER_DEADLINE_MS", "99999999999999999999"),
+        ("HAEXEC_MT5_LOGIN", "99999999999999999999"),
+        ("HAEXEC_MT5_LOGIN", "0"),
+        ("HAEXEC_MT5_MAGIC", "99999999999999999999"),
+        ("HAEXEC_MT5_MAGIC", "-1"),
+        ("HAEXEC_RISK_MAX_OPEN_POSITIONS", "99999999999999999999"),
+    ],
+)
+def test_load_absurd_integer_names_variable(var: str, raw: str) -> None:
+    assert load_error({"HAEXEC_INSTANCE_ID": "r1", var: raw}).startswith(var)
+
+
+def test_load_largest_sane_lease() -> None:
+    s = settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_LEASE_MS": str(MAX_TIMER_MS)})
+    assert s.election.lease_ms == MAX_TIMER_MS
+
+
+@pytest.mark.parametrize("raw", ["LOUD", "verbose", "10", "NOTSET"])
+def test_load_unknown_log_level_names_variable(raw: str) -> None:
+    message = load_error({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_LOG_LEVEL": raw})
+    assert message.startswith("HAEXEC_LOG_LEVEL: ") and "DEBUG" in message
+
+
+@pytest.mark.parametrize(("raw", "level"), [("", "INFO"), ("debug", "DEBUG"), ("Warning", "WARNING"), ("WARN", "WARN")])
+def test_load_log_level(raw: str, level: str) -> None:
+    assert settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_LOG_LEVEL": raw}).log_level == level
+
+
+def test_the_open_position_caps_drills_and_benchmarks_use_are_within_bounds() -> None:
+    # both lift the cap so it never rejects a signal they count on executing
+    for raw in ("100000000", "1000000"):
+        s = settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_RISK_MAX_OPEN_POSITIONS": raw})
+        assert s.engine.risk.max_open_positions == int(raw)

@@ -13,6 +13,7 @@ import pytest
 from haexec.drill.checker import Acquired, Facts, OrderRow, SignalRow, check
 from haexec.drill.producer import Answer
 from haexec.drill.proxy import ProxyError, ProxyHub
+from haexec.drill.run import exit_status, missed_goals
 from haexec.drill.scenarios import RANDOM_WEIGHTS, REPLICA_FAULTS, random_schedule
 from haexec.drill.timeline import leader_bands
 
@@ -218,3 +219,34 @@ def test_leader_bands_end_at_the_step_down_or_the_next_epoch() -> None:
     f.history.insert(1, (2, "r1", 1, "released:switchover", 15.0))
     bands = leader_bands(f, 30.0)
     assert bands == [("r1", 1, 10.0, 15.0, "released:switchover"), ("r2", 2, 20.0, 30.0, "still leading")]
+
+
+# --------------------------------------------------------------------------- exit status
+
+
+def drill_doc(violations: int = 0, failed_rounds: int = 0, goals: dict[str, bool] | None = None) -> dict:
+    summary: dict = {"failed_rounds": failed_rounds}
+    if goals is not None:
+        summary["goals"] = goals
+    return {"summary": summary, "check": {"violations": violations}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "status"),
+    [
+        (drill_doc(goals={"lag_p99_le_50ms": True, "every_round_recovered": True}), 0),
+        (drill_doc(), 0),  # random: no goals
+        (drill_doc(goals={}), 0),  # every round skipped
+        (drill_doc(goals={"lag_p99_le_50ms": False, "every_round_recovered": True}), 1),
+        (drill_doc(goals={"kill.lag_p99_le_50ms": True, "switchover.switchover_p99_le_100ms": False}), 1),
+        (drill_doc(violations=1, goals={"lag_p99_le_50ms": True}), 1),
+        (drill_doc(failed_rounds=1), 1),
+    ],
+)
+def test_exit_status_is_1_for_a_violation_a_failed_round_or_a_missed_goal(doc: dict, status: int) -> None:
+    assert exit_status(doc) == status
+
+
+def test_missed_goals_are_named() -> None:
+    doc = drill_doc(goals={"b.x": False, "a.y": False, "c.z": True})
+    assert missed_goals(doc) == ["a.y", "b.x"]
