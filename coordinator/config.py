@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from common.errors import ConfigError
+
 # No timer of the protocol has a use beyond a day; a larger value is a typo (or an extra zero)
 # that would make a failover take forever.
 MAX_TIMER_MS = 86_400_000
-
-
-class ConfigError(ValueError):
-    """A setting breaks a rule. The message is one line naming the setting and the rule."""
-
-    def __init__(self, setting: str, rule: str) -> None:
-        super().__init__(f"{setting}: {rule}")
-        self.setting = setting
-        self.rule = rule
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ import psycopg
 import psycopg_pool
 import redis
 
+from common.clock import SYSTEM_CLOCK, Clock
+from common.errors import first_line
 from coordinator import metrics
-from coordinator.clock import SYSTEM_CLOCK, Clock
 from coordinator.config import ElectionConfig
 from coordinator.epoch import EpochStore, Reason
-from coordinator.errors import first_line
+from coordinator.fencing import NotLeader
 from coordinator.keys import handoff_event, holder_instance, parse_event, released_event
 from coordinator.lease import RedisLease, RenewStatus
 
@@ -43,10 +44,6 @@ REDIS_ERRORS = (redis.RedisError,)
 class Role(enum.Enum):
     FOLLOWER = "follower"
     LEADER = "leader"
-
-
-class NotLeader(Exception):
-    """This replica may not act: it is not leader, or its lease is no longer trusted."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ import psycopg
 CHECK_EPOCH_SQL = "SELECT epoch, released_at IS NULL FROM leader_record WHERE cluster = %s FOR KEY SHARE"
 
 
+class NotLeader(Exception):
+    """This replica may not act: it is not leader, or its lease is no longer trusted."""
+
+
 class EpochSuperseded(Exception):
     """The epoch this write was fenced with is no longer the cluster's current, held epoch."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from coordinator.clock import Clock
+from common.clock import Clock
 from coordinator.keys import events_channel, leader_key, lease_value, reserved_value
 from coordinator.redis_url import make_client
 

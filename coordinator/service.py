@@ -18,13 +18,13 @@ from typing import Any
 import psycopg
 import redis
 
-from coordinator.clock import SYSTEM_CLOCK, Clock
+from common.clock import SYSTEM_CLOCK, Clock
+from common.errors import first_line
 from coordinator.config import ElectionConfig
-from coordinator.elector import DB_ERRORS, Elector, Fence, NotLeader, OnStarted, OnStopped
+from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped
 from coordinator.epoch import EpochStore, HistoryEntry, Reason
-from coordinator.errors import first_line
 from coordinator.events import EventListener
-from coordinator.fencing import fenced
+from coordinator.fencing import NotLeader, fenced
 from coordinator.lease import RedisLease, redis_client
 from coordinator.registry import RegistryPublisher, list_replicas
 from coordinator.view import ClusterView, read_view

@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
+from common.errors import first_line
 from coordinator.elector import DB_ERRORS
 from coordinator.epoch import EpochStore
-from coordinator.errors import first_line
 from coordinator.keys import holder_instance, leader_key
 from coordinator.registry import list_replicas
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 from prometheus_client import Gauge
 
-from coordinator.clock import SYSTEM_CLOCK, Clock
+from common.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("haexec.engine.breaker")
 

@@ -20,9 +20,9 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
 
-from coordinator.elector import Fence, NotLeader
-from coordinator.errors import first_line
-from coordinator.fencing import EpochSuperseded
+from common.errors import first_line
+from coordinator.elector import Fence
+from coordinator.fencing import EpochSuperseded, NotLeader
 from db.session import SessionLimits, connect
 from engine import controls, metrics, store
 from engine.breaker import CircuitBreaker

@@ -43,7 +43,8 @@ from decimal import (
 )
 from typing import Literal
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
+from common.numbers import ascii_decimal, ascii_int
 from engine.brokers.base import Account, SymbolSpec
 from engine.model import SignalIntent
 
@@ -146,13 +147,13 @@ class RiskLimits:
                 continue
             if f.name == "max_open_positions":
                 try:
-                    values[f.name] = int(raw.strip())
+                    values[f.name] = ascii_int(raw.strip())
                 except ValueError:
                     raise ConfigError(name, f"must be an integer >= 1 (got {raw!r})") from None
             else:
                 try:
-                    values[f.name] = Decimal(raw.strip())
-                except InvalidOperation:
+                    values[f.name] = ascii_decimal(raw.strip())
+                except ValueError:
                     raise ConfigError(name, f"must be a decimal number (got {raw!r})") from None
         try:
             return cls(**values)  # type: ignore[arg-type]

@@ -46,8 +46,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from coordinator.config import ConfigError
-from coordinator.errors import first_line
+from common.errors import ConfigError, first_line
 
 log = logging.getLogger("haexec.alerts")
 

@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
+from common.numbers import ascii_int
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `haexec --help` stays quick
     from psycopg_pool import ConnectionPool
@@ -122,7 +123,7 @@ def open_database(url: str, name: str, timeout_ms: int = 5000, max_size: int = 1
     import psycopg
     from psycopg_pool import PoolTimeout
 
-    from coordinator.errors import first_line
+    from common.errors import first_line
     from db import migrate
     from db.session import SessionLimits, connect, make_pool
     from db.urls import redact
@@ -154,7 +155,7 @@ def _redis(url: str) -> Redis:
     """A client on a Redis that answered a PING, or CommandError naming it (password redacted)."""
     import redis
 
-    from coordinator.errors import first_line
+    from common.errors import first_line
     from coordinator.lease import redis_client
     from coordinator.redis_url import redact_redis_url
 
@@ -341,7 +342,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     except (migrate.MigrationError, CommandError) as e:
         raise CommandError(str(e)) from None
     except Exception as e:  # alembic/SQLAlchemy: unknown revision, unreachable database
-        from coordinator.errors import first_line
+        from common.errors import first_line
 
         raise CommandError(f"db {args.db_command}: {first_line(e)}") from None
     return 0
@@ -372,9 +373,9 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
 
     def parse(value: str) -> int:
         try:
-            n = int(value)
+            n = ascii_int(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer (got {value!r})") from None
+            raise argparse.ArgumentTypeError(f"must be an integer in ASCII digits (got {value!r})") from None
         if not low <= n <= high:
             raise argparse.ArgumentTypeError(f"must be {low}..{high} (got {n})")
         return n
@@ -473,7 +474,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg_pool import PoolTimeout
 
-    from coordinator.errors import first_line
+    from common.errors import first_line
     from db.migrate import schema_mismatch
     from haexec.cli_engine import EngineCommandError
 

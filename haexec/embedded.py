@@ -43,7 +43,7 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from coordinator.errors import first_line
+from common.errors import first_line
 
 __all__ = [
     "EmbeddedError",

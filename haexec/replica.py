@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from coordinator.errors import first_line
+from common.errors import first_line
 from coordinator.lease import redis_client
 from coordinator.redis_url import redact_redis_url
 from coordinator.service import Coordinator

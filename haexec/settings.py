@@ -9,10 +9,12 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
-from coordinator.config import MAX_TIMER_MS, ConfigError, ElectionConfig
+from common.errors import ConfigError
+from common.numbers import ascii_decimal, ascii_int
+from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.risk import RiskLimits
@@ -89,9 +91,9 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        return ascii_int(raw)
     except ValueError:
-        raise ConfigError(name, f"must be an integer (got {raw!r})") from None
+        raise ConfigError(name, f"must be an integer in ASCII digits (got {raw!r})") from None
 
 
 def _int_or(env: Mapping[str, str], name: str, default: int) -> int:
@@ -256,8 +258,8 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
     magic = _int_in(env, "HAEXEC_MT5_MAGIC", 0, MAX_MT5_ID)
     raw_balance = env.get("HAEXEC_PAPER_BALANCE") or "100000"
     try:
-        balance = Decimal(raw_balance)
-    except InvalidOperation:
+        balance = ascii_decimal(raw_balance)
+    except ValueError:
         raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be a decimal number (got {raw_balance!r})") from None
     if not balance.is_finite() or balance <= 0:
         raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be positive (got {raw_balance!r})")

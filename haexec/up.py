@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
 from coordinator.epoch import EpochStore
 from coordinator.lease import redis_client
 from coordinator.view import ClusterView, read_view

@@ -14,7 +14,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
 
-from coordinator.errors import first_line
+from common.errors import first_line
 from coordinator.fencing import fenced
 from engine.brokers.base import (
     Account,

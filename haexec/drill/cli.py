@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from coordinator.config import ConfigError, ElectionConfig
+from common.errors import ConfigError
+from coordinator.config import ElectionConfig
 from haexec.drill.scenarios import SCENARIOS
 
 EXIT_USAGE = 2

@@ -89,6 +89,9 @@ def test_a_closed_stdout_ends_quietly_with_141(
         ({"HAEXEC_LEASE_MS": "99999999999999999999"}, "HAEXEC_LEASE_MS"),
         ({"HAEXEC_STARTUP_TIMEOUT_S": "99999999999999999999"}, "HAEXEC_STARTUP_TIMEOUT_S"),
         ({"HAEXEC_LOG_LEVEL": "LOUD"}, "HAEXEC_LOG_LEVEL"),
+        ({"HAEXEC_SWEEP_MS": "１０００"}, "HAEXEC_SWEEP_MS"),
+        ({"HAEXEC_PAPER_BALANCE": "１００"}, "HAEXEC_PAPER_BALANCE"),
+        ({"HAEXEC_RISK_MAX_RISK_PCT": "２"}, "HAEXEC_RISK_MAX_RISK_PCT"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], names: str) -> None:

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from common.clock import FakeClock
 from coordinator import service
-from coordinator.clock import FakeClock
 from coordinator.config import ElectionConfig
-from coordinator.elector import NotLeader
-from coordinator.fencing import EpochSuperseded, fenced
+from coordinator.fencing import EpochSuperseded, NotLeader, fenced
 from coordinator.service import Coordinator
 from db.urls import libpq_url
 from tests.support import history, wait_for

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from coordinator.clock import FakeClock
+from common.clock import FakeClock
 from coordinator.epoch import EpochStore
 from db.session import SessionLimits, make_pool
 from tests.unit.memory_store import MemoryEpochStore

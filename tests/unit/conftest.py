@@ -10,7 +10,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from coordinator.clock import FakeClock
+from common.clock import FakeClock
 from coordinator.config import ElectionConfig
 from coordinator.elector import Elector, OnStarted, OnStopped
 from coordinator.lease import RedisLease

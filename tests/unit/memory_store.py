@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from coordinator.clock import FakeClock
+from common.clock import FakeClock
 from coordinator.epoch import HistoryEntry, LeaderRecord, event_of
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
 from haexec import alerts
 from haexec.alerts import AlertSink, NullSink, parse_webhook_url, redact_url
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from coordinator.clock import FakeClock
+from common.clock import FakeClock
 from engine.breaker import BreakerState, CircuitBreaker, CircuitOpen
 
 SLOW_MS = 1_000.0

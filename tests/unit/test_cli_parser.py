@@ -16,6 +16,8 @@ from haexec.cli import MAX_LIMIT, MAX_REPLICAS, build_parser
         ["up", "--http-base-port", "70000"],
         ["signal", "list", "--limit", str(MAX_LIMIT + 1)],
         ["history", "--limit", "0"],
+        ["history", "--limit", "１０"],  # full-width digits: int() takes them, we do not
+        ["signal", "list", "--limit", " 5"],
         ["switchover", "--timeout", "0"],
         ["switchover", "--timeout", "inf"],
     ],

@@ -7,7 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-from coordinator.config import MAX_TIMER_MS, ConfigError, ElectionConfig
+from common.errors import ConfigError
+from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from haexec import settings
 
 MS_FIELDS = [f.name for f in fields(ElectionConfig) if f.name.endswith("_ms")]

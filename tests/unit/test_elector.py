@@ -16,7 +16,8 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from coordinator.elector import Elector, NotLeader, Role
+from coordinator.elector import Elector, Role
+from coordinator.fencing import NotLeader
 from coordinator.lease import TOKEN_BYTES
 from tests.unit.conftest import Cluster, Events
 

@@ -7,7 +7,7 @@ import redis
 from redis.connection import SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
 from coordinator.lease import redis_client
 from coordinator.redis_url import (
     DEFAULT_SENTINEL_PORT,

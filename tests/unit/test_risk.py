@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.config import ConfigError
+from common.errors import ConfigError
 from engine.brokers.base import Account
 from engine.model import OrderType, Side, SignalIntent
 from engine.risk import (
