@@ -2,10 +2,10 @@
 
 `pump()` asks the source for what happened since the last pump (ticks after the last one
 delivered, bars closed after the last close delivered) and hands each to its handlers in
-time order. A thread (`FeedRunner`) or a test calls it. A pump that fell behind by more
-than `max_backlog_ms` skips the older ticks (they would be stale) and says so in the log;
-bar closes are never skipped. A handler that raises is logged and does not stop the pump
-or the other handlers.
+time order. A thread (`FeedRunner`) or a test calls it. On a live source (sim, mt5) a
+pump that fell behind by more than `max_backlog_ms` skips the older ticks (they would be
+stale) and says so in the log; a replay delivers every tick; bar closes are never
+skipped. A handler that raises is logged and does not stop the pump or the others.
 """
 
 from __future__ import annotations
@@ -109,10 +109,11 @@ class Feed:
 
     def _pump_ticks(self, subs: list[Subscription]) -> int:
         now = self.source.now_ms()
+        live = getattr(self.source, "live", True)  # a replay delivers every event, however far behind
         delivered = 0
         for symbol in sorted({s for sub in subs if sub.on_tick for s in sub.symbols}):
             after = self._tick_cursor.get(symbol, now)
-            if now - after > self.max_backlog_ms:
+            if live and now - after > self.max_backlog_ms:
                 log.warning(
                     "market feed %s: %s ticks of %.1f s skipped (the pump fell behind)",
                     self.source.name,
@@ -128,7 +129,7 @@ class Feed:
                     delivered += self._call(handler, tick)
             if len(ticks):
                 self._tick_cursor[symbol] = int(ticks.time_ms[-1])
-            elif now - after > self.max_backlog_ms:
+            elif live and now - after >= self.max_backlog_ms:
                 self._tick_cursor[symbol] = after
         return delivered
 

@@ -433,6 +433,7 @@ class SimSource:
     """The `Source` protocol over the synthetic paths. `clock` returns epoch ms (UTC)."""
 
     name = "sim"
+    live = True
 
     def __init__(
         self,
