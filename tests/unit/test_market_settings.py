@@ -56,3 +56,18 @@ def test_each_bad_value_is_one_line_naming_the_variable(env: dict[str, str], mes
     with pytest.raises(ConfigError) as e:
         market_settings(env)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_open_source_builds_what_the_settings_name(tmp_path: Path) -> None:
+    from engine.market import MT5Source, ReplaySource, SimSource, open_source
+
+    sim = open_source(market_settings({"HAEXEC_MARKET_SEED": "5", "HAEXEC_MARKET_SYMBOLS": "EURUSD,DXY"}))
+    assert isinstance(sim, SimSource) and sim.symbols() == ["EURUSD", "DXY"] and sim.seed == 5
+    f = tmp_path / "t.csv"
+    f.write_text("time,symbol,bid,ask\n2026-01-05T10:00:00Z,EURUSD,1.1,1.2\n")
+    replay = open_source(market_settings({"HAEXEC_MARKET": f"replay:{f}", "HAEXEC_MARKET_SPEED": "max"}))
+    assert isinstance(replay, ReplaySource) and replay.speed is None
+    from tests.fakes import MetaTrader5 as fake_mt5
+
+    mt5 = open_source(market_settings({"HAEXEC_MARKET": "mt5"}), mt5_run=lambda what, job, t: job(fake_mt5))
+    assert isinstance(mt5, MT5Source)
