@@ -45,6 +45,7 @@ TABLES = frozenset(
         "controls",
         "reconciliations",
         "broker_positions",
+        "market_replay_cursor",
     }
 )
 

@@ -22,7 +22,11 @@ Test controls live on a `FakeTerminal`, reachable as `MetaTrader5._fake` and rep
   (`entered` / `returned` events tell the test where it is);
 - `fail_next("positions_get", code, text)`: the next call returns None with that error;
 - `connected`, `trade_allowed`, `init_failures`, `comment_limit` (the "broker" truncates
-  stored comments to that many characters), `none_when_empty`, `now` (server time).
+  stored comments to that many characters), `none_when_empty`, `now` (server time);
+- market data: `add_rates(symbol, timeframe, rows)` and `add_ticks(symbol, rows)` feed
+  `copy_rates_from_pos` and `copy_ticks_from`, which answer numpy structured arrays with
+  the real dtypes (numpy is a dependency of haexec, as of the real package);
+  `set_book(symbol, entries)` feeds `market_book_get` (after `market_book_add`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 __author__ = "haexec tests (fake)"
 __version__ = "5.0.45-fake"
@@ -95,7 +101,58 @@ DEAL_ENTRY_INOUT = 2
 DEAL_ENTRY_OUT_BY = 3
 
 SYMBOL_TRADE_MODE_DISABLED = 0
+SYMBOL_TRADE_MODE_LONGONLY = 1
+SYMBOL_TRADE_MODE_SHORTONLY = 2
+SYMBOL_TRADE_MODE_CLOSEONLY = 3
 SYMBOL_TRADE_MODE_FULL = 4
+
+TIMEFRAME_M1 = 1
+TIMEFRAME_M5 = 5
+TIMEFRAME_M15 = 15
+TIMEFRAME_M30 = 30
+TIMEFRAME_H1 = 16385
+TIMEFRAME_H4 = 16388
+TIMEFRAME_D1 = 16408
+_TIMEFRAME_SECONDS = {1: 60, 5: 300, 15: 900, 30: 1800, 16385: 3600, 16388: 14400, 16408: 86400}
+
+COPY_TICKS_ALL = -1
+COPY_TICKS_INFO = 1
+COPY_TICKS_TRADE = 2
+TICK_FLAG_BID = 2
+TICK_FLAG_ASK = 4
+TICK_FLAG_LAST = 8
+TICK_FLAG_VOLUME = 16
+
+BOOK_TYPE_SELL = 1
+BOOK_TYPE_BUY = 2
+BOOK_TYPE_SELL_MARKET = 3
+BOOK_TYPE_BUY_MARKET = 4
+
+# The dtypes the real package answers copy_rates_* and copy_ticks_* with.
+RATES_DTYPE = np.dtype(
+    [
+        ("time", "<i8"),
+        ("open", "<f8"),
+        ("high", "<f8"),
+        ("low", "<f8"),
+        ("close", "<f8"),
+        ("tick_volume", "<u8"),
+        ("spread", "<i4"),
+        ("real_volume", "<u8"),
+    ]
+)
+TICKS_DTYPE = np.dtype(
+    [
+        ("time", "<i8"),
+        ("bid", "<f8"),
+        ("ask", "<f8"),
+        ("last", "<f8"),
+        ("volume", "<u8"),
+        ("time_msc", "<i8"),
+        ("flags", "<u4"),
+        ("volume_real", "<f8"),
+    ]
+)
 # SymbolInfo.filling_mode is a bit mask: 1 = FOK allowed, 2 = IOC allowed. The Python package
 # does not export SYMBOL_FILLING_* names, so the fake does not either.
 _FILL_FOK_BIT = 1
@@ -192,6 +249,7 @@ OrderCheckResult = namedtuple(
     "retcode balance equity profit margin margin_free margin_level comment request",
 )
 Tick = namedtuple("Tick", "time bid ask last volume time_msc flags volume_real")
+BookInfo = namedtuple("BookInfo", "type price volume volume_dbl")
 AccountInfo = namedtuple(
     "AccountInfo",
     "login trade_mode leverage limit_orders margin_so_mode trade_allowed trade_expert "
@@ -288,6 +346,10 @@ class FakeTerminal:
         self.returned = threading.Event()  # the hung call has returned
         self.release_event = threading.Event()
         self.hang_limit_s = 10.0  # a forgotten hang unblocks itself
+        self.rates: dict[tuple[str, int], list[tuple[Any, ...]]] = {}  # oldest first
+        self.tick_log: dict[str, list[tuple[Any, ...]]] = {}  # oldest first
+        self.books: dict[str, list[Any]] = {}
+        self.book_subscriptions: set[str] = set()
         # Realistic specs for a USD account: a standard FX lot, a 100 oz gold lot, and an EUR
         # index whose tick value is converted to USD (1 EUR per point per lot at 1.08 USD).
         self.add_symbol("EURUSD", bid=1.10000, ask=1.10010, digits=5)
@@ -370,6 +432,27 @@ class FakeTerminal:
             "currency_profit": currency_profit or name[3:],
             "path": path or f"Forex\\{name}",
         }
+
+    def add_rates(self, symbol: str, timeframe: int, rows: list[tuple[Any, ...]]) -> None:
+        """rows: (time seconds, open, high, low, close, tick_volume, spread, real_volume)."""
+        self.rates.setdefault((symbol, timeframe), []).extend(rows)
+        self.rates[(symbol, timeframe)].sort(key=lambda r: r[0])
+
+    def add_ticks(self, symbol: str, rows: list[tuple[Any, ...]]) -> None:
+        """rows: (time_msc, bid, ask[, last, volume, flags]); the latest is also the quote."""
+        for r in rows:
+            time_msc, bid, ask = r[0], r[1], r[2]
+            last = r[3] if len(r) > 3 else 0.0
+            volume = r[4] if len(r) > 4 else 0
+            flags = r[5] if len(r) > 5 else TICK_FLAG_BID | TICK_FLAG_ASK
+            self.tick_log.setdefault(symbol, []).append(
+                (time_msc // 1000, bid, ask, last, volume, time_msc, flags, float(volume))
+            )
+        self.tick_log[symbol].sort(key=lambda r: r[5])
+
+    def set_book(self, symbol: str, entries: list[tuple[int, float, float]]) -> None:
+        """entries: (BOOK_TYPE_*, price, volume), best first as the terminal lists them."""
+        self.books[symbol] = [BookInfo(t, p, int(v), float(v)) for t, p, v in entries]
 
     def set_tick(self, symbol: str, bid: float, ask: float) -> None:
         self.symbols[symbol].update(bid=bid, ask=ask)
@@ -485,6 +568,9 @@ class FakeTerminal:
         return comment if self.comment_limit is None else comment[: self.comment_limit]
 
     def _tick(self, symbol: str) -> Any:
+        log = self.tick_log.get(symbol)
+        if log:  # the latest recorded tick is the quote
+            return Tick(*log[-1])
         s = self.symbols[symbol]
         now = self.now()
         return Tick(int(now), s["bid"], s["ask"], 0.0, 0, int(now * 1000), 6, 0.0)
@@ -1051,3 +1137,70 @@ def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
         0,
         _trade_request(r),
     )
+
+
+# -- market data ------------------------------------------------------------------------------
+
+
+@_api()
+def copy_rates_from_pos(t: FakeTerminal, symbol: str, timeframe: int, start_pos: int, count: int) -> Any:
+    """Bars from `start_pos` (0 = the bar forming now) back, `count` of them, oldest first:
+    a numpy structured array (RATES_DTYPE), or None with last_error."""
+    if symbol not in t.symbols or timeframe not in _TIMEFRAME_SECONDS or start_pos < 0 or count <= 0:
+        t.error = (RES_E_INVALID_PARAMS, "Terminal: Invalid params")
+        return None
+    rows = t.rates.get((symbol, timeframe), [])
+    end = len(rows) - start_pos
+    picked = rows[max(0, end - count) : max(0, end)]
+    t.error = _OK
+    return np.array([tuple(r) for r in picked], dtype=RATES_DTYPE)
+
+
+@_api()
+def copy_ticks_from(t: FakeTerminal, symbol: str, date_from: datetime | int | float, count: int, flags: int) -> Any:
+    """Up to `count` ticks at or after `date_from` (datetime, or seconds since 1970), oldest
+    first: a numpy structured array (TICKS_DTYPE), or None with last_error."""
+    if symbol not in t.symbols or count <= 0 or flags not in (COPY_TICKS_ALL, COPY_TICKS_INFO, COPY_TICKS_TRADE):
+        t.error = (RES_E_INVALID_PARAMS, "Terminal: Invalid params")
+        return None
+    since_ms = int(_epoch_s(date_from) * 1000)
+    out = []
+    for r in t.tick_log.get(symbol, []):
+        if r[5] < since_ms:
+            continue
+        if flags == COPY_TICKS_INFO and not r[6] & (TICK_FLAG_BID | TICK_FLAG_ASK):
+            continue
+        if flags == COPY_TICKS_TRADE and not r[6] & (TICK_FLAG_LAST | TICK_FLAG_VOLUME):
+            continue
+        out.append(r)
+        if len(out) == count:
+            break
+    t.error = _OK
+    return np.array(out, dtype=TICKS_DTYPE)
+
+
+@_api()
+def market_book_add(t: FakeTerminal, symbol: str) -> bool:
+    if symbol not in t.symbols:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return False
+    t.book_subscriptions.add(symbol)
+    t.error = _OK
+    return True
+
+
+@_api()
+def market_book_get(t: FakeTerminal, symbol: str) -> Any:
+    """A tuple of BookInfo(type, price, volume, volume_dbl), or None when not subscribed."""
+    if symbol not in t.book_subscriptions:
+        t.error = (RES_E_FAIL, "Terminal: Call failed")
+        return None
+    t.error = _OK
+    return tuple(t.books.get(symbol, []))
+
+
+@_api()
+def market_book_release(t: FakeTerminal, symbol: str) -> bool:
+    t.book_subscriptions.discard(symbol)
+    t.error = _OK
+    return True
