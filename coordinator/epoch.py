@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from common.timefmt import iso_utc
+
 READ_SQL = """
 SELECT epoch, instance_id, released_at IS NOT NULL, handoff_to,
        EXTRACT(EPOCH FROM clock_timestamp() - heartbeat_at) * 1000,
@@ -193,4 +195,4 @@ class EpochStore:
     def history(self, limit: int) -> list[HistoryEntry]:
         with self._pool.connection() as conn:
             rows = conn.execute(LATEST_HISTORY_SQL, (self.cluster, limit)).fetchall()
-        return [HistoryEntry(r[0], int(r[1]), r[2], r[3], r[4].isoformat()) for r in rows]
+        return [HistoryEntry(r[0], int(r[1]), r[2], r[3], iso_utc(r[4])) for r in rows]

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from common.timefmt import iso_utc
 from engine import metrics
 
 READ_SQL = "SELECT halted, reason, actor, at FROM controls WHERE cluster = %s"
@@ -34,7 +35,7 @@ class KillSwitch:
         """One line: the reason every rejected signal carries, and what status shows."""
         state = "trading is halted" if self.halted else "trading"
         who = f" by {self.actor}" if self.actor else ""
-        when = f" since {self.at.isoformat(timespec='seconds')}" if self.at else ""
+        when = f" since {iso_utc(self.at)}" if self.at else ""
         why = f": {self.reason}" if self.reason else ""
         return f"{state}{who}{when}{why}"
 
@@ -43,7 +44,7 @@ class KillSwitch:
             "halted": self.halted,
             "reason": self.reason,
             "actor": self.actor,
-            "at": self.at.isoformat() if self.at else None,
+            "at": iso_utc(self.at) if self.at else None,
         }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from common.timefmt import iso_utc
 from engine.model import SignalStatus
 
 NOTIFY_CHANNEL = "haexec_signals"
@@ -427,7 +428,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso_utc(value)
     if isinstance(value, Decimal):
         return str(value)
     return value

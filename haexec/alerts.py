@@ -32,7 +32,6 @@ import uuid
 import weakref
 from base64 import b64encode
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
@@ -47,6 +46,7 @@ from tenacity import (
 )
 
 from common.errors import ConfigError, first_line
+from common.timefmt import now_iso
 
 log = logging.getLogger("haexec.alerts")
 
@@ -239,10 +239,6 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, urllib.error.URLError | OSError | http.client.HTTPException)
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class AlertSink:
     """Posts alerts to one webhook from one daemon thread; emit() only enqueues."""
 
@@ -331,7 +327,7 @@ class AlertSink:
             "message": message,
             "cluster": self.cluster,
             "instance_id": self.instance_id,
-            "at": _now_iso(),
+            "at": now_iso(),
         }
         for key, value in fields.items():
             body.setdefault(key, value)

@@ -81,6 +81,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from common.timefmt import iso_utc
 from engine.brokers.base import (
     Account,
     BrokerError,
@@ -831,7 +832,7 @@ class MT5Broker:
             # The last moment before order_send: re-check expiry and what the order risks at
             # the price it goes at now, which may have moved since it was sized.
             if req.expires_at is not None and self._utcnow() >= req.expires_at:
-                raise _Expired(f"expired at {req.expires_at.isoformat()} before it was sent")
+                raise _Expired(f"expired at {iso_utc(req.expires_at)} before it was sent")
             info, tick = self._symbol(m, symbol, tick=not limit)
             digits = int(info.digits)
             if limit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -446,3 +447,27 @@ def test_switchover_to_the_leader_says_so_and_exits_0(
     as_json = run_cli(["switchover", "--to", leader.instance_id, "--json"], env)
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["already_leader"] is True
     assert the_leader(replicas) is leader and epoch_of(leader) == epoch  # nothing was handed over
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def test_every_timestamp_has_one_form(cluster: str, redis_url: str, database_url: str) -> None:
+    """ISO 8601, UTC, milliseconds, Z: in history, signal list and signal show, JSON and text,
+    whatever the database session's time zone."""
+    env = {**cluster_env(cluster, redis_url, database_url), "PGTZ": "Asia/Kolkata"}
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO leadership_history (cluster, instance_id, epoch, event, reason) "
+            "VALUES (%s, 'r1', 1, 'acquired', 'acquired')",
+            (cluster,),
+        )
+    good = {"source": "cli", "symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.1"}
+    submitted = run_cli(["signal", "submit", "--json", json.dumps({**good, "price": "1.1", "sl": "1"})], env)
+    fp = json.loads(submitted.stdout)["fingerprint"]
+    history = json.loads(run_cli(["history", "--json"], env).stdout)
+    listed = json.loads(run_cli(["signal", "list", "--json"], env).stdout)
+    shown = json.loads(run_cli(["signal", "show", fp, "--json"], env).stdout)
+    stamps = [history[0]["at"], listed[0]["received_at"], shown["received_at"], shown["events"][0]["at"]]
+    assert all(ISO_UTC.fullmatch(s) for s in stamps), stamps
+    assert ISO_UTC.search(run_cli(["history"], env).stdout)
