@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run: `haexec -
     from redis import Redis
 
     from coordinator.view import ClusterView
+    from engine.controls import KillSwitch
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -168,9 +169,10 @@ def _redis(url: str) -> Redis:
     return client
 
 
-def _read_view(args: argparse.Namespace) -> ClusterView:
+def _read_view(args: argparse.Namespace) -> tuple[ClusterView, KillSwitch]:
     from coordinator.epoch import EpochStore
     from coordinator.view import read_view
+    from engine import controls
     from haexec import settings as settings_mod
 
     election = settings_mod.election_config(_env_with(args))
@@ -180,22 +182,25 @@ def _read_view(args: argparse.Namespace) -> ClusterView:
         with open_database(database_url, "haexec-status", timeout_ms=2000) as pool:
             epochs = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms)
             view = read_view(client, epochs, election.stale_after_ms)
+            with pool.connection() as conn:
+                switch = controls.read(conn, election.cluster)
     finally:
         client.close()
     if view.errors:  # both answered a moment ago: a store went away meanwhile
         raise CommandError(view.errors[0])
-    return view
+    return view, switch
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    view = _read_view(args)
+    view, switch = _read_view(args)
     if args.json:
-        print(json.dumps(view.as_dict(), default=str))
+        print(json.dumps({**view.as_dict(), "kill_switch": switch.as_dict()}, default=str))
     else:
         leader = view.leader
         print(f"cluster     {view.cluster}")
         who = f"{leader['instance_id']} (epoch {leader['epoch']})" if leader else "-"
         print(f"leader      {who}")
+        print(f"trading     {'HALTED' if switch.halted else 'on'}: {switch.describe()}")
         print(f"redis       {view.redis_leader or '-'} (pttl {view.lease_pttl_ms} ms)")
         age = f"{view.db_heartbeat_age_ms:.0f} ms ago" if view.db_heartbeat_age_ms is not None else "never"
         released = ", released" if view.db_released else ""
@@ -212,7 +217,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_leader(args: argparse.Namespace) -> int:
-    view = _read_view(args)
+    view, _ = _read_view(args)
     leader = view.leader
     http = None
     if leader:
@@ -235,7 +240,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    before = _read_view(args)
+    before, _ = _read_view(args)
     leader = before.leader
     if leader is None:
         raise CommandError("no leader to switch over from")
@@ -268,7 +273,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
         raise CommandError(f"leader at {http} unreachable: {e}") from None
     deadline = started + args.timeout
     while time.monotonic() < deadline:
-        view = _read_view(args)
+        view, _ = _read_view(args)
         now = view.leader
         if now is not None and now["epoch"] > leader["epoch"]:
             took_ms = (time.monotonic() - started) * 1000

@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import psycopg_pool
+from psycopg_pool import ConnectionPool
+
 from common.errors import ConfigError
 from coordinator.epoch import EpochStore
 from coordinator.lease import redis_client
 from coordinator.view import ClusterView, read_view
 from db.session import SessionLimits, make_pool
+from engine import controls
+from engine.controls import KillSwitch
 from haexec import settings as settings_mod
 from haexec.replica import StartupError, check_database, resolve_urls
 
@@ -111,7 +117,16 @@ def _note_announced(view: ClusterView, children: list[Child]) -> None:
             c.last_error = None  # it came back
 
 
-def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
+def _read_switch(pool: ConnectionPool, cluster: str) -> KillSwitch | None:
+    """The kill switch, or None while the database does not answer (the view says why)."""
+    try:
+        with pool.connection() as conn:
+            return controls.read(conn, cluster)
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        return None
+
+
+def _render(view: ClusterView | None, children: list[Child], tty: bool, switch: KillSwitch | None = None) -> str:
     lines = []
     if view is not None:
         leader = view.leader
@@ -122,6 +137,8 @@ def _render(view: ClusterView | None, children: list[Child], tty: bool) -> str:
         registered = {r.get("instance_id"): r for r in view.replicas}
     else:
         registered = {}
+    if switch is not None and switch.halted:
+        lines.append(f"TRADING HALTED: {switch.describe()}")
     lines.append(f"{'instance':<14}{'pid':>8}  {'role':<13}{'healthy':<9}{'http':<18}restarts")
     for c in children:
         pid = str(c.proc.pid) if _alive(c) and c.proc else "-"
@@ -194,18 +211,20 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
                     c.restarts += 1
                     _spawn(c, env)
             view = read_view(client, epochs, base.election.stale_after_ms)
+            switch = _read_switch(pool, base.election.cluster)
             _note_announced(view, children)
             if tty:
-                sys.stdout.write(_render(view, children, tty=True))
+                sys.stdout.write(_render(view, children, tty=True, switch=switch))
                 sys.stdout.flush()
             else:
                 summary = (
                     view.leader and (view.leader["instance_id"], view.leader["epoch"]),
                     view.split_brain,
                     _roles(view, children),  # a replica dying or hanging is news too
+                    switch.halted if switch else None,
                 )
                 if summary != last_summary:
-                    sys.stdout.write(_render(view, children, tty=False))
+                    sys.stdout.write(_render(view, children, tty=False, switch=switch))
                     sys.stdout.flush()
                     last_summary = summary
             stop.wait(1.0)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -231,6 +231,14 @@ def test_status_and_leader_read_the_stores_directly(
     roles = {r["instance_id"]: r["role"] for r in body["replicas"]}
     assert roles == {r.instance_id: ("leader" if r is leader else "follower") for r in replicas}
     assert {"pid", "host", "http", "healthy"} <= set(body["replicas"][0])
+    assert body["kill_switch"]["halted"] is False
+
+    assert run_cli(["halt", "--reason", "news at 14:30"], env).returncode == 0
+    switch = status()["kill_switch"]
+    assert switch["halted"] is True and switch["reason"] == "news at 14:30" and switch["actor"].startswith("cli:")
+    text = run_cli(["status"], env).stdout
+    assert "trading     HALTED: trading is halted by cli:" in text and ": news at 14:30" in text
+    assert run_cli(["resume"], env).returncode == 0
 
     result = run_cli(["leader", "--json"], env)
     assert result.returncode == 0

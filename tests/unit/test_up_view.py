@@ -5,6 +5,7 @@ fakeredis: no process, no server."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fakeredis
@@ -12,6 +13,7 @@ import pytest
 
 from coordinator.registry import RegistryPublisher, heartbeat, list_replicas, replica_key
 from coordinator.view import ClusterView
+from engine.controls import KillSwitch
 from haexec.up import Child, _render, exit_reason, last_line, role_of
 
 
@@ -99,3 +101,11 @@ def test_exit_reasons(tmp_path: Path) -> None:
     log.write_text("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n")
     assert exit_reason(1, log, 0) == "RuntimeError: boom"
     assert last_line(log, log.stat().st_size) is None  # nothing written by this run
+
+
+def test_the_table_says_when_trading_is_halted() -> None:
+    view = ClusterView(cluster="c")
+    halted = KillSwitch(True, "news at 14:30", "cli:ops", datetime(2026, 12, 4, 14, 0, tzinfo=UTC))
+    lines = _render(view, [], tty=False, switch=halted).splitlines()
+    assert lines[1] == "TRADING HALTED: trading is halted by cli:ops since 2026-12-04T14:00:00.000Z: news at 14:30"
+    assert not any("HALTED" in line for line in _render(view, [], tty=False, switch=KillSwitch()).splitlines())
