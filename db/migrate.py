@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TextIO
 
 import psycopg
 from alembic import command
@@ -61,7 +61,7 @@ class SchemaError(MigrationError):
     """The database is not at the schema this release runs on; the message says what to do."""
 
 
-def alembic_config(url: str, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(url: str, stdout: TextIO | None = None) -> Config:
     cfg = Config(stdout=stdout) if stdout is not None else Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation: a literal % in a password must be doubled.
@@ -193,7 +193,7 @@ def backup(url: str, backup_dir: Path) -> Path:
         raise MigrationError(f"cannot read the database URL {redact(url)}") from None
     password = params.pop("password", None)
     env = dict(os.environ)
-    with _passfile(password) as passfile:
+    with _passfile(None if password is None else str(password)) as passfile:
         if passfile is not None:
             params.pop("passfile", None)  # it would win over PGPASSFILE
             env.pop("PGPASSWORD", None)  # it would win over any password file

@@ -66,7 +66,7 @@ def diff_positions(conn: Any, broker: Broker, cluster: str) -> PositionDiff:
     changed leaves the server."""
     in_database = getattr(broker, "position_diff", None)
     if in_database is not None:
-        return in_database(conn)  # type: ignore[no-any-return]
+        return in_database(conn)
     positions = broker.positions()
     known = {r[0]: r for r in conn.execute(OPEN_SQL, (cluster, broker.name)).fetchall()}
     by_tag: dict[str, list[str]] = {}

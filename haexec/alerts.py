@@ -46,6 +46,7 @@ from tenacity import (
 )
 
 from common.errors import ConfigError, first_line
+from common.retry import stop_when
 from common.timefmt import now_iso
 
 log = logging.getLogger("haexec.alerts")
@@ -460,7 +461,7 @@ class AlertSink:
             stop=stop_any(
                 stop_after_attempt(self._attempts),
                 stop_before_delay(self._budget_s),
-                self._past_stop_deadline,
+                stop_when(self._past_stop_deadline),
             ),
             wait=self._wait,
             retry=retry_if_exception(_retryable),

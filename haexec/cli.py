@@ -414,7 +414,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--cluster", help="cluster name (HAEXEC_CLUSTER)")
     common.add_argument("--state-dir", help="embedded servers' directory (HAEXEC_STATE_DIR, default ./.haexec)")
     common.add_argument("--redis-url", help="HAEXEC_REDIS_URL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 import socket
 import threading
@@ -272,7 +273,9 @@ class _DeadlineH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):  # asyncio's stream servers always give one
+            raise TypeError(f"HTTP needs a stream transport, got {type(transport).__name__}")
         super().connection_made(transport)
         self._await_head()
 
@@ -363,7 +366,7 @@ class HttpServer:
                 # uvicorn answers 503 once connections >= limit, counting the one asking: + 1
                 # so that max_connections are served and the next is refused.
                 limit_concurrency=limits.max_connections + 1,
-                timeout_keep_alive=limits.keepalive_ms / 1000,  # typed int, used as call_later's float
+                timeout_keep_alive=math.ceil(limits.keepalive_ms / 1000),  # uvicorn counts whole seconds
             )
         )
         self._thread = threading.Thread(target=self._serve, name="haexec-http", daemon=True)

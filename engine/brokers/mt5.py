@@ -79,8 +79,8 @@ from tenacity import (
     stop_any,
     wait_exponential,
 )
-from tenacity.stop import stop_base
 
+from common.retry import stop_when
 from common.timefmt import iso_utc
 from engine.brokers.base import (
     Account,
@@ -348,7 +348,7 @@ class _Worker:
                 if ok:
                     fut.set_result(value)
                 else:
-                    fut.set_exception(value)  # type: ignore[arg-type]
+                    fut.set_exception(value)
 
 
 def _dec(value: float) -> Decimal:
@@ -412,16 +412,6 @@ def _retcode_detail(retcode: int, server_comment: str = "") -> str:
     if server_comment:
         detail += f" (server: {server_comment})"
     return detail
-
-
-class _OutOfTime(stop_base):
-    """Stop retrying when the next wait would not leave the deadline any time to send."""
-
-    def __init__(self, budget: _Budget) -> None:
-        self._budget = budget
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._budget.left() <= (getattr(retry_state, "upcoming_sleep", 0.0) or 0.0) + 0.001
 
 
 @dataclass
@@ -986,8 +976,11 @@ class MT5Broker:
         def retry_on(result: OrderResult) -> bool:
             return result.retcode in RETRY_RETCODES and not gave_up
 
+        def out_of_time(rs: RetryCallState) -> bool:  # the next wait would leave no time to send
+            return budget.left() <= (getattr(rs, "upcoming_sleep", 0.0) or 0.0) + 0.001
+
         retrying = Retrying(
-            stop=stop_any(stop_after_attempt(max(1, attempts)), _OutOfTime(budget)),
+            stop=stop_any(stop_after_attempt(max(1, attempts)), stop_when(out_of_time)),
             wait=wait_exponential(multiplier=self.requote_backoff_s, max=1.0),
             retry=retry_if_result(retry_on),
             retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else tries[-1],

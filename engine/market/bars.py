@@ -35,7 +35,7 @@ def to_bars(symbol: str, timeframe: Timeframe, digits: int, rows: Sequence[Row],
     cols = np.array(
         [(r.time_ms, r.open, r.high, r.low, r.close, r.tick_volume, r.spread) for r in rows], dtype=np.int64
     ).T
-    return Bars(symbol, timeframe, digits, *cols, forming=forming)
+    return Bars.of_columns(symbol, timeframe, digits, list(cols), forming=forming)
 
 
 class BarBuilder:

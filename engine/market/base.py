@@ -275,23 +275,58 @@ class Bars:
         start = max(0, len(self) - count)
         return self.slice(start, len(self), forming=self.forming)
 
+    @classmethod
+    def of_columns(
+        cls,
+        symbol: str,
+        timeframe: Timeframe,
+        digits: int,
+        columns: Sequence[Int64s],
+        *,
+        forming: bool = False,
+        as_of_ms: int = 0,
+        age_ms: int = 0,
+    ) -> Bars:
+        """Bars from the columns in BAR_COLUMNS order."""
+        if len(columns) != len(BAR_COLUMNS):
+            raise ValueError(f"Bars take {len(BAR_COLUMNS)} columns {BAR_COLUMNS}, got {len(columns)}")
+        time_ms, open_, high, low, close, tick_volume, spread = columns
+        return cls(
+            symbol,
+            timeframe,
+            digits,
+            time_ms,
+            open_,
+            high,
+            low,
+            close,
+            tick_volume,
+            spread,
+            forming=forming,
+            as_of_ms=as_of_ms,
+            age_ms=age_ms,
+        )
+
+    def columns(self) -> list[Int64s]:
+        return [getattr(self, c) for c in BAR_COLUMNS]
+
     def slice(self, start: int, stop: int, *, forming: bool) -> Bars:
-        return Bars(
+        return Bars.of_columns(
             self.symbol,
             self.timeframe,
             self.digits,
-            *(getattr(self, c)[start:stop] for c in BAR_COLUMNS),
+            [c[start:stop] for c in self.columns()],
             forming=forming and stop == len(self) and stop > start,
             as_of_ms=self.as_of_ms,
             age_ms=self.age_ms,
         )
 
     def aged(self, as_of_ms: int, age_ms: int) -> Bars:
-        return Bars(
+        return Bars.of_columns(
             self.symbol,
             self.timeframe,
             self.digits,
-            *(getattr(self, c) for c in BAR_COLUMNS),
+            self.columns(),
             forming=self.forming,
             as_of_ms=as_of_ms,
             age_ms=age_ms,
@@ -305,13 +340,8 @@ class Bars:
     @classmethod
     def concat(cls, parts: Sequence[Bars], *, forming: bool = False) -> Bars:
         first = parts[0]
-        return cls(
-            first.symbol,
-            first.timeframe,
-            first.digits,
-            *(np.concatenate([getattr(p, c) for p in parts]) for c in BAR_COLUMNS),
-            forming=forming,
-        )
+        merged = [np.concatenate([p.columns()[i] for p in parts]) for i in range(len(BAR_COLUMNS))]
+        return cls.of_columns(first.symbol, first.timeframe, first.digits, merged, forming=forming)
 
 
 class Source(Protocol):

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from engine.market.base import (
     BarHandler,
@@ -25,6 +26,8 @@ from engine.market.base import (
 )
 
 log = logging.getLogger("haexec.engine.market")
+
+E = TypeVar("E")  # a tick or bars, as a subscriber takes it
 
 TICK_LIMIT = 10_000  # per symbol per pump
 
@@ -149,7 +152,7 @@ class Feed:
         return delivered
 
     @staticmethod
-    def _call(handler: Callable[[object], None], event: object) -> int:
+    def _call(handler: Callable[[E], None], event: E) -> int:
         try:
             handler(event)
         except Exception:  # one subscriber's bug must not starve the others

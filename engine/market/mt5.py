@@ -251,14 +251,9 @@ class MT5Source:
             np.array([points(x, digits) for x in rows[c].tolist()], dtype=np.int64)
             for c in ("open", "high", "low", "close")
         ]
-        return Bars(
-            symbol,
-            timeframe,
-            digits,
-            times,
-            *cols,
-            np.asarray(rows["tick_volume"], dtype=np.int64),
-            np.asarray(rows["spread"], dtype=np.int64),
+        volume = np.asarray(rows["tick_volume"], dtype=np.int64)
+        return Bars.of_columns(
+            symbol, timeframe, digits, [times, *cols, volume, np.asarray(rows["spread"], dtype=np.int64)]
         )
 
     def closed_bars(self, symbol: str, timeframe: Timeframe, count: int, after_ms: int | None = None) -> Bars:

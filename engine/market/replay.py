@@ -254,7 +254,7 @@ def _symbol(
     cols = [np.array([points(r[2][k]) for r in rows], dtype=np.int64) for k in range(4)]
     volume = np.array([r[3] for r in rows], dtype=np.int64)
     spread = np.array([r[4] for r in rows], dtype=np.int64)
-    bars = Bars(symbol, tf, digits, times, *cols, volume, spread)
+    bars = Bars.of_columns(symbol, tf, digits, [times, *cols, volume, spread])
     return SymbolData(symbol, kind, digits, tf, None, bars, times + tf.ms)
 
 
@@ -318,7 +318,7 @@ class ReplaySource:
     # -- the clock ---------------------------------------------------------------------------
 
     def _count_at(self, data_ms: int) -> int:
-        return bisect.bisect_right(self.data.release_ms, data_ms)  # type: ignore[arg-type]
+        return bisect.bisect_right(self.data.release_ms, data_ms)
 
     def now_ms(self) -> int:
         wall = self._clock()
@@ -407,7 +407,7 @@ class ReplaySource:
         """How many of the symbol's events are out at `now`."""
         if self.speed is None:
             now = min(now, int(self.data.release_ms[self._position - 1]) if self._position else -(2**62))
-        return bisect.bisect_right(d.release_ms, now)  # type: ignore[arg-type]
+        return bisect.bisect_right(d.release_ms, now)
 
     def tick(self, symbol: str) -> Tick:
         d = self._data(symbol)
@@ -426,12 +426,12 @@ class ReplaySource:
         d = self._data(symbol)
         n = self._visible(d, min(until_ms, self.now_ms()))
         if d.ticks is None:
-            lo = bisect.bisect_right(d.release_ms, after_ms)  # type: ignore[arg-type]
+            lo = bisect.bisect_right(d.release_ms, after_ms)
             hi = min(n, lo + limit)
             t = d.release_ms[lo:hi]
             bid = d.bars.close[lo:hi]
             return Ticks(symbol, d.digits, t, bid, bid + d.bars.spread[lo:hi], np.full(hi - lo, -1, dtype=np.int64))
-        lo = bisect.bisect_right(d.ticks.time_ms, after_ms)  # type: ignore[arg-type]
+        lo = bisect.bisect_right(d.ticks.time_ms, after_ms)
         hi = min(n, lo + limit)
         s = slice(lo, max(lo, hi))
         return Ticks(symbol, d.digits, d.ticks.time_ms[s], d.ticks.bid[s], d.ticks.ask[s], d.ticks.last[s])
@@ -458,10 +458,10 @@ class ReplaySource:
             return Bars.empty(symbol, timeframe, d.digits)
         # Closed: its end has passed on the replay clock (the next bar's first tick is
         # released no earlier than that end, so the two rules agree here).
-        n = bisect.bisect_right(series.time_ms + timeframe.ms, now)  # type: ignore[arg-type]
+        n = bisect.bisect_right(series.time_ms + timeframe.ms, now)
         start = max(0, n - count)
         if after_ms is not None:
-            start = max(start, bisect.bisect_right(series.time_ms, after_ms))  # type: ignore[arg-type]
+            start = max(start, bisect.bisect_right(series.time_ms, after_ms))
         return series.slice(start, max(start, n), forming=False)
 
     def forming_bar(self, symbol: str, timeframe: Timeframe) -> Bars:
@@ -473,11 +473,11 @@ class ReplaySource:
             series = d.bars
             if timeframe is series.timeframe:
                 return Bars.empty(symbol, timeframe, d.digits)  # a bar file has no bar before it is over
-            lo = bisect.bisect_left(series.time_ms, opened)  # type: ignore[arg-type]
+            lo = bisect.bisect_left(series.time_ms, opened)
             part = series.slice(lo, max(lo, n), forming=True)
         else:
             t = d.ticks
-            lo = bisect.bisect_left(t.time_ms, opened)  # type: ignore[arg-type]
+            lo = bisect.bisect_left(t.time_ms, opened)
             if n <= lo:
                 return Bars.empty(symbol, timeframe, d.digits)
             bid = t.bid[lo:n]

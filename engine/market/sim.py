@@ -310,7 +310,10 @@ class _Path:
             return parts[0]
         return _Minutes(
             m0,
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("open", "high", "low", "close")),
+            np.concatenate([p.open for p in parts]),
+            np.concatenate([p.high for p in parts]),
+            np.concatenate([p.low for p in parts]),
+            np.concatenate([p.close for p in parts]),
             np.concatenate([p.spread for p in parts]),
             np.concatenate([p.tick_var for p in parts]),
         )

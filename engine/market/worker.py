@@ -98,4 +98,4 @@ class DeadlineWorker:
                 if ok:
                     fut.set_result(value)
                 else:
-                    fut.set_exception(value)  # type: ignore[arg-type]
+                    fut.set_exception(value)

@@ -58,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) even when all is well")
     p.set_defaults(func=cmd_drill)
     # One line, exit 2, for every usage error of this command (argparse prints a usage block).
-    p.error = _usage_error  # type: ignore[method-assign]
+    p.error = _usage_error
 
 
 def options(args: argparse.Namespace) -> object:
