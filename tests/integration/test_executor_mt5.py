@@ -429,3 +429,28 @@ def test_a_deposed_leader_never_compensates(fake: FakeTerminal, mt5: MT5Broker) 
     guard.compensate("fp", "1", venue, 7)
     assert fake.requests == [] and alerts.sent == []
     assert fake.positions == [dupe]
+
+
+def test_each_attempt_is_stamped_at_its_own_send(
+    leading: Rig, database_url: str, fake: FakeTerminal, mt5: MT5Broker
+) -> None:
+    """The in-doubt grace counts from a signal's own send, not from its batch's claim: the
+    attempt is stamped just before each order goes."""
+    fps = [signal(leading, i)[0] for i in range(3)]
+    stamps: list[tuple[str, float]] = []
+
+    def record(req: OrderRequest, result: OrderResult) -> OrderResult:
+        with leading.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT extract(epoch from attempt_at), extract(epoch from (SELECT min(at) FROM signal_events e"
+                " WHERE e.signal = s.id AND e.detail = 'claimed')) FROM signals s WHERE cluster = %s AND tag = %s",
+                (leading.cluster, req.tag),
+            ).fetchone()
+        assert row is not None
+        stamps.append((req.tag, float(row[0]) - float(row[1])))
+        return result
+
+    settle(leading, database_url, Wrapped(mt5, record), *fps)
+    assert len(stamps) == 3
+    assert all(after_claim > 0 for _, after_claim in stamps), stamps  # stamped after the claim, at the send
+    assert stamps[0][1] < stamps[1][1] < stamps[2][1]  # each later than the one before
