@@ -21,7 +21,7 @@ import redis
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import first_line
 from coordinator.config import ElectionConfig
-from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped
+from coordinator.elector import DB_ERRORS, Elector, Fence, OnStarted, OnStopped, Role
 from coordinator.epoch import EpochStore, HistoryEntry, Reason
 from coordinator.events import EventListener
 from coordinator.fencing import NotLeader, fenced
@@ -105,6 +105,27 @@ class Coordinator:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    # ---- this replica's own standing (in memory, always current) ----
+
+    def is_leader(self) -> bool:
+        return self.elector.is_leader()
+
+    @property
+    def role(self) -> Role:
+        return self.elector.role
+
+    @property
+    def epoch(self) -> int | None:
+        return self.elector.epoch
+
+    def lease_remaining_ms(self) -> float:
+        return self.elector.lease_remaining_ms()
+
+    def request_handover(self, target: str | None) -> bool:
+        """Switchover: release on the election thread, naming `target` (or no one). False when
+        this replica is not leading."""
+        return self.elector.request_handover(target)
 
     # ---- for the engine ----
 

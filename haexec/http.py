@@ -124,7 +124,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         body = {
             "status": "ok" if ok else "degraded",
             "checks": parts,
-            "role": coord.elector.role.value,
+            "role": coord.role.value,
             "kill_switch": replica.kill_switch(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -135,8 +135,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         return JSONResponse({"ready": False}, status_code=503)
 
     async def leader(_: Request) -> Response:
-        if coord.elector.is_leader():
-            return JSONResponse({"leader": True, "epoch": coord.elector.epoch})
+        if coord.is_leader():
+            return JSONResponse({"leader": True, "epoch": coord.epoch})
         return JSONResponse({"leader": False}, status_code=503)
 
     async def coordinator_leader(_: Request) -> Response:
@@ -149,10 +149,10 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
                 "db_leader": view.db_leader,
                 "epoch": view.epoch,
                 "this_instance": coord.cfg.instance_id,
-                "is_leader": coord.elector.is_leader(),
+                "is_leader": coord.is_leader(),
                 "split_brain": view.split_brain,
                 "stale_leader": view.stale_leader,
-                "lease_remaining_ms": round(coord.elector.lease_remaining_ms()),
+                "lease_remaining_ms": round(coord.lease_remaining_ms()),
                 "errors": view.errors,
             }
         )
@@ -178,7 +178,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
                 return JSONResponse({"error": 'body must be {"to": "<instance id>"}'}, status_code=400)
             target = body.get("to") or None
-        epoch = coord.elector.epoch
+        epoch = coord.epoch
         ok, message = await run_in_threadpool(replica.switchover, target)
         if not ok:
             return JSONResponse({"error": message}, status_code=409)

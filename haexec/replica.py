@@ -190,12 +190,12 @@ class Replica:
     def _executor_health(self) -> str:
         if not self.executor.alive:
             return "stopped"
-        elector = self.coordinator.elector
-        epoch = elector.epoch
+        coordinator = self.coordinator
+        epoch = coordinator.epoch
         leading_epoch, leading_since = self._leading
         # Only a leader's executor works the database; a term whose callback has not run yet
         # has had no sweep to judge.
-        if epoch is None or epoch != leading_epoch or not elector.is_leader():
+        if epoch is None or epoch != leading_epoch or not coordinator.is_leader():
             return "ok"
         db = self.executor.db_health
         if db.error is None:
@@ -209,7 +209,7 @@ class Replica:
         """Hand leadership over: stop claiming, finish or hand back work in hand, then release
         (naming `target` when given). (False, why) when it cannot start."""
         election = self.settings.election
-        if not self.coordinator.elector.is_leader():
+        if not self.coordinator.is_leader():
             return False, f"{election.instance_id} is not the leader"
         if target is not None:
             if target == election.instance_id:
@@ -222,7 +222,7 @@ class Replica:
         if not self.executor.quiesce(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0):
             self.executor.resume()
             return False, "work in hand did not finish within the broker deadline"
-        if not self.coordinator.elector.request_handover(target):
+        if not self.coordinator.request_handover(target):
             self.executor.resume()
             return False, f"{election.instance_id} lost leadership meanwhile"
         return True, "switching over"

@@ -28,22 +28,17 @@ DEFAULTS = HttpLimits()
 
 
 @dataclass
-class StubElector:
+class StubCoordinator:
+    cfg: ElectionConfig = field(default_factory=lambda: ElectionConfig.for_lease("http", "r1", 3000))
     epoch: int | None = 7
     role: Role = Role.LEADER
+    history_limits: list[int] = field(default_factory=list)
 
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
     def lease_remaining_ms(self) -> float:
         return 1000.0
-
-
-@dataclass
-class StubCoordinator:
-    cfg: ElectionConfig = field(default_factory=lambda: ElectionConfig.for_lease("http", "r1", 3000))
-    elector: StubElector = field(default_factory=StubElector)
-    history_limits: list[int] = field(default_factory=list)
 
     def probe(self) -> dict[str, str]:
         return {"redis": "ok", "database": "ok", "election_loop": "ok"}
@@ -63,6 +58,9 @@ class StubReplica:
 
     def health_extra(self) -> dict[str, str]:
         return {}
+
+    def kill_switch(self) -> dict[str, Any] | None:
+        return None
 
     def switchover(self, target: str | None) -> tuple[bool, str]:
         self.switchovers.append(target)
