@@ -257,6 +257,16 @@ def stamp(cur: psycopg.Cursor, signal: int, epoch: int) -> Gate:
     return Gate.HALTED if row[1] else Gate.EXPIRED if row[0] else Gate.SEND
 
 
+def lock_signal(cur: psycopg.Cursor, cluster: str, fingerprint: str) -> tuple[int, str, int | None] | None:
+    """(id, status, epoch) of a signal, locked for the rest of the transaction (an operator's
+    settlement must not race the executor's compare-and-set), or None."""
+    row = cur.execute(
+        "SELECT id, status, epoch FROM signals WHERE cluster = %s AND fingerprint = %s FOR UPDATE",
+        (cluster, fingerprint),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), None if row[2] is None else int(row[2]))
+
+
 def any_received(conn: psycopg.Connection, cluster: str) -> bool:
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM signals WHERE cluster = %s AND status = 'received')", (cluster,)

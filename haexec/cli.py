@@ -10,34 +10,32 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
-from common.numbers import ascii_int
+from haexec.cli_common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    MAX_LIMIT,
+    MAX_REPLICAS,
+    CommandError,
+    Parser,
+    database_url,
+    env_with,
+    int_in,
+    open_database,
+    store_urls,
+)
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `haexec --help` stays quick
-    from psycopg_pool import ConnectionPool
     from redis import Redis
 
     from coordinator.view import ClusterView
     from engine.controls import KillSwitch
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-# What a shell reports for a process killed by SIGPIPE (128 + 13): the reader of our stdout
-# (`head`, a closed pager) went away, as it would for any Unix tool under `set -o pipefail`.
-EXIT_BROKEN_PIPE = 141
-# More rows than an operator reads, few enough for one query and one screen of JSON.
-MAX_LIMIT = 10_000
-MAX_REPLICAS = 64
-
-
-class CommandError(Exception):
-    """An expected failure of a command: one line, exit status 1."""
 
 
 def _setup_logging(level: str) -> None:
@@ -50,24 +48,6 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _env_with(args: argparse.Namespace) -> dict[str, str]:
-    """The environment with command-line flags laid over it."""
-    env = dict(os.environ)
-    for flag, name in (
-        ("cluster", "HAEXEC_CLUSTER"),
-        ("instance_id", "HAEXEC_INSTANCE_ID"),
-        ("http", "HAEXEC_HTTP"),
-        ("state_dir", "HAEXEC_STATE_DIR"),
-        ("lease_ms", "HAEXEC_LEASE_MS"),
-        ("redis_url", "HAEXEC_REDIS_URL"),
-        ("database_url", "HAEXEC_DATABASE_URL"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            env[name] = str(value)
-    return env
-
-
 # ---- run ----
 
 
@@ -76,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from haexec.alerts import AlertSink
     from haexec.replica import Replica, StartupError, resolve_urls
 
-    env = _env_with(args)
+    env = env_with(args)
     cfg = settings_mod.load(env)
     alerts = AlertSink.from_env(env, cfg.election.cluster, cfg.election.instance_id)
     _setup_logging(cfg.log_level)
@@ -96,60 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---- status / leader ----
-
-
-def _store_urls(args: argparse.Namespace) -> tuple[str, str]:
-    """Configured URLs, else those of a running embedded cluster (never starts one)."""
-    from haexec import settings as settings_mod
-
-    cfg = settings_mod.load(_env_with(args))
-    if not cfg.embedded:
-        assert cfg.redis_url and cfg.database_url
-        return cfg.redis_url, cfg.database_url
-    from haexec.embedded import running_servers
-
-    servers = running_servers(cfg.state_dir)
-    if servers is None:
-        raise CommandError(
-            f"no HAEXEC_REDIS_URL/HAEXEC_DATABASE_URL and no embedded servers running in {cfg.state_dir}"
-        )
-    return cfg.redis_url or servers.redis_url, cfg.database_url or servers.database_url
-
-
-@contextmanager
-def open_database(url: str, name: str, timeout_ms: int = 5000, max_size: int = 1) -> Iterator[ConnectionPool]:
-    """A pool on a database that answered and holds this release's schema, or CommandError:
-    one line naming the database (password redacted) and the cause. The first connection is
-    made by hand so the cause is libpq's, not the pool's "initialization incomplete"."""
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    from common.errors import first_line
-    from db import migrate
-    from db.session import SessionLimits, connect, make_pool
-    from db.urls import redact
-
-    limits = SessionLimits(timeout_ms, name)
-    try:
-        with connect(url, limits) as conn:
-            state = migrate.read_schema(conn)
-    except psycopg.OperationalError as e:
-        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
-    except psycopg.Error as e:
-        raise CommandError(f"database at {redact(url)}: {first_line(e)}") from None
-    problem = state.problem()
-    if problem is not None:
-        raise CommandError(problem)
-    pool = make_pool(url, limits, name=name, max_size=max_size)
-    try:
-        pool.open(wait=True, timeout=timeout_ms / 1000)
-    except PoolTimeout as e:  # it answered a moment ago
-        pool.close()
-        raise CommandError(f"database at {redact(url)} unreachable: {first_line(e)}") from None
-    try:
-        yield pool
-    finally:
-        pool.close(timeout=1)
 
 
 def _redis(url: str) -> Redis:
@@ -175,8 +101,8 @@ def _read_view(args: argparse.Namespace) -> tuple[ClusterView, KillSwitch]:
     from engine import controls
     from haexec import settings as settings_mod
 
-    election = settings_mod.election_config(_env_with(args))
-    redis_url, database_url = _store_urls(args)
+    election = settings_mod.election_config(env_with(args))
+    redis_url, database_url = store_urls(args)
     client = _redis(redis_url)
     try:
         with open_database(database_url, "haexec-status", timeout_ms=2000) as pool:
@@ -291,8 +217,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from coordinator.epoch import EpochStore
     from haexec import settings as settings_mod
 
-    election = settings_mod.election_config(_env_with(args))
-    _, database_url = _store_urls(args)
+    election = settings_mod.election_config(env_with(args))
+    _, database_url = store_urls(args)
     with open_database(database_url, "haexec-history") as pool:
         entries = EpochStore(pool, election.cluster, election.stale_after_ms, election.handoff_ms).history(args.limit)
     if args.json:
@@ -306,20 +232,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 # ---- db ----
 
 
-def _database_url(args: argparse.Namespace) -> str:
-    from haexec import settings as settings_mod
-
-    cfg = settings_mod.load(_env_with(args))
-    if cfg.database_url:
-        return cfg.database_url
-    from haexec.embedded import EmbeddedError, ensure_servers
-
-    try:
-        return ensure_servers(cfg.state_dir).database_url
-    except EmbeddedError as e:
-        raise CommandError(f"embedded servers: {e}") from None
-
-
 def cmd_db(args: argparse.Namespace) -> int:
     from db import migrate
 
@@ -327,7 +239,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         for rev, down, doc in migrate.history():
             print(f"{down or '<base>'} -> {rev}  {doc.splitlines()[0] if doc else ''}")
         return 0
-    url = _database_url(args)
+    url = database_url(args)
     try:
         if args.db_command == "upgrade":
             state = migrate.schema_state(url)
@@ -359,33 +271,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from haexec.up import run_up
 
-    return run_up(args, _env_with(args))
+    return run_up(args, env_with(args))
 
 
 # ---- parser ----
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage errors are one line and exit 2, like every other bad input (argparse's own
-    answer is a usage block). Subcommands' parsers are of this class too."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def int_in(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an integer within [low, high]."""
-
-    def parse(value: str) -> int:
-        try:
-            n = ascii_int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer in ASCII digits (got {value!r})") from None
-        if not low <= n <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high} (got {n})")
-        return n
-
-    return parse
 
 
 def _seconds(value: str) -> float:
@@ -481,12 +370,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     from common.errors import first_line
     from db.migrate import schema_mismatch
-    from haexec.cli_engine import EngineCommandError
 
     try:
-        return args.engine_func(args, _env_with(args))
-    except EngineCommandError as e:
-        raise CommandError(str(e)) from None
+        return args.engine_func(args, env_with(args))
     except psycopg.Error as e:  # a table not as the statement expects, or the database went away
         raise CommandError(schema_mismatch(e) or f"database: {first_line(e)}") from None
     except PoolTimeout as e:

@@ -21,6 +21,7 @@ from engine.brokers.base import Broker
 from engine.model import SignalStatus
 from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
 from haexec import settings as settings_mod
+from haexec.cli_common import MAX_LIMIT, CommandError, database_url, int_in, open_database
 
 EXIT_FAILED = 1
 # `signal list` shows 16 characters; 8 already make a collision among a cluster's signals rare.
@@ -28,22 +29,12 @@ MIN_PREFIX = 8
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-class EngineCommandError(Exception):
-    """One line, exit 1."""
-
-
 @contextmanager
 def _pool(args: argparse.Namespace, env: dict[str, str]) -> Iterator[tuple[ConnectionPool, settings_mod.Settings]]:
     """A pool on the configured database, reachable and at this release's schema."""
-    from haexec.cli import CommandError, _database_url, open_database
-
     cfg = settings_mod.load(env)
-    try:
-        url = _database_url(args)
-        with open_database(url, "haexec-cli", max_size=2) as pool:
-            yield pool, cfg
-    except CommandError as e:
-        raise EngineCommandError(str(e)) from None
+    with open_database(database_url(args), "haexec-cli", max_size=2) as pool:
+        yield pool, cfg
 
 
 def fingerprint_arg(value: str) -> str:
@@ -57,13 +48,13 @@ def fingerprint_arg(value: str) -> str:
 
 
 def _fingerprint(conn: psycopg.Connection, cluster: str, prefix: str) -> str:
-    """The one fingerprint that starts with `prefix`; none or several is an EngineCommandError."""
+    """The one fingerprint that starts with `prefix`; none or several is an CommandError."""
     found = store.fingerprints_starting(conn, cluster, prefix, limit=3)
     if not found:
-        raise EngineCommandError(f"no signal {prefix} in cluster {cluster!r}")
+        raise CommandError(f"no signal {prefix} in cluster {cluster!r}")
     if len(found) > 1:
         some = ", ".join(fp[: len(prefix) + 4] for fp in found[:2]) + (", ..." if len(found) > 2 else "")
-        raise EngineCommandError(f"{prefix} is the start of several signals ({some}): give more characters")
+        raise CommandError(f"{prefix} is the start of several signals ({some}): give more characters")
     return found[0]
 
 
@@ -80,15 +71,15 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
             try:
                 body = loads(raw)
             except (BodyTooLarge, DuplicateKey) as e:
-                raise EngineCommandError(f"the signal is refused: {e}") from None
+                raise CommandError(f"the signal is refused: {e}") from None
             except (ValueError, RecursionError):
-                raise EngineCommandError("the signal is not valid JSON") from None
+                raise CommandError("the signal is not valid JSON") from None
             try:
                 accepted = intake.submit(pool, cluster, f"cli:{getpass.getuser()}", body)
             except SignalValidationError as e:
-                raise EngineCommandError("; ".join(f"{k}: {v}" for k, v in e.errors.items())) from None
+                raise CommandError("; ".join(f"{k}: {v}" for k, v in e.errors.items())) from None
             if accepted.conflict:
-                raise EngineCommandError(f"signal_id reused with a different trade intent ({accepted.fingerprint})")
+                raise CommandError(f"signal_id reused with a different trade intent ({accepted.fingerprint})")
             answer = {"fingerprint": accepted.fingerprint, "status": accepted.status, "duplicate": accepted.duplicate}
             _print(
                 answer,
@@ -116,7 +107,7 @@ def cmd_signal(args: argparse.Namespace, env: dict[str, str]) -> int:
             with pool.connection() as conn:
                 found = store.show(conn, cluster, _fingerprint(conn, cluster, args.fingerprint))
             if found is None:  # deleted in between
-                raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
+                raise CommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
             _print(found, args.json, lambda: json.dumps(found, indent=2, default=str))
             return 0
         return _resolve(args, pool, cluster)
@@ -126,15 +117,12 @@ def _resolve(args: argparse.Namespace, pool: ConnectionPool, cluster: str) -> in
     actor = args.actor or f"cli:{getpass.getuser()}"
     with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         fingerprint = _fingerprint(conn, cluster, args.fingerprint)
-        row = cur.execute(
-            "SELECT id, status, epoch FROM signals WHERE cluster = %s AND fingerprint = %s FOR UPDATE",
-            (cluster, fingerprint),
-        ).fetchone()
+        row = store.lock_signal(cur, cluster, fingerprint)
         if row is None:
-            raise EngineCommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
+            raise CommandError(f"no signal {args.fingerprint} in cluster {cluster!r}")
         signal, status, epoch = row
         if status != SignalStatus.IN_DOUBT:
-            raise EngineCommandError(f"signal is {status}; only in_doubt signals can be resolved")
+            raise CommandError(f"signal is {status}; only in_doubt signals can be resolved")
         why = args.reason or "operator decision"
         if args.executed:
             target, detail, ref = (
@@ -176,7 +164,7 @@ def cmd_broker(args: argparse.Namespace, env: dict[str, str]) -> int:
             broker = _broker(cfg, pool)
             orders = broker.orders()
         except BrokerError as e:
-            raise EngineCommandError(f"broker {cfg.engine.broker}: {e}") from None
+            raise CommandError(f"broker {cfg.engine.broker}: {e}") from None
         rows = [{**asdict(o), "side": o.side.value} for o in orders]
         _print(
             rows,
@@ -204,13 +192,12 @@ def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
                 pool, broker, cfg.election.cluster, f"cli:{getpass.getuser()}", None, 3 * RECONCILE_TIMEOUT_MS
             )
         except BrokerError as e:
-            raise EngineCommandError(f"broker {cfg.engine.broker}: {e}") from None
+            raise CommandError(f"broker {cfg.engine.broker}: {e}") from None
         _print({**asdict(report), "ok": report.ok}, args.json, lambda: json.dumps(asdict(report), indent=2))
     return 0 if report.ok else EXIT_FAILED
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from haexec.cli import MAX_LIMIT, int_in
 
     sig = sub.add_parser("signal", help="submit, list, show and resolve signals")
     sigsub = sig.add_subparsers(dest="signal_command", required=True)
