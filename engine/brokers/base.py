@@ -114,6 +114,10 @@ class OrderRequest:
     epoch: int  # the leader epoch this order is sent under (a fencing-aware venue checks it)
     expires_at: datetime | None = None  # the venue refuses to act past this moment (Outcome.EXPIRED)
     max_loss: Decimal | None = None  # account currency: a venue that prices at send refuses a larger loss at the stop
+    # The executable price the risk rules priced the order at (a market order's ask or bid in
+    # the venue's quote). A venue that fills at the price it is given (paper, with a market)
+    # books a market order there; MT5 fills at its own price at send.
+    quoted: Decimal | None = None
 
 
 @dataclass(frozen=True)
