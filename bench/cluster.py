@@ -95,6 +95,8 @@ def replica_env(
             "HAEXEC_LEASE_MS": str(lease_ms),
             "HAEXEC_STARTUP_TIMEOUT_S": "20",
             "HAEXEC_LOG_LEVEL": "INFO",
+            # The producers send fixed prices (EURUSD 1.1): fill there, as the figures assume.
+            "HAEXEC_PAPER_PRICES": "signal",
         }
     )
     return env

@@ -394,6 +394,7 @@ class Executor:
                 epoch=epoch,
                 expires_at=intent.expires_at,
                 max_loss=cap,
+                quoted=market,
             )
             orders.append((c.id, req))
             # Counted before the venue answers, a pending order as much as a position: the

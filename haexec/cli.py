@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     from haexec import cli_engine
 
     cli_engine.add_commands(sub, common)
+    from haexec import cli_market
+
+    cli_market.add_commands(sub, common)
     from haexec.drill.cli import add_commands as add_drill
 
     add_drill(sub, common)

@@ -25,9 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from coordinator.config import MAX_TIMER_MS
 from coordinator.service import Coordinator
 from engine import intake, store
+from engine.market import FeedUnavailable, Market, MarketDataError, StaleData, UnknownSymbol
 from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
+from haexec.marketdata import quote_json
 from haexec.settings import HttpLimits
 
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -52,6 +55,12 @@ class ReplicaState(Protocol):
     def health_extra(self) -> dict[str, str]: ...
 
     def kill_switch(self) -> dict[str, Any] | None: ...
+
+    # The replica's market data (None until it is open) and the oldest tick it serves.
+    market: Market | None
+    market_max_age_ms: int
+
+    def market_health(self) -> str: ...
 
     def switchover(self, target: str | None) -> tuple[bool, str]: ...
 
@@ -126,6 +135,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             "checks": parts,
             "role": coord.role.value,
             "kill_switch": replica.kill_switch(),
+            # The feed's age, never a 503 by itself (Replica.market_health says why).
+            "market": replica.market_health(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -238,6 +249,33 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": "no such signal"}, status_code=404)
         return JSONResponse(found)
 
+    async def market(request: Request) -> Response:
+        symbol = request.path_params["symbol"]
+        raw = request.query_params.get("max_age_ms")
+        max_age_ms = replica.market_max_age_ms
+        if raw is not None:
+            if not DIGITS.fullmatch(raw) or int(raw) > MAX_TIMER_MS:
+                return JSONResponse({"error": f"max_age_ms must be an integer from 0 to {MAX_TIMER_MS}"}, 400)
+            max_age_ms = int(raw)
+        data = replica.market
+        if data is None:
+            return JSONResponse({"error": "market data is not open yet"}, status_code=503)
+        if len(symbol) > MAX_SYMBOL:
+            return JSONResponse({"error": f"unknown symbol (longer than {MAX_SYMBOL} characters)"}, status_code=404)
+        try:
+            tick, spec = await run_in_threadpool(_quote, data, symbol, max_age_ms)
+        except UnknownSymbol as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+        except StaleData as e:
+            return JSONResponse(
+                {"error": str(e), "symbol": symbol, "age_ms": e.age_ms, "max_age_ms": e.max_age_ms}, status_code=503
+            )
+        except FeedUnavailable as e:
+            return JSONResponse({"error": f"market data unavailable: {e}", "symbol": symbol}, status_code=503)
+        except MarketDataError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse(quote_json(data.name, tick, spec))
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -249,8 +287,18 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/coordinator/history", history),
             Route("/signals", post_signal, methods=["POST"]),
             Route("/signals/{fingerprint}", get_signal),
+            Route("/market/{symbol}", market),
         ]
     )
+
+
+MAX_SYMBOL = 64  # MT5 names are at most 31 characters; anything longer is nobody's symbol
+
+
+def _quote(data: Market, symbol: str, max_age_ms: int) -> tuple[Any, Any]:
+    """The tick (refused when older than max_age_ms) and the spec, on a worker thread: an MT5
+    read waits for the terminal."""
+    return data.tick(symbol, max_age_ms=max_age_ms), data.spec(symbol)
 
 
 def _show(pool: ConnectionPool, cluster: str, fp: str) -> dict | None:

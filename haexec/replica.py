@@ -1,7 +1,9 @@
-"""One replica: the coordinator, the HTTP surface and (later) the engine, wired together.
+"""One replica: the coordinator, the HTTP surface, the market data and the engine, wired
+together.
 
-Start-up is all or nothing: Redis reachable, database reachable and at schema head, HTTP
-port bound, or the replica exits 1 with one line. It never serves half-started.
+Start-up is all or nothing: Redis reachable, database reachable and at schema head, the
+market data source open, HTTP port bound, or the replica exits 1 with one line (2 for a
+replay file or symbol list that cannot be used). It never serves half-started.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from engine.breaker import BreakerState, CircuitBreaker
 from engine.brokers.base import Broker, BrokerError, BrokerUnavailable
 from engine.brokers.paper import PaperBroker
 from engine.executor import Executor, ExecutorConfig
+from engine.market import FeedUnavailable, Market
+from engine.market.feed import FeedRunner
+from engine.market.watch import FeedWatch
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
@@ -102,10 +107,24 @@ def _retrying(timeout_s: float, *errors: type[BaseException]) -> Retrying:
     )
 
 
-def build_broker(settings: Settings, pool: ConnectionPool) -> Broker:
+# How often the feed is pumped: the sim ticks every 250 ms, and with MT5 each pump is a read
+# per watched symbol on the terminal's one thread, which orders share.
+FEED_INTERVAL_S = 0.25
+
+
+def build_broker(settings: Settings, pool: ConnectionPool, market: Market | None = None) -> Broker:
+    """The configured venue. The paper venue fills at `market`'s prices when given (a replica
+    gives it once its market is open, HAEXEC_PAPER_PRICES=market), else at the signal's."""
     engine = settings.engine
     if engine.broker == "paper":
-        return PaperBroker(pool, settings.election.cluster, settings.election.instance_id, engine.paper_balance)
+        return PaperBroker(
+            pool,
+            settings.election.cluster,
+            settings.election.instance_id,
+            engine.paper_balance,
+            market=market,
+            max_quote_age_ms=engine.market_max_age_ms,
+        )
     from engine.brokers.mt5 import MT5Broker  # only when selected: it needs the Windows-only package
 
     return MT5Broker(
@@ -166,6 +185,10 @@ class Replica:
             alert=self.alerts.emit,
         )
         self.http: HttpServer | None = None
+        self.market: Market | None = None  # open from start() on
+        self.market_max_age_ms = engine.market_max_age_ms
+        self._watch: FeedWatch | None = None
+        self._feed: FeedRunner | None = None
         # (epoch, monotonic time) of the latest leadership start, rebound whole by the leader
         # callback: a database error from an earlier term must not count against this one.
         self._leading: tuple[int | None, float] = (None, 0.0)
@@ -186,6 +209,52 @@ class Replica:
             "executor": self._executor_health(),
             "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
         }
+
+    def market_health(self) -> str:
+        """The feed as /health shows it: `ok`, `stale: EURUSD tick 12.3 s old`, `unavailable:
+        ...`. Shown on every replica and never a 503 by itself: the feed is the same for all
+        replicas (a stale one would take every replica out of a load balancer, and with it the
+        intake, which needs no prices), and a quiet market (MT5 over a weekend, a replay at its
+        end) is not a broken replica. What it costs is visible where it bites: the paper venue
+        refuses a stale price (rule symbol_spec) and GET /market answers 503."""
+        watch = self._watch
+        return "starting" if watch is None else watch.state()
+
+    def _open_market(self) -> Market:
+        """The source HAEXEC_MARKET names; MT5 reads over the broker's terminal thread when the
+        broker is MT5. ConfigError (exit 2) for an unusable replay file or symbol list."""
+        from haexec.marketdata import open_market
+
+        # MT5 market data over the MT5 broker's worker: one terminal connection per process.
+        shared = self.settings.engine.market.source == "mt5"
+        terminal = getattr(self.broker, "run_on_terminal", None) if shared else None
+        try:
+            return open_market(self.settings, self._database_url, terminal=terminal)
+        except FeedUnavailable as e:
+            raise StartupError(f"market data ({self.settings.engine.market.source}): {first_line(e)}") from None
+
+    def _start_market(self, market: Market) -> None:
+        chosen = self.settings.engine.market
+        if chosen.symbols is not None:
+            watched = list(chosen.symbols)
+        elif chosen.source == "mt5":
+            watched = []  # the terminal's whole list (hundreds): only those named are watched
+        else:
+            watched = market.symbols()
+        self._watch = FeedWatch(market, watched, self.market_max_age_ms)
+        self._feed = FeedRunner(market.feed, FEED_INTERVAL_S)
+        self._feed.start()
+
+    def _stop_market(self) -> None:
+        if self._feed is not None:
+            self._feed.stop()
+        if self._watch is not None:
+            self._watch.close()
+        if self.market is not None:
+            try:
+                self.market.close()  # a replay saves its cursor
+            except Exception as e:  # stopping goes on
+                log.warning("market data close: %s", first_line(e))
 
     def _executor_health(self) -> str:
         if not self.executor.alive:
@@ -267,6 +336,9 @@ class Replica:
         finally:
             probe.close()
         check_database(self._database_url, timeout)
+        self.market = self._open_market()
+        if isinstance(self.broker, PaperBroker) and self.settings.engine.paper_prices == "market":
+            self.broker.market = self.market  # before the executor starts: every order is priced
         try:
             self.coordinator.open(timeout)
             self.engine_pool.open(wait=True, timeout=timeout)
@@ -288,6 +360,7 @@ class Replica:
             self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)
         except OSError as e:
             raise StartupError(str(e)) from None
+        self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
         self.coordinator.start()
         self.executor.start()
         self.http.start()
@@ -307,6 +380,7 @@ class Replica:
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
+        self._stop_market()  # before the broker: MT5 reads may run on its terminal thread
         self.broker.close()
         self.engine_pool.close(timeout=1.0)
         if self.http:

@@ -17,6 +17,7 @@ from common.numbers import ascii_decimal, ascii_int
 from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
+from engine.market.settings import MarketSettings, market_settings
 from engine.risk import RiskLimits
 
 # Election field -> the environment variable that sets it.
@@ -213,6 +214,9 @@ def log_level(env: Mapping[str, str]) -> str:
 
 
 IN_DOUBT_POLICIES = ("hold", "reexecute")
+# What the paper venue fills market orders at: the market's ask or bid, or the signal's price.
+PAPER_PRICES = ("market", "signal")
+DEFAULT_MARKET_MAX_AGE_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,11 @@ class EngineSettings:
     mt5_server: str | None
     mt5_path: str | None
     mt5_magic: int
+    market: MarketSettings
+    # The oldest tick the paper venue prices an order from, GET /market serves and /health
+    # calls fresh.
+    market_max_age_ms: int
+    paper_prices: str  # PAPER_PRICES
 
     def __repr__(self) -> str:  # never print the MT5 password
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
@@ -263,6 +272,10 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be a decimal number (got {raw_balance!r})") from None
     if not balance.is_finite() or balance <= 0:
         raise ConfigError("HAEXEC_PAPER_BALANCE", f"must be positive (got {raw_balance!r})")
+    prices = (env.get("HAEXEC_PAPER_PRICES") or "market").strip()
+    if prices not in PAPER_PRICES:
+        raise ConfigError("HAEXEC_PAPER_PRICES", f"must be one of {', '.join(PAPER_PRICES)} (got {prices!r})")
+    max_age = _int_in(env, "HAEXEC_MARKET_MAX_AGE_MS", 1, MAX_TIMER_MS)
     return EngineSettings(
         broker=broker,
         broker_deadline_ms=deadline,
@@ -276,4 +289,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
         mt5_path=env.get("HAEXEC_MT5_PATH") or None,
         mt5_magic=770077 if magic is None else magic,
+        market=market_settings(env),
+        market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
+        paper_prices=prices,
     )

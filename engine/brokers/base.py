@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.model import OrderType, Side
+
+if TYPE_CHECKING:  # brokers sit above market; only the annotation is needed here
+    from engine.market.base import MarketSpec
 
 
 class Outcome(enum.StrEnum):
@@ -50,6 +53,20 @@ class SymbolSpec:
             raise ValueError("SymbolSpec.tick_size and tick_value go together")
         if self.max_volume is not None and self.max_volume < self.min_volume:
             raise ValueError(f"SymbolSpec.max_volume must be >= min_volume ({self.max_volume} < {self.min_volume})")
+
+    @classmethod
+    def from_market(cls, spec: MarketSpec) -> SymbolSpec:
+        """The risk spec of a market data spec (engine.market): its contract size, volume
+        step, minimum and maximum, and its tick value per tick size (a losing position's,
+        in the account currency), so the loss at a stop is priced the way the venue prices it."""
+        return cls(
+            contract_size=spec.contract_size,
+            volume_step=spec.volume_step,
+            min_volume=spec.volume_min,
+            max_volume=spec.volume_max,
+            tick_size=spec.tick_size,
+            tick_value=spec.tick_value,
+        )
 
     def loss_per_lot(self, distance: Decimal) -> Decimal:
         """Account currency lost per lot over a price move of `distance` (rounded up)."""
@@ -97,6 +114,10 @@ class OrderRequest:
     epoch: int  # the leader epoch this order is sent under (a fencing-aware venue checks it)
     expires_at: datetime | None = None  # the venue refuses to act past this moment (Outcome.EXPIRED)
     max_loss: Decimal | None = None  # account currency: a venue that prices at send refuses a larger loss at the stop
+    # The executable price the risk rules priced the order at (a market order's ask or bid in
+    # the venue's quote). A venue that fills at the price it is given (paper, with a market)
+    # books a market order there; MT5 fills at its own price at send.
+    quoted: Decimal | None = None
 
 
 @dataclass(frozen=True)

@@ -492,8 +492,12 @@ class MT5Broker:
                 raise BrokerUnavailable(INSTALL_HINT) from exc
         return self._module
 
-    def _run(self, what: str, job: Callable[[ModuleType], Any], timeout_s: float | None = None) -> Any:
-        """Run `job(module)` on the worker within `timeout_s` (default: the deadline)."""
+    def run_on_terminal(self, what: str, job: Callable[[ModuleType], Any], timeout_s: float | None = None) -> Any:
+        """Run `job(module)` on the terminal's one worker thread within `timeout_s` (default:
+        the deadline). Public so that market data reads share the thread with the orders
+        (`engine.market.mt5.MT5Source(run=broker.run_on_terminal)`): the package is one
+        connection per process, and a read queued behind a hung order_send fails at once
+        (TerminalBusy) instead of waiting. BrokerError when not connected."""
         worker, module = self._worker, self._module
         if worker is None or module is None:
             raise BrokerError("MT5 broker is not connected")
@@ -580,7 +584,7 @@ class MT5Broker:
                 raise CallFailed("account_info", *m.last_error())
             return term, acct
 
-        term, acct = self._run("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
+        term, acct = self.run_on_terminal("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
         if not term.connected:
             raise BrokerUnavailable(f"MT5 terminal is not connected to trade server {self.server or '?'}")
         if not term.trade_allowed:
@@ -596,7 +600,7 @@ class MT5Broker:
         if worker is None:
             return
         try:
-            self._run("shutdown", lambda m: m.shutdown())
+            self.run_on_terminal("shutdown", lambda m: m.shutdown())
         except BrokerError as exc:
             log.warning("MT5 shutdown skipped: %s", exc)
         worker.stop()
@@ -616,7 +620,7 @@ class MT5Broker:
             deals = self._listing(m, "history_deals_get", m.history_deals_get(lo, hi))
             return acct, deals
 
-        acct, deals = self._run("account_info", job)
+        acct, deals = self.run_on_terminal("account_info", job)
         pnl = Decimal(0)
         for d in deals:
             # trades only: balance/credit/bonus deals carry deposits in `profit`
@@ -627,7 +631,7 @@ class MT5Broker:
     def positions(self) -> list[Position]:
         """All open positions of the account (risk needs the whole exposure); `tag` is set only
         for positions carrying this broker's magic."""
-        rows = self._run("positions_get", lambda m: self._listing(m, "positions_get", m.positions_get()))
+        rows = self.run_on_terminal("positions_get", lambda m: self._listing(m, "positions_get", m.positions_get()))
         return [
             Position(
                 ticket=str(p.ticket),
@@ -644,7 +648,7 @@ class MT5Broker:
 
     def orders(self) -> list[VenueOrder]:
         """All pending orders of the account; `tag` only for this broker's magic."""
-        rows = self._run("orders_get", lambda m: self._listing(m, "orders_get", m.orders_get()))
+        rows = self.run_on_terminal("orders_get", lambda m: self._listing(m, "orders_get", m.orders_get()))
         out = []
         for o in rows:
             side = _side_of_order_type(o.type)
@@ -686,7 +690,7 @@ class MT5Broker:
                 "deals": self._listing(m, "history_deals_get", m.history_deals_get(lo, hi)),
             }
 
-        found = self._run("find_by_tag", job)
+        found = self.run_on_terminal("find_by_tag", job)
         groups: dict[int, _Group] = {}
 
         def ours(row: Any) -> bool:
@@ -771,7 +775,7 @@ class MT5Broker:
             except _Refused as exc:
                 raise SymbolUnavailable(str(exc)) from None
 
-        info, tick = self._run("quote", job)
+        info, tick = self.run_on_terminal("quote", job)
         try:
             return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask))
         except (TypeError, ValueError) as exc:
@@ -956,7 +960,7 @@ class MT5Broker:
         def attempt() -> OrderResult:
             nonlocal gave_up
             try:
-                request = self._run(f"{what} (prepare)", build, budget.left())
+                request = self.run_on_terminal(f"{what} (prepare)", build, budget.left())
                 result = self._order_send(request, budget, done)
             except _Refused as exc:
                 result = OrderResult(Outcome.REJECTED, detail=str(exc))
@@ -1004,7 +1008,7 @@ class MT5Broker:
         log.debug("MT5 order_send %s", request)
         wait_ms = budget.left() * 1000
         try:
-            res, err = self._run("order_send", job, budget.left())
+            res, err = self.run_on_terminal("order_send", job, budget.left())
         except CallTimedOut:
             return OrderResult(
                 Outcome.UNKNOWN,

@@ -4,10 +4,20 @@ It is a fencing-aware venue: an order is booked only in a transaction that first
 the order's epoch (coordinator.fencing), and `paper_orders.tag` is unique per cluster. So a
 deposed leader can never book, a tag is booked at most once, and the signal's outcome
 commits in the same transaction as the booking.
+
+Prices. With a `Market` (engine.market: the replica's sim, replay or mt5 source) a symbol's
+quote is the market's spec (contract size, volume limits, tick value) and its latest bid and
+ask, no older than `max_quote_age_ms`; a market order is booked at the ask (buy) or the bid
+(sell) of the quote the risk rules priced it at (`OrderRequest.quoted`), never at the
+signal's price. Without one, every symbol is 1 account currency per 1.0 of price per lot and
+orders are booked at the signal's price. Either way open positions are not marked to market
+(equity = balance) and a close is at the entry price: marking and matching belong to the
+venue process (a later issue).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import psycopg
@@ -27,9 +37,14 @@ from engine.brokers.base import (
     PositionDiff,
     Quote,
     SymbolSpec,
+    SymbolUnavailable,
     VenueOrder,
 )
-from engine.model import Side
+from engine.market.base import FeedUnavailable, MarketDataError, StaleData, TradeMode, UnknownSymbol
+from engine.market.service import Market
+from engine.model import OrderType, Side
+
+DEFAULT_QUOTE_AGE_MS = 5000
 
 # A whole batch in one statement: the orders (a tag booked already is skipped, never doubled;
 # an order past its expires_at is not booked), and for market orders their positions and
@@ -97,12 +112,20 @@ class PaperBroker:
         instance_id: str,
         initial_balance: Decimal = Decimal("100000"),
         currency: str = "USD",
+        market: Market | None = None,
+        max_quote_age_ms: int = DEFAULT_QUOTE_AGE_MS,
     ) -> None:
+        if max_quote_age_ms < 0:
+            raise ValueError("max_quote_age_ms must be >= 0")
         self._pool = pool
         self._cluster = cluster
         self._instance = instance_id
         self._initial_balance = initial_balance
         self._currency = currency
+        # The prices orders fill at (see the module doc). A replica sets it once its market
+        # is open, before the executor starts; None: the signal's price.
+        self.market = market
+        self.max_quote_age_ms = max_quote_age_ms
 
     def connect(self) -> None:
         with self._pool.connection() as conn:
@@ -128,7 +151,8 @@ class PaperBroker:
             ).fetchone()
         if row is None:
             raise BrokerError(f"paper account of cluster {self._cluster!r} does not exist")
-        # No price feed: open positions are marked at their entry, so equity equals balance.
+        # Open positions are not marked to market (with or without a market: marking is the
+        # venue process's job, a later issue), so equity equals balance.
         return Account(balance=row[0], equity=row[0], currency=row[1], daily_pnl=row[2])
 
     def positions(self) -> list[Position]:
@@ -151,9 +175,59 @@ class PaperBroker:
         return int(row[0]) if row else 0
 
     def quote(self, symbol: str) -> Quote:
-        """No price feed: every symbol is 1 account currency per 1.0 of price per lot, and an
+        """With a market: its spec of the symbol and its latest bid and ask. SymbolUnavailable
+        (one line) for a symbol the market does not have, a tick older than max_quote_age_ms
+        or a symbol whose trading is disabled: such a symbol is never traded at a default; a
+        market that cannot be read is a BrokerError (the batch waits, nothing is refused).
+        Without a market: every symbol is 1 account currency per 1.0 of price per lot, and an
         order is priced at the signal's price."""
-        return _PAPER_QUOTE
+        market = self.market
+        if market is None:
+            return _PAPER_QUOTE
+        try:
+            tick = market.tick(symbol, max_age_ms=self.max_quote_age_ms)
+            spec = market.spec(symbol)
+        except UnknownSymbol as e:
+            raise SymbolUnavailable(first_line(e)) from None
+        except StaleData as e:
+            raise SymbolUnavailable(f"no fresh price for {symbol}: {first_line(e)}") from None
+        except FeedUnavailable as e:
+            raise BrokerError(f"paper broker: market data ({market.name}) unavailable: {first_line(e)}") from None
+        except MarketDataError as e:
+            raise SymbolUnavailable(f"{symbol}: {first_line(e)}") from None
+        if spec.trade_mode is TradeMode.DISABLED:
+            raise SymbolUnavailable(f"{symbol}: trading is disabled at the {market.name} source")
+        try:
+            return Quote(SymbolSpec.from_market(spec), bid=tick.bid, ask=tick.ask)
+        except (TypeError, ValueError) as e:
+            raise SymbolUnavailable(f"{symbol} has no usable spec at the {market.name} source: {e}") from None
+
+    def _fill_prices(self, reqs: list[OrderRequest]) -> tuple[list[OrderRequest], dict[str, OrderResult]]:
+        """Each order at the price it is booked at: a limit order at its own, a market order
+        at the price it was quoted (`quoted`), or, when it comes without one at a broker with
+        a market, at the ask or bid quoted now (an order that cannot be quoted is refused,
+        not booked). Without a market, at the signal's price."""
+        priced: list[OrderRequest] = []
+        refused: dict[str, OrderResult] = {}
+        quotes: dict[str, Quote | SymbolUnavailable] = {}
+        for r in reqs:
+            if r.type is not OrderType.MARKET:
+                priced.append(r)
+                continue
+            at = r.quoted
+            if at is None and self.market is not None:
+                if r.symbol not in quotes:
+                    try:
+                        quotes[r.symbol] = self.quote(r.symbol)
+                    except SymbolUnavailable as e:
+                        quotes[r.symbol] = e
+                quote = quotes[r.symbol]
+                if isinstance(quote, SymbolUnavailable):
+                    refused[r.tag] = OrderResult(Outcome.REJECTED, detail=f"paper broker: {quote}")
+                    continue
+                at = quote.executable(r.side, r.type, r.price)
+            priced.append(r if at is None else replace(r, price=at))
+        return priced, refused
 
     def position_diff(self, conn: psycopg.Connection) -> PositionDiff:
         """See POSITION_DIFF_SQL; `conn` is the reconciliation's own transaction."""
@@ -217,15 +291,25 @@ class PaperBroker:
         epochs = {r.epoch for r in reqs}
         if len(epochs) != 1:
             raise ValueError(f"one booking is fenced by one epoch, got {sorted(epochs)}")
+        priced, refused = self._fill_prices(reqs)
         try:
             with self._pool.connection() as conn:
-                return self._book(conn, reqs, epochs.pop(), within)
+                booked = self._book(conn, priced, epochs.pop(), within, refused, reqs)
         except psycopg_pool.PoolTimeout as e:
             raise BrokerError(f"paper broker: database unavailable: {e}") from None
+        return booked
 
     def _book(
-        self, conn: psycopg.Connection, reqs: list[OrderRequest], epoch: int, within: InTransaction | None
+        self,
+        conn: psycopg.Connection,
+        reqs: list[OrderRequest],
+        epoch: int,
+        within: InTransaction | None,
+        refused: dict[str, OrderResult],
+        asked: list[OrderRequest],
     ) -> list[OrderResult]:
+        """Book `reqs` (priced) in one fenced statement; the results follow `asked`, the orders
+        as given, where those in `refused` were never booked."""
         try:
             with fenced(conn, self._cluster, epoch) as cur:
                 rows = cur.execute(
@@ -250,13 +334,14 @@ class PaperBroker:
                 if len(booked) < len(reqs):
                     booked.update(self._booked_already(cur, [r.tag for r in reqs if r.tag not in booked]))
                 expired = OrderResult(Outcome.EXPIRED, detail="expired before it was booked")
-                results = [booked.get(r.tag, expired) for r in reqs]
+                results = [refused.get(r.tag) or booked.get(r.tag, expired) for r in asked]
                 if within is not None:
                     within(cur, results)
                 return results
         except psycopg.OperationalError as e:
             # Lost mid-transaction or at COMMIT: the booking may or may not have committed.
-            return [OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {first_line(e)}") for _ in reqs]
+            unknown = OrderResult(Outcome.UNKNOWN, detail=f"paper broker: {first_line(e)}")
+            return [refused.get(r.tag) or unknown for r in asked]
 
     def _booked_already(self, cur: psycopg.Cursor, tags: list[str]) -> dict[str, OrderResult]:
         """A tag is booked at most once: the venue answers with that order, never a second one."""

@@ -54,6 +54,7 @@ class Feed:
         self._bar_cursor: dict[tuple[str, Timeframe], int] = {}
         self._lock = threading.Lock()  # subscriptions
         self._pumping = threading.Lock()  # one pump at a time, so events stay in order
+        self.error: str | None = None  # why the last pump failed; None after one that did not
 
     def subscribe(
         self,
@@ -104,9 +105,11 @@ class Feed:
                 delivered += self._pump_ticks(subs)
                 delivered += self._pump_bars(subs)
             except FeedUnavailable as exc:
+                self.error = str(exc)
                 self._on_up(False)
                 log.warning("market feed %s: %s", self.source.name, exc)
                 return delivered
+            self.error = None
             self._on_up(True)
             return delivered
 

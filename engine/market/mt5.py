@@ -105,11 +105,13 @@ class MT5Source:
             run = lambda what, job, timeout_s: worker.run(what, lambda: job(mod), timeout_s)  # noqa: E731
         self._run = run
 
-    def connect(self, **initialize: Any) -> None:
-        """With a worker of its own: initialize the terminal (the broker does it otherwise)."""
+    def connect(self, path: str | None = None, **initialize: Any) -> None:
+        """With a worker of its own: initialize the terminal (the broker does it otherwise);
+        `path` is the terminal's executable, as MetaTrader5.initialize takes it."""
+        args = (path,) if path else ()
 
         def job(m: ModuleType) -> None:
-            if not m.initialize(**initialize):
+            if not m.initialize(*args, **initialize):
                 code, text = m.last_error()
                 raise FeedUnavailable(f"MT5 initialize failed: last_error {code} {text}")
 

@@ -35,6 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
+from common.timefmt import iso_utc
 from engine.market.bars import BarBuilder, Row, aggregate, to_bars
 from engine.market.base import (
     BadInput,
@@ -119,7 +120,7 @@ def load(path: Path) -> ReplayData:
             raise BadInput(f"{at}: no symbol")
         if last_time is not None and t < last_time:
             raise BadInput(
-                f"{at}: time {utc(t).isoformat()} is before line {last_line}'s {utc(last_time).isoformat()} "
+                f"{at}: time {iso_utc(utc(t))} is before line {last_line}'s {iso_utc(utc(last_time))} "
                 "(rows must be sorted by time)"
             )
         if t != last_time:
@@ -136,7 +137,7 @@ def load(path: Path) -> ReplayData:
                 raise BadInput(f"{at}: {symbol} bid {bid} is above its ask {ask}")
             key = (symbol, *values)
             if key in seen_at_time:
-                raise BadInput(f"{at}: duplicates an earlier row ({symbol} at {utc(t).isoformat()})")
+                raise BadInput(f"{at}: duplicates an earlier row ({symbol} at {iso_utc(utc(t))})")
             seen_at_time.add(key)
         else:
             o, h, lo, c = values
@@ -144,7 +145,7 @@ def load(path: Path) -> ReplayData:
                 raise BadInput(f"{at}: {symbol} bar is not low <= open, close <= high ({o} {h} {lo} {c})")
             times = bar_times.setdefault(symbol, set())
             if t in times:
-                raise BadInput(f"{at}: duplicates an earlier row ({symbol} bar at {utc(t).isoformat()})")
+                raise BadInput(f"{at}: duplicates an earlier row ({symbol} bar at {iso_utc(utc(t))})")
             times.add(t)
         per_symbol.setdefault(symbol, []).append((line, t, values, volume, spread, tf_name))
     if not per_symbol:
@@ -248,9 +249,7 @@ def _symbol(
         raise BadInput(f"{where}: {symbol}: {exc}") from None
     for line, t, _, _, _, _ in rows:
         if t % tf.ms:
-            raise BadInput(
-                f"{where} line {line}: {symbol} {tf.name} bar at {utc(t).isoformat()} is not a {tf.name} open"
-            )
+            raise BadInput(f"{where} line {line}: {symbol} {tf.name} bar at {iso_utc(utc(t))} is not a {tf.name} open")
     cols = [np.array([points(r[2][k]) for r in rows], dtype=np.int64) for k in range(4)]
     volume = np.array([r[3] for r in rows], dtype=np.int64)
     spread = np.array([r[4] for r in rows], dtype=np.int64)
@@ -414,7 +413,8 @@ class ReplaySource:
         now = self.now_ms()
         n = self._visible(d, now)
         if n == 0:
-            raise FeedUnavailable(f"replay has no {symbol} tick yet (its first is at {utc(int(d.release_ms[0]))})")
+            first = iso_utc(utc(int(d.release_ms[0])))
+            raise FeedUnavailable(f"replay has no {symbol} tick yet (its first is at {first})")
         if d.ticks is not None:
             return d.ticks.tick(n - 1, age_ms=now - int(d.ticks.time_ms[n - 1]))
         # A bar file's tick is the last closed bar's close, at its close time.

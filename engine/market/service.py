@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from common.timefmt import iso_utc
 from engine.market.base import (
     BadRequest,
     BarHandler,
@@ -73,7 +74,7 @@ class Market:
         self._up(True)
         self.metrics.tick_age.labels(symbol).set(tick.age_ms / 1000)
         if tick.age_ms > max_age_ms:
-            raise StaleData(f"{symbol} tick at {tick.time.isoformat()}", tick.age_ms, max_age_ms)
+            raise StaleData(f"{symbol} tick at {iso_utc(tick.time)}", tick.age_ms, max_age_ms)
         return tick
 
     def bars(self, symbol: str, timeframe: Timeframe | str, count: int, *, max_age_ms: int) -> Bars:

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +89,25 @@ _INV_2_16 = 1.0 / 65536.0
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# The small caches below are shared by every thread reading one source (a replica's feed,
+# executor and HTTP): a key another thread evicted meanwhile is no error, the value in hand
+# is still right (every entry is a pure function of its key).
+def _touch(cache: OrderedDict[int, Any], key: int) -> None:
+    try:
+        cache.move_to_end(key)
+    except KeyError:
+        pass
+
+
+def _put(cache: OrderedDict[int, Any], key: int, value: Any, size: int) -> None:
+    cache[key] = value
+    while len(cache) > size:
+        try:
+            cache.popitem(last=False)
+        except KeyError:
+            break
 
 
 # -- the counter-based generator ---------------------------------------------------------
@@ -217,7 +237,7 @@ class _Calendar:
         """(variance weight, spread multiplier) of each minute of day d."""
         got = self._minutes.get(d)
         if got is not None:
-            self._minutes.move_to_end(d)
+            _touch(self._minutes, d)
             return got
         day = self.day(d)
         weight = np.repeat(SEASON2, 60)
@@ -231,9 +251,7 @@ class _Calendar:
                     weight[m] = SEASON2[m // 60] * _news_decay(mult, k)
                     spread[m] = max(spread[m], 4.0 if k == 0 else (2.0 if k <= 5 else 1.0))
         got = (weight, spread * regime_spread)
-        self._minutes[d] = got
-        if len(self._minutes) > 64:
-            self._minutes.popitem(last=False)
+        _put(self._minutes, d, got, 64)
         return got
 
 
@@ -378,7 +396,7 @@ class _Path:
         """The TICKS ticks of minute m, in points."""
         got = self._ticks.get(m)
         if got is not None:
-            self._ticks.move_to_end(m)
+            _touch(self._ticks, m)
             return got
         mins = self.minutes(m, m + 1)
         bar = self._bars(self.sym.name, m, mins)
@@ -398,9 +416,7 @@ class _Path:
         else:
             last = np.full(TICKS, -1, dtype=np.int64)
         got = _MinuteTicks(bid, ask, last, spread)
-        self._ticks[m] = got
-        if len(self._ticks) > 16:
-            self._ticks.popitem(last=False)
+        _put(self._ticks, m, got, 16)
         return got
 
 

@@ -483,6 +483,10 @@ class DrillCluster:
                 "HAEXEC_LEASE_MS": str(self.lease_ms),
                 "HAEXEC_STARTUP_TIMEOUT_S": "20",
                 "HAEXEC_BROKER": "paper",
+                # The producer sends fixed prices (EURUSD 1.1) and clock-jump moves a replica's
+                # wall clock, and with it the sim's price, by up to a day: a failover drill
+                # must not fail on price_tolerance, so the venue fills at the signal's price.
+                "HAEXEC_PAPER_PRICES": "signal",
                 "HAEXEC_RISK_MAX_OPEN_POSITIONS": "100000000",
                 "HAEXEC_LOG_LEVEL": "INFO",
                 "HAEXEC_STATE_DIR": str(self.workdir / "state"),

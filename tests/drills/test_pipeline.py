@@ -48,6 +48,7 @@ def test_two_hundred_signals_through_a_kill_and_a_pause_execute_exactly_once(
         **cluster_env(cluster, redis_url, database_url),
         "HAEXEC_SWEEP_MS": "200",
         "HAEXEC_RISK_MAX_OPEN_POSITIONS": "1000",
+        "HAEXEC_PAPER_PRICES": "signal",  # fixed prices (1.1), as the drills send them
     }
     replicas = [spawn(env, f"r{i}") for i in range(1, 4)]
     wait_ready(replicas)

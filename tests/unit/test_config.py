@@ -352,3 +352,34 @@ def test_the_open_position_caps_drills_and_benchmarks_use_are_within_bounds() ->
     for raw in ("100000000", "1000000"):
         s = settings.load({"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_RISK_MAX_OPEN_POSITIONS": raw})
         assert s.engine.risk.max_open_positions == int(raw)
+
+
+# ---- market data and the paper venue's prices ----
+
+MARKET_BASE = {"HAEXEC_REDIS_URL": "redis://h", "HAEXEC_DATABASE_URL": "postgresql://h/d"}
+
+
+def test_market_settings_default_to_the_sim_priced_paper_venue() -> None:
+    engine = settings.load(MARKET_BASE).engine
+    assert (engine.market.source, engine.paper_prices, engine.market_max_age_ms) == ("sim", "market", 5000)
+    engine = settings.load(
+        {**MARKET_BASE, "HAEXEC_PAPER_PRICES": "signal", "HAEXEC_MARKET_MAX_AGE_MS": "250", "HAEXEC_MARKET_SEED": "7"}
+    ).engine
+    assert (engine.paper_prices, engine.market_max_age_ms, engine.market.seed) == ("signal", 250, 7)
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"HAEXEC_PAPER_PRICES": "ask"}, "HAEXEC_PAPER_PRICES"),
+        ({"HAEXEC_MARKET_MAX_AGE_MS": "0"}, "HAEXEC_MARKET_MAX_AGE_MS"),
+        ({"HAEXEC_MARKET_MAX_AGE_MS": "5s"}, "HAEXEC_MARKET_MAX_AGE_MS"),
+        ({"HAEXEC_MARKET": "bloomberg"}, "HAEXEC_MARKET"),
+        ({"HAEXEC_MARKET": "replay:/no/such/file.csv"}, "HAEXEC_MARKET"),
+        ({"HAEXEC_MARKET_SYMBOLS": "EURUSD,EURUSD"}, "HAEXEC_MARKET_SYMBOLS"),
+    ],
+)
+def test_a_bad_market_setting_names_its_variable(env: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        settings.load({**MARKET_BASE, **env})
+    assert e.value.setting == setting and "\n" not in str(e.value)

@@ -122,7 +122,7 @@ def test_max_speed_releases_as_it_is_pumped_and_a_finished_feed_goes_stale(tmp_p
     assert [str(t.bid) for t in got] == ["1.10000", "1.10020", "1.09990", "1.10005", "1.10010", "1.10030", "1.10000"]
     assert market.tick("EURUSD", max_age_ms=1000).time_ms == T + 200_000
     clock.ms += 5_000  # the file is over: the clock runs on, the last tick ages
-    with pytest.raises(StaleData, match=r"EURUSD tick at 2026-01-05T10:03:20\+00:00 is 5\.000 s old"):
+    with pytest.raises(StaleData, match=r"EURUSD tick at 2026-01-05T10:03:20\.000Z is 5\.000 s old"):
         market.tick("EURUSD", max_age_ms=1000)
     with pytest.raises(StaleData, match="EURUSD M1 bars is 5.000 s old"):
         market.bars("EURUSD", "M1", 5, max_age_ms=1000)
@@ -184,16 +184,16 @@ def test_a_finer_timeframe_than_the_file_is_refused(tmp_path: Path) -> None:
 BAD = [
     (
         "time,symbol,bid,ask\n2026-01-05T10:00:01Z,EURUSD,1.1,1.2\n2026-01-05T10:00:00Z,EURUSD,1.1,1.2\n",
-        "line 3: time 2026-01-05T10:00:00+00:00 is before line 2's 2026-01-05T10:00:01+00:00 "
+        "line 3: time 2026-01-05T10:00:00.000Z is before line 2's 2026-01-05T10:00:01.000Z "
         "(rows must be sorted by time)",
     ),
     (
         "time,symbol,bid,ask\n2026-01-05T10:00:00Z,EURUSD,1.1,1.2\n2026-01-05T10:00:00Z,EURUSD,1.1,1.2\n",
-        "line 3: duplicates an earlier row (EURUSD at 2026-01-05T10:00:00+00:00)",
+        "line 3: duplicates an earlier row (EURUSD at 2026-01-05T10:00:00.000Z)",
     ),
     (
         "time,symbol,open,high,low,close\n2026-01-05T10:00:00Z,X,1,2,1,1\n2026-01-05T10:00:00Z,X,1,3,1,1\n",
-        "line 3: duplicates an earlier row (X bar at 2026-01-05T10:00:00+00:00)",
+        "line 3: duplicates an earlier row (X bar at 2026-01-05T10:00:00.000Z)",
     ),
     ("time,symbol,bid,ask\n2026-01-05T10:00:00Z,EURUSD,abc,1.2\n", "line 2: bid 'abc' is not a number"),
     ("time,symbol,bid,ask\n2026-01-05T10:00:00Z,EURUSD,NaN,1.2\n", "line 2: bid 'NaN' is not a positive price"),
@@ -207,7 +207,7 @@ BAD = [
     ),
     (
         "time,symbol,open,high,low,close\n2026-01-05T10:00:30Z,X,1,1,1,1\n",
-        "line 2: X M1 bar at 2026-01-05T10:00:30+00:00 is not a M1 open",
+        "line 2: X M1 bar at 2026-01-05T10:00:30.000Z is not a M1 open",
     ),
     ("time,symbol,price\n", "the header must have bid,ask (ticks) or open,high,low,close (bars), not neither"),
     ("time,symbol,bid,ask\n", "no rows after the header"),
