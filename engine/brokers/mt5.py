@@ -339,6 +339,13 @@ class _Worker:
                 f"MT5 {what} timed out after {timeout_s * 1000:.0f} ms (the call is still running)"
             ) from None
 
+    def running(self) -> tuple[str, float, bool] | None:
+        """(what runs now, for how many seconds, whether it outlived its caller's deadline)."""
+        with self._cond:
+            if self._running is None:
+                return None
+            return self._running, time.monotonic() - self._since, self._overdue
+
     def wait_idle(self, timeout_s: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._running is None, timeout=timeout_s)
@@ -536,6 +543,10 @@ class MT5Broker:
     def busy(self) -> str | None:
         """The call the worker is running now (e.g. a hung order_send), or None."""
         return self._worker.busy if self._worker else None
+
+    def in_flight(self) -> tuple[str, float, bool] | None:
+        """The call on the worker: (name, seconds running, past its caller's deadline), or None."""
+        return self._worker.running() if self._worker else None
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no call is in flight (release path: let in-flight calls finish)."""

@@ -1,0 +1,7 @@
+"""`python -m haexec ...` is the `haexec` command."""
+
+import sys
+
+from haexec.cli import main
+
+sys.exit(main())
