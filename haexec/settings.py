@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from coordinator.config import ConfigError, ElectionConfig
 from coordinator.redis_url import parse_redis_url
@@ -27,7 +28,7 @@ TIMER_ENV = {
     "db_timeout_ms": "HAEXEC_DB_TIMEOUT_MS",
 }
 FIELD_ENV = {"cluster": "HAEXEC_CLUSTER", "instance_id": "HAEXEC_INSTANCE_ID", **TIMER_ENV}
-BROKERS = ("paper", "mt5")
+BROKERS = ("paper", "mt5", "gateway")
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,11 @@ class EngineSettings:
     mt5_server: str | None
     mt5_path: str | None
     mt5_magic: int
+    gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
+    gateway_token: str | None = None
+    gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
 
-    def __repr__(self) -> str:  # never print the MT5 password
+    def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
 
 
@@ -244,4 +248,24 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
         mt5_path=env.get("HAEXEC_MT5_PATH") or None,
         mt5_magic=_int_or(env, "HAEXEC_MT5_MAGIC", 770077),
+        **(_gateway(env) if broker == "gateway" else {}),
     )
+
+
+def _gateway(env: Mapping[str, str]) -> dict[str, str | None]:
+    """HAEXEC_GATEWAY_URL (http(s)://host:port), HAEXEC_GATEWAY_TOKEN, HAEXEC_GATEWAY_CA."""
+    url = (env.get("HAEXEC_GATEWAY_URL") or "").strip()
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError("HAEXEC_GATEWAY_URL", f"has a bad port (got {url!r})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError("HAEXEC_GATEWAY_URL", f"must be http(s)://host:port of the gateway (got {url!r})")
+    token = (env.get("HAEXEC_GATEWAY_TOKEN") or "").strip()
+    if not token:
+        raise ConfigError("HAEXEC_GATEWAY_TOKEN", "is required with HAEXEC_BROKER=gateway")
+    ca = (env.get("HAEXEC_GATEWAY_CA") or "").strip() or None
+    if ca is not None and not os.path.isfile(ca):
+        raise ConfigError("HAEXEC_GATEWAY_CA", f"no such file: {ca}")
+    return {"gateway_url": url, "gateway_token": token, "gateway_ca": ca}

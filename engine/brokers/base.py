@@ -163,6 +163,11 @@ class BrokerUnavailable(BrokerError):
     """Start-up or a call failed because the venue (or its library) is not available."""
 
 
+class TagInDoubt(BrokerError):
+    """A fencing-aware venue cannot say whether an order under this tag was placed (an
+    attempt reached the terminal and got no answer): hold the signal, never re-execute it."""
+
+
 # Called inside a database venue's booking transaction with one result per order, so the
 # signals' outcomes commit with their orders.
 InTransaction = Callable[[Any, list[OrderResult]], None]
