@@ -246,3 +246,42 @@ def test_the_executor_trades_through_the_gateway_and_settles_an_unanswered_send_
     finally:
         ex.stop(5)
         b.close()
+
+
+def test_a_send_the_gateway_died_during_is_held_never_re_executed(
+    rig: Rig, database_url: str, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    b = GatewayBroker(gateway.base, TOKEN, rig.cluster, "leader", DEADLINE_MS)
+    b.connect()
+    ex = executor(rig, database_url, b)
+    ex.start()
+    restarted: GatewayProcess | None = None
+    try:
+        gateway.control("hang", function="order_send")
+        fp, the_tag, _ = submit(rig, 1, price="1.1001", sl="1.0950")
+        wait_for(lambda: signal_row(rig, fp)[0] == "in_doubt", 10, "the unanswered send in doubt")
+        gateway.kill()  # the terminal may have taken the order: nobody can tell now
+        restarted = start_gateway(
+            tmp_path,
+            database_url,
+            rig.cluster,
+            state_dir=gateway.state_dir,
+            port=gateway.port,
+            HAEXEC_GATEWAY_DEADLINE_MS=str(GATEWAY_DEADLINE_MS),
+        )
+        # Sweeps go on (every 100 ms); the journal says "no answer", so the signal stays held.
+        wait_for(
+            lambda: restarted.metric("haexec_gateway_calls_total", call="find_by_tag", outcome="ok") >= 3,
+            10,
+            "three in-doubt resolutions asking the restarted gateway",
+        )
+        assert signal_row(rig, fp)[0] == "in_doubt"
+        assert restarted.control.order_sends() == 0  # never re-executed
+    finally:
+        ex.stop(5)
+        b.close()
+        if restarted is not None:
+            restarted.kill()
+            restarted.control.path.unlink(missing_ok=True)
