@@ -5,7 +5,9 @@ an unanswered send settled from the journal, a deposed leader refused."""
 
 from __future__ import annotations
 
+import shutil
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -285,3 +287,35 @@ def test_a_send_the_gateway_died_during_is_held_never_re_executed(
         if restarted is not None:
             restarted.kill()
             restarted.control.path.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed (it makes the test certificate)")
+def test_the_replica_reaches_a_tls_gateway_with_its_ca(tmp_path: Path, database_url: str, cluster: str) -> None:
+    from tests.integration.test_gateway import make_cert
+
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    gw = start_gateway(
+        tmp_path,
+        database_url,
+        cluster,
+        port=port,
+        scheme="https",
+        verify=ssl.create_default_context(cafile=str(cert)),
+        HAEXEC_GATEWAY_HTTP=f"0.0.0.0:{port}",
+        HAEXEC_GATEWAY_TLS_CERT=str(cert),
+        HAEXEC_GATEWAY_TLS_KEY=str(key),
+        HAEXEC_GATEWAY_DEADLINE_MS=str(GATEWAY_DEADLINE_MS),
+    )
+    try:
+        grant(database_url, cluster, 1, "r1")
+        b = GatewayBroker(f"https://127.0.0.1:{port}", TOKEN, cluster, "r1", DEADLINE_MS, ca_file=str(cert))
+        b.connect()
+        assert b.send(order(tag(1), 1)).outcome is Outcome.DONE
+        untrusting = GatewayBroker(f"https://127.0.0.1:{port}", TOKEN, cluster, "r1", DEADLINE_MS)
+        with pytest.raises(BrokerError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            untrusting.send(order(tag(2), 1))  # an unknown certificate: nothing sent
+        assert gw.control.order_sends() == 1
+    finally:
+        gw.kill()
+        gw.control.path.unlink(missing_ok=True)
