@@ -16,6 +16,14 @@ A send, in order:
 
 A call that outlived its deadline keeps the worker: every later call is refused at once
 (`Busy`, naming the tag on the terminal) until it returns, and nothing is queued behind it.
+So a new leader's epoch may be promised while a send under the old one is still on the
+terminal, but nothing is sent under the new epoch before that send returned (the worker is
+the only way to the terminal, and a requote retry of the old send meets the new promise), and
+the journal keeps the old send's tag in flight, then answered: what a drain of in-flight calls
+before a new epoch gives elsewhere.
+
+The journal's answers do not depend on the caller's epoch (an answer is a fact, not an
+action); only an impostor's equal epoch is refused before the journal is read.
 """
 
 from __future__ import annotations
