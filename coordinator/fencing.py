@@ -10,7 +10,9 @@ The epoch comparisons that exist, and none other:
   stamp, a take-over or a settlement applies only to the attempt of the epoch it names), so a
   stale attempt never overwrites a newer one;
 - the lease: `Coordinator.fence(min_remaining_ms)` is the trusted epoch, and the executor acts
-  at a venue for an attempt only while that is the attempt's epoch.
+  at a venue for an attempt only while that is the attempt's epoch;
+- the MT5 gateway's promise (haexec/gateway/promise.py): the highest (epoch, instance) it
+  accepted, which moves up only to an epoch `check_granted` confirms here.
 
 The row is read FOR KEY SHARE: it does not wait behind the leader's heartbeat (an UPDATE of
 non-key columns), but it does conflict with the FOR UPDATE that every epoch change and
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 import psycopg
 
 CHECK_EPOCH_SQL = "SELECT epoch, released_at IS NULL FROM leader_record WHERE cluster = %s FOR KEY SHARE"
+GRANTED_SQL = "SELECT epoch, instance_id, released_at IS NULL FROM leader_record WHERE cluster = %s"
 
 
 class NotLeader(Exception):
@@ -54,3 +57,26 @@ def fenced(conn: psycopg.Connection, cluster: str, epoch: int) -> Iterator[psyco
     with conn.transaction(), conn.cursor() as cur:
         check_epoch(cur, cluster, epoch)
         yield cur
+
+
+class EpochNotGranted(EpochSuperseded):
+    """The database never granted this epoch to this instance, or has moved on from it."""
+
+    def __init__(self, cluster: str, epoch: int, instance: str, row: tuple[int, str | None, bool] | None) -> None:
+        if row is None:
+            state = "the cluster has no leader record"
+        else:
+            state = f"the leader record has epoch {row[0]}, {row[1]!r}" + ("" if row[2] else ", released")
+        Exception.__init__(self, f"epoch {epoch} of cluster {cluster!r} is not held by {instance!r} ({state})")
+        self.epoch = epoch
+        self.current = row[0] if row else None
+
+
+def check_granted(conn: psycopg.Connection, cluster: str, epoch: int, instance: str) -> None:
+    """Raise EpochNotGranted unless the leader record names `epoch`, held by `instance` and not
+    released. A plain read: a gatekeeper outside the database (the MT5 gateway) asks it before
+    it promises an epoch; it writes nothing, so it needs no lock."""
+    row = conn.execute(GRANTED_SQL, (cluster,)).fetchone()
+    got = (int(row[0]), row[1], bool(row[2])) if row is not None else None
+    if got is None or got[0] != epoch or got[1] != instance or not got[2]:
+        raise EpochNotGranted(cluster, epoch, instance, got)

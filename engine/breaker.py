@@ -16,7 +16,7 @@ What counts as a failure is the caller's decision: for a broker, an exception or
 ``Outcome.UNKNOWN`` is a failure; a venue's rejection (``Outcome.REJECTED``) is an answer,
 hence a success as far as the circuit is concerned.
 
-Time comes from an injected monotonic ``coordinator.clock.Clock`` (``FakeClock`` in tests).
+Time comes from an injected monotonic ``common.clock.Clock`` (``FakeClock`` in tests).
 The gauge ``haexec_broker_circuit_open{broker=...}`` is 1 while open, 0 otherwise; an
 optional ``on_change(state)`` callback is told of every transition (alerting hooks in
 there; its exceptions are logged and swallowed).

@@ -35,6 +35,7 @@ from engine.brokers.base import (
     Outcome,
     Quote,
     SymbolUnavailable,
+    TagInDoubt,
 )
 from engine.db_health import DbHealth
 from engine.duplicates import DuplicateGuard
@@ -532,7 +533,13 @@ class Executor:
         for u in pending:
             if self._stop.is_set():
                 return
-            held += self._resolve(u, epoch)
+            try:
+                held += self._resolve(u, epoch)
+            except BrokerError as e:
+                # The venue cannot search tags now (unreachable, busy, a call of the tag still
+                # on the terminal): nothing is decided; the next sweep asks again.
+                log.warning("in-doubt resolution of signal %s deferred: %s", u.fingerprint, first_line(e))
+                return
         metrics.IN_DOUBT.set(held)
 
     def _scan_duplicates(self, epoch: int) -> None:
@@ -549,7 +556,12 @@ class Executor:
         held = 1 if u.status == SignalStatus.IN_DOUBT else 0
         if not venue.fencing_aware and u.attempt_age_ms < self.cfg.grace_ms:
             return held  # a paused ex-leader or a timed-out call may still send: wait out the grace
-        found = venue.find_by_tag(u.tag)
+        try:
+            found = venue.find_by_tag(u.tag)
+        except TagInDoubt as e:
+            # A fencing-aware venue that cannot tell (its attempt got no answer) never re-sends
+            # the tag: hold it like an absent tag at a venue that cannot fence.
+            return self._hold(u, f"{e}; held")
         if found:
             first, *dupes = sorted(found, key=lambda o: (o.at is None, o.at, o.ticket))
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -583,22 +595,19 @@ class Executor:
             if taken:
                 self._execute([store.Claimed(u.id, u.fingerprint, u.tag, u.payload)], epoch, switch)
             return 0
+        return self._hold(u, "tag absent at the broker after the grace period; held (HAEXEC_IN_DOUBT=hold)")
+
+    def _hold(self, u: store.Unsettled, reason: str) -> int:
+        """Hold a signal in doubt (once: logged, counted and alerted when it moves). Returns 1."""
         if u.status == SignalStatus.IN_DOUBT:
             return 1  # held until its tag turns up or an operator settles it
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             held = store.settle_held(
-                cur,
-                u.id,
-                u.status,
-                u.epoch,
-                SignalStatus.IN_DOUBT,
-                self.cfg.instance_id,
-                None,
-                "tag absent at the broker after the grace period; held (HAEXEC_IN_DOUBT=hold)",
+                cur, u.id, u.status, u.epoch, SignalStatus.IN_DOUBT, self.cfg.instance_id, None, reason
             )
         if held:
             metrics.SIGNALS.labels("in_doubt").inc()
-            log.critical("signal %s held in doubt: its tag is absent at the broker", u.fingerprint)
+            log.critical("signal %s held in doubt: %s", u.fingerprint, reason)
             self._alert(
                 "signal_in_doubt",
                 "critical",

@@ -268,6 +268,22 @@ def cmd_db(args: argparse.Namespace) -> int:
 # ---- up ----
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from haexec.gateway.main import run
+
+    env = dict(os.environ)
+    for flag, name in (
+        ("cluster", "HAEXEC_CLUSTER"),
+        ("database_url", "HAEXEC_DATABASE_URL"),
+        ("http", "HAEXEC_GATEWAY_HTTP"),
+        ("state_dir", "HAEXEC_GATEWAY_STATE_DIR"),
+    ):
+        if getattr(args, flag, None) is not None:
+            env[name] = str(getattr(args, flag))
+    _setup_logging(env.get("HAEXEC_LOG_LEVEL", "INFO"))
+    return run(env)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from haexec.up import run_up
 
@@ -325,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lease-ms", type=_positive, help="HAEXEC_LEASE_MS")
     up.add_argument("--no-view", action="store_true", help="print changes only, no live table")
     up.set_defaults(func=cmd_up)
+
+    gw = sub.add_parser("gateway", help="the fenced MT5 gateway: one process beside one terminal")
+    gw.add_argument("--cluster", help="the cluster it serves (HAEXEC_CLUSTER)")
+    gw.add_argument("--database-url", help="where epochs are confirmed (HAEXEC_DATABASE_URL)")
+    gw.add_argument("--http", help="host:port to serve on (HAEXEC_GATEWAY_HTTP, default 127.0.0.1:8790)")
+    gw.add_argument("--state-dir", help="promise and journal (HAEXEC_GATEWAY_STATE_DIR, default ./.haexec-gateway)")
+    gw.set_defaults(func=cmd_gateway)
 
     for name, func, text in (
         ("status", cmd_status, "cluster state read from Redis and PostgreSQL"),

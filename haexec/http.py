@@ -353,7 +353,8 @@ class _DeadlineH11Protocol(H11Protocol):
         self._lingering = True
         self._head_done()
         self._unset_keepalive_if_required()
-        self.transport.write_eof()  # sent once the answer is flushed
+        if self.transport.can_write_eof():  # a TLS transport cannot half-close: it just lingers
+            self.transport.write_eof()  # sent once the answer is flushed
         self.flow.resume_reading()
         self.loop.call_later(LINGER_S, self.transport.close)
 
@@ -390,7 +391,15 @@ def _protocol_class(head_timeout_s: float) -> type[_DeadlineH11Protocol]:
 class HttpServer:
     """uvicorn on a socket bound up front, so a taken port fails start-up with one line."""
 
-    def __init__(self, app: Starlette, host: str, port: int, limits: HttpLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        host: str,
+        port: int,
+        limits: HttpLimits = DEFAULT_LIMITS,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """`tls`: (certificate chain file, private key file) to serve HTTPS."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for a
         # socket that says it is TCP; without it every answer waits out a delayed ACK (~40 ms).
@@ -415,6 +424,8 @@ class HttpServer:
                 # so that max_connections are served and the next is refused.
                 limit_concurrency=limits.max_connections + 1,
                 timeout_keep_alive=math.ceil(limits.keepalive_ms / 1000),  # uvicorn counts whole seconds
+                ssl_certfile=tls[0] if tls else None,
+                ssl_keyfile=tls[1] if tls else None,
             )
         )
         self._thread = threading.Thread(target=self._serve, name="haexec-http", daemon=True)
@@ -424,6 +435,11 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        """uvicorn is serving (False again once it stopped, or if it failed to start)."""
+        return self._server.started and self._thread.is_alive()
 
     @property
     def open_connections(self) -> int:

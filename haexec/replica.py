@@ -125,6 +125,19 @@ def build_broker(settings: Settings, pool: ConnectionPool, market: Market | None
             market=market,
             max_quote_age_ms=engine.market_max_age_ms,
         )
+    if engine.broker == "gateway":
+        from engine.brokers.gateway import GatewayBroker
+
+        assert engine.gateway_url and engine.gateway_token  # settings require both
+        election = settings.election
+        return GatewayBroker(
+            engine.gateway_url,
+            engine.gateway_token,
+            election.cluster,
+            election.instance_id,
+            engine.broker_deadline_ms,
+            ca_file=engine.gateway_ca,
+        )
     from engine.brokers.mt5 import MT5Broker  # only when selected: it needs the Windows-only package
 
     return MT5Broker(

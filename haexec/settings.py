@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from common.numbers import ascii_decimal, ascii_int
@@ -31,7 +32,7 @@ TIMER_ENV = {
     "db_timeout_ms": "HAEXEC_DB_TIMEOUT_MS",
 }
 FIELD_ENV = {"cluster": "HAEXEC_CLUSTER", "instance_id": "HAEXEC_INSTANCE_ID", **TIMER_ENV}
-BROKERS = ("paper", "mt5")
+BROKERS = ("paper", "mt5", "gateway")
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,11 @@ class EngineSettings:
     # calls fresh.
     market_max_age_ms: int
     paper_prices: str  # PAPER_PRICES
+    gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
+    gateway_token: str | None = None
+    gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
 
-    def __repr__(self) -> str:  # never print the MT5 password
+    def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
 
 
@@ -292,4 +296,24 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market=market_settings(env),
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
+        **(_gateway(env) if broker == "gateway" else {}),
     )
+
+
+def _gateway(env: Mapping[str, str]) -> dict[str, str | None]:
+    """HAEXEC_GATEWAY_URL (http(s)://host:port), HAEXEC_GATEWAY_TOKEN, HAEXEC_GATEWAY_CA."""
+    url = (env.get("HAEXEC_GATEWAY_URL") or "").strip()
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError("HAEXEC_GATEWAY_URL", f"has a bad port (got {url!r})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError("HAEXEC_GATEWAY_URL", f"must be http(s)://host:port of the gateway (got {url!r})")
+    token = (env.get("HAEXEC_GATEWAY_TOKEN") or "").strip()
+    if not token:
+        raise ConfigError("HAEXEC_GATEWAY_TOKEN", "is required with HAEXEC_BROKER=gateway")
+    ca = (env.get("HAEXEC_GATEWAY_CA") or "").strip() or None
+    if ca is not None and not os.path.isfile(ca):
+        raise ConfigError("HAEXEC_GATEWAY_CA", f"no such file: {ca}")
+    return {"gateway_url": url, "gateway_token": token, "gateway_ca": ca}

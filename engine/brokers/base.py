@@ -184,6 +184,11 @@ class BrokerUnavailable(BrokerError):
     """Start-up or a call failed because the venue (or its library) is not available."""
 
 
+class TagInDoubt(BrokerError):
+    """A fencing-aware venue cannot say whether an order under this tag was placed (an
+    attempt reached the terminal and got no answer): hold the signal, never re-execute it."""
+
+
 # Called inside a database venue's booking transaction with one result per order, so the
 # signals' outcomes commit with their orders.
 InTransaction = Callable[[Any, list[OrderResult]], None]
@@ -191,7 +196,7 @@ InTransaction = Callable[[Any, list[OrderResult]], None]
 
 class Broker(Protocol):
     name: str
-    fencing_aware: bool  # refuses orders whose epoch is superseded (only the paper broker)
+    fencing_aware: bool  # refuses orders whose epoch is superseded (paper, gateway)
     records_in_transaction: bool  # a BookingVenue: books a batch and its outcomes in one transaction
 
     def connect(self) -> None: ...
@@ -202,7 +207,7 @@ class Broker(Protocol):
     def orders(self) -> list[VenueOrder]: ...
     def quote(self, symbol: str) -> Quote: ...
     def send(self, req: OrderRequest) -> OrderResult: ...
-    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult: ...
+    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None, epoch: int | None = None) -> OrderResult: ...
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult: ...
     def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult: ...
 

@@ -34,6 +34,11 @@ Outcomes of `send` / `modify` / `close_position`
 - `BrokerError` is raised only when nothing was submitted (not connected, terminal busy,
   reads failed before the order was built); `ValueError` for a malformed tag.
 
+A `SendGuard` (the gateway's fence and write-ahead journal) may wrap each `order_send` of a
+call: `before(request)` runs on the worker immediately before it and may refuse
+(`SendRefused`: nothing is sent, and the call raises it even after a requote), `after(...)`
+runs on the worker as soon as it returned. Nothing else runs between the two and the send.
+
 Money crosses the boundary here only: Decimal -> float in the request dicts (prices
 rounded to the symbol's digits), float -> Decimal (via the float's shortest repr) in
 everything returned.
@@ -68,7 +73,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import (
     RetryCallState,
@@ -148,6 +153,7 @@ RETCODES: dict[int, tuple[str, str]] = {
     10046: ("HEDGE_PROHIBITED", "the account prohibits opposite positions on a single symbol"),
 }
 DONE_RETCODES = frozenset({10008, 10009, 10010})
+MODIFY_DONE_RETCODES = DONE_RETCODES | {10025}  # NO_CHANGES: the stops are already what was asked
 RETRY_RETCODES = frozenset({10004, 10021})  # MetaQuotes' own helpers retry only these
 AMBIGUOUS_RETCODES = frozenset({10011, 10012})  # answered, but not "nothing was placed"
 
@@ -214,6 +220,22 @@ class TerminalBusy(NotSent):
 
 class DeadlineSpent(NotSent):
     """The deadline ran out before the call could be submitted; nothing was submitted."""
+
+
+class SendRefused(NotSent):
+    """A SendGuard refused the order_send on the worker, before it was issued: nothing was sent."""
+
+
+class SendGuard(Protocol):
+    """Wraps each order_send of one call, on the worker thread (see the module docstring)."""
+
+    def before(self, request: dict[str, Any]) -> None:
+        """Immediately before order_send; raise SendRefused to refuse it."""
+
+    def after(
+        self, request: dict[str, Any], result: Any, error: tuple[int, str] | None, raised: BaseException | None
+    ) -> None:
+        """As soon as order_send returned (result, or None with last_error `error`) or raised."""
 
 
 class CallTimedOut(BrokerError):
@@ -317,6 +339,13 @@ class _Worker:
             raise CallTimedOut(
                 f"MT5 {what} timed out after {timeout_s * 1000:.0f} ms (the call is still running)"
             ) from None
+
+    def running(self) -> tuple[str, float, bool] | None:
+        """(what runs now, for how many seconds, whether it outlived its caller's deadline)."""
+        with self._cond:
+            if self._running is None:
+                return None
+            return self._running, time.monotonic() - self._since, self._overdue
 
     def wait_idle(self, timeout_s: float) -> bool:
         with self._cond:
@@ -510,6 +539,10 @@ class MT5Broker:
         """The call the worker is running now (e.g. a hung order_send), or None."""
         return self._worker.busy if self._worker else None
 
+    def in_flight(self) -> tuple[str, float, bool] | None:
+        """The call on the worker: (name, seconds running, past its caller's deadline), or None."""
+        return self._worker.running() if self._worker else None
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no call is in flight (release path: let in-flight calls finish)."""
         return self._worker.wait_idle(timeout_s) if self._worker else True
@@ -607,6 +640,18 @@ class MT5Broker:
         self._worker = None
 
     # -- reads --------------------------------------------------------------------------------
+
+    def terminal_state(self, timeout_s: float | None = None) -> tuple[bool, bool]:
+        """(connected to the trade server, algorithmic trading allowed), from terminal_info."""
+
+        def job(m: ModuleType) -> Any:
+            term = m.terminal_info()
+            if term is None:
+                raise CallFailed("terminal_info", *m.last_error())
+            return term
+
+        term = self.run_on_terminal("terminal_info", job, timeout_s)
+        return bool(term.connected), bool(term.trade_allowed)
 
     def account(self) -> Account:
         now = self._utcnow()
@@ -813,9 +858,9 @@ class MT5Broker:
             raise _Refused(f"symbol {symbol} has no quote (bid {t.bid}, ask {t.ask})")
         return info, t
 
-    def send(self, req: OrderRequest) -> OrderResult:
+    def send(self, req: OrderRequest, *, guard: SendGuard | None = None) -> OrderResult:
         """Place `req` (the executor records the outcome after). The venue cannot check
-        `req.epoch` (fencing_aware is False)."""
+        `req.epoch` (fencing_aware is False); a `guard` can (see the module docstring)."""
         if not isinstance(req.tag, str) or not _TAG.fullmatch(req.tag):
             raise ValueError(f"tag must be 1..{MAX_COMMENT} ASCII letters or digits, got {req.tag!r}")
         symbol = self._venue_symbol(req.symbol)
@@ -855,7 +900,7 @@ class MT5Broker:
                 "type_filling": self._filling(info),
             }
 
-        result = self._trade("send", build, attempts=self.requote_attempts)
+        result = self._trade("send", build, attempts=self.requote_attempts, guard=guard)
         level = {Outcome.DONE: logging.INFO, Outcome.REJECTED: logging.WARNING}.get(result.outcome, logging.ERROR)
         log.log(
             level,
@@ -872,8 +917,17 @@ class MT5Broker:
         )
         return result
 
-    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult:
-        """Change a position's stops; None keeps the current value (never drops a stop by accident)."""
+    def modify(
+        self,
+        ticket: str,
+        sl: Decimal | None,
+        tp: Decimal | None,
+        epoch: int | None = None,
+        *,
+        guard: SendGuard | None = None,
+    ) -> OrderResult:
+        """Change a position's stops; None keeps the current value (never drops a stop by
+        accident). The terminal cannot check `epoch`."""
 
         def build(m: ModuleType) -> dict[str, Any]:
             p = self._position(m, ticket)
@@ -888,9 +942,9 @@ class MT5Broker:
                 "magic": int(self.magic),
             }
 
-        return self._trade("modify", build, attempts=1, done=DONE_RETCODES | {10025})
+        return self._trade("modify", build, attempts=1, done=MODIFY_DONE_RETCODES, guard=guard)
 
-    def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
+    def close_position(self, ticket: str, epoch: int | None = None, *, guard: SendGuard | None = None) -> OrderResult:
         """Close a whole position by an opposite market deal with `position=ticket`."""
 
         def build(m: ModuleType) -> dict[str, Any]:
@@ -910,11 +964,11 @@ class MT5Broker:
                 "type_filling": self._filling(info),
             }
 
-        result = self._trade("close_position", build, attempts=self.requote_attempts)
+        result = self._trade("close_position", build, attempts=self.requote_attempts, guard=guard)
         log.warning("MT5 close position %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
         return result
 
-    def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
+    def cancel_order(self, ticket: str, epoch: int | None = None, *, guard: SendGuard | None = None) -> OrderResult:
         """Remove a pending order (TRADE_ACTION_REMOVE): REJECTED when there is no such order."""
 
         def build(m: ModuleType) -> dict[str, Any]:
@@ -924,7 +978,7 @@ class MT5Broker:
                 raise _Refused(f"no pending order with ticket {ticket}")
             return {"action": TRADE_ACTION_REMOVE, "order": int(ticket)}
 
-        result = self._trade("cancel_order", build, attempts=1)
+        result = self._trade("cancel_order", build, attempts=1, guard=guard)
         log.warning("MT5 remove order %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
         return result
 
@@ -949,10 +1003,12 @@ class MT5Broker:
         *,
         attempts: int,
         done: frozenset[int] = DONE_RETCODES,
+        guard: SendGuard | None = None,
     ) -> OrderResult:
         """build + order_send within one deadline; REQUOTE / PRICE_OFF retried with a fresh
         request (bounded by `attempts` and the deadline). Raises BrokerError only when nothing
-        was ever submitted."""
+        was ever submitted, and SendRefused whenever the guard refused (nothing was placed:
+        every earlier attempt was a requote)."""
         budget = _Budget(self.deadline_ms)
         tries: list[OrderResult] = []
         gave_up = False
@@ -961,7 +1017,9 @@ class MT5Broker:
             nonlocal gave_up
             try:
                 request = self.run_on_terminal(f"{what} (prepare)", build, budget.left())
-                result = self._order_send(request, budget, done)
+                result = self._order_send(request, budget, done, guard)
+            except SendRefused:
+                raise  # the guard's verdict stands, whatever came before
             except _Refused as exc:
                 result = OrderResult(Outcome.REJECTED, detail=str(exc))
             except _Expired as exc:
@@ -1000,10 +1058,20 @@ class MT5Broker:
             )
         return result
 
-    def _order_send(self, request: dict[str, Any], budget: _Budget, done: frozenset[int]) -> OrderResult:
+    def _order_send(
+        self, request: dict[str, Any], budget: _Budget, done: frozenset[int], guard: SendGuard | None = None
+    ) -> OrderResult:
         def job(m: ModuleType) -> tuple[Any, tuple[int, str] | None]:
-            res = m.order_send(request)
-            return res, (m.last_error() if res is None else None)
+            if guard is not None:
+                guard.before(request)  # on the worker: nothing runs between this check and the send
+            try:
+                res = m.order_send(request)
+                err = m.last_error() if res is None else None
+            except BaseException as exc:
+                _after(guard, request, None, None, exc)
+                raise
+            _after(guard, request, res, err, None)
+            return res, err
 
         log.debug("MT5 order_send %s", request)
         wait_ms = budget.left() * 1000
@@ -1016,23 +1084,45 @@ class MT5Broker:
                 "reconcile by tag, never resend blindly",
             )
         except BrokerError:
-            raise  # NotSent (busy, deadline spent) or closed: nothing was submitted
+            raise  # NotSent (busy, deadline spent, refused by the guard) or closed: nothing was submitted
         except Exception as exc:  # the module raised inside order_send: unknown
             return OrderResult(Outcome.UNKNOWN, detail=f"order_send raised {type(exc).__name__}: {exc}")
-        if res is None:
-            code, text = err or (0, "")
-            return OrderResult(
-                Outcome.UNKNOWN,
-                detail=f"order_send returned None (last_error {code} {text}); it may have executed",
-            )
-        rc = int(res.retcode)
-        detail = _retcode_detail(rc, getattr(res, "comment", "") or "")
-        if rc in done:
-            ref = res.order or res.deal
-            price = _dec(res.price) if res.price else (_dec(request["price"]) if request.get("price") else None)
-            if rc == 10010:
-                detail += f"; filled {res.volume} of {request.get('volume')}"
-            return OrderResult(Outcome.DONE, ref=str(ref) if ref else None, detail=detail, retcode=rc, price=price)
-        if rc in AMBIGUOUS_RETCODES:
-            return OrderResult(Outcome.UNKNOWN, detail=f"{detail}; it may have executed: reconcile by tag", retcode=rc)
-        return OrderResult(Outcome.REJECTED, detail=detail, retcode=rc)
+        return send_result(res, err, request, done)
+
+
+def _after(
+    guard: SendGuard | None,
+    request: dict[str, Any],
+    res: Any,
+    err: tuple[int, str] | None,
+    raised: BaseException | None,
+) -> None:
+    """The guard's `after`, which must never turn a sent order into an exception."""
+    if guard is None:
+        return
+    try:
+        guard.after(request, res, err, raised)
+    except Exception:
+        log.critical("MT5 send guard failed after order_send returned", exc_info=True)
+
+
+def send_result(res: Any, err: tuple[int, str] | None, request: dict[str, Any], done: frozenset[int]) -> OrderResult:
+    """What order_send's answer (`res`, or None with last_error `err`) means for the call.
+    Shared with the gateway's journal, which rebuilds answers from the fields it recorded."""
+    if res is None:
+        code, text = err or (0, "")
+        return OrderResult(
+            Outcome.UNKNOWN,
+            detail=f"order_send returned None (last_error {code} {text}); it may have executed",
+        )
+    rc = int(res.retcode)
+    detail = _retcode_detail(rc, getattr(res, "comment", "") or "")
+    if rc in done:
+        ref = res.order or res.deal
+        price = _dec(res.price) if res.price else (_dec(request["price"]) if request.get("price") else None)
+        if rc == 10010:
+            detail += f"; filled {res.volume} of {request.get('volume')}"
+        return OrderResult(Outcome.DONE, ref=str(ref) if ref else None, detail=detail, retcode=rc, price=price)
+    if rc in AMBIGUOUS_RETCODES:
+        return OrderResult(Outcome.UNKNOWN, detail=f"{detail}; it may have executed: reconcile by tag", retcode=rc)
+    return OrderResult(Outcome.REJECTED, detail=detail, retcode=rc)

@@ -353,13 +353,15 @@ class PaperBroker:
             for tag, ticket, price in rows
         }
 
-    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None) -> OrderResult:
+    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None, epoch: int | None = None) -> OrderResult:
+        """Change an open position's stops (None keeps one). Fenced when an epoch is given."""
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp) "
-                "WHERE cluster = %s AND ticket = %s AND closed_at IS NULL RETURNING ticket",
-                (sl, tp, self._cluster, int(ticket)),
-            ).fetchone()
+            with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
+                row = conn.execute(
+                    "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp) "
+                    "WHERE cluster = %s AND ticket = %s AND closed_at IS NULL RETURNING ticket",
+                    (sl, tp, self._cluster, int(ticket)),
+                ).fetchone()
         if row is None:
             return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
         return OrderResult(Outcome.DONE, ref=ticket)

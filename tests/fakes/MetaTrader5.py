@@ -15,7 +15,10 @@ Behaviour worth knowing, copied from the real one:
   matches) and cannot filter by comment.
 
 Test controls live on a `FakeTerminal`, reachable as `MetaTrader5._fake` and replaced by
-`MetaTrader5.reset()` (a fixture calls it between tests):
+`MetaTrader5.reset()` (a fixture calls it between tests), and, when the fake runs inside
+another process (the gateway, with PYTHONPATH=tests/fakes), through the Unix socket named by
+FAKE_MT5_CONTROL (one JSON command per connection; see `_control` at the end; not part of the
+module's API):
 - `script(*replies)`: the next `order_send` calls answer these retcodes (`None` = return
   None; `Reply(retcode, execute=...)` to say whether the order really went through);
 - `hang("order_send")`: the next call of that function blocks until `release()`
@@ -1204,3 +1207,82 @@ def market_book_release(t: FakeTerminal, symbol: str) -> bool:
     t.book_subscriptions.discard(symbol)
     t.error = _OK
     return True
+
+
+# -- control from another process (tests only; not part of the MetaTrader5 API) ---------------
+
+
+def _control(cmd: dict[str, Any]) -> Any:
+    """One command of a test driving the fake inside another process."""
+    t = _fake
+    op = cmd.get("op")
+    if op == "script":
+        t.script(*[Reply(r["retcode"], r.get("execute")) if isinstance(r, dict) else r for r in cmd["replies"]])
+    elif op == "hang":
+        t.hang(cmd["function"])
+    elif op == "release":
+        t.release()
+    elif op == "set":
+        setattr(t, cmd["field"], cmd["value"])
+    elif op == "set_tick":
+        t.set_tick(cmd["symbol"], cmd["bid"], cmd["ask"])
+    elif op == "add_position":
+        t.add_position(**cmd["fields"])
+    elif op == "state":
+        with t.lock:
+            return {
+                "calls": dict(t.calls),
+                "requests": list(t.requests),
+                "positions": [p._asdict() for p in t.positions],
+                "orders": [o._asdict() for o in t.orders],
+                "entered": t.entered.is_set(),
+                "returned": t.returned.is_set(),
+                "initialized": t.initialized,
+            }
+    else:
+        raise ValueError(f"unknown control op {op!r}")
+    return None
+
+
+def _serve_control(path: str) -> None:
+    import json
+    import os
+    import socket
+
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+
+    def loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    answer = {"ok": True, "value": _control(json.loads(data))}
+                except Exception as e:  # the test sees the error; the fake keeps serving
+                    answer = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+
+    threading.Thread(target=loop, name="fake-mt5-control", daemon=True).start()
+
+
+def _from_environment() -> None:
+    import os
+
+    failures = os.environ.get("FAKE_MT5_INIT_FAILURES")
+    if failures:
+        _fake.init_failures = int(failures)
+    path = os.environ.get("FAKE_MT5_CONTROL")
+    if path:
+        _serve_control(path)
+
+
+_from_environment()

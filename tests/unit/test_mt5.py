@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from engine.brokers.base import BrokerError, BrokerUnavailable, OrderRequest, Outcome, SymbolSpec, SymbolUnavailable
-from engine.brokers.mt5 import INSTALL_HINT, RETCODES, CallTimedOut, MT5Broker, TerminalBusy
+from engine.brokers.mt5 import INSTALL_HINT, RETCODES, CallTimedOut, MT5Broker, SendRefused, TerminalBusy
 from engine.model import OrderType, Side
 from tests.fakes import MetaTrader5 as fake_mt5
 from tests.fakes.MetaTrader5 import FakeTerminal, Reply
@@ -695,3 +695,50 @@ def test_fake_order_send_refuses_long_comments_and_decimals(fake: FakeTerminal) 
     )
     fake_mt5.shutdown()
     assert fake_mt5.positions_get() is None and fake_mt5.last_error() == (-10004, "No IPC connection")
+
+
+# -- a send guard (the gateway's fence and journal) -------------------------------------------
+
+
+class RecordingGuard:
+    """Records, on the thread it runs on, what happens around each order_send."""
+
+    def __init__(self, refuse_on: int | None = None) -> None:
+        self.refuse_on = refuse_on  # refuse the Nth order_send (1-based)
+        self.events: list[tuple[str, str, Any]] = []
+
+    def before(self, request: dict[str, Any]) -> None:
+        n = sum(1 for e in self.events if e[0] == "before") + 1
+        self.events.append(("before", threading.current_thread().name, request["comment"]))
+        if n == self.refuse_on:
+            raise SendRefused("refused by the test guard")
+
+    def after(self, request: dict[str, Any], result: Any, error: Any, raised: BaseException | None) -> None:
+        self.events.append(("after", threading.current_thread().name, result.retcode if result else error))
+
+
+def test_a_guard_runs_on_the_worker_around_every_order_send(fake: FakeTerminal, broker: MT5Broker) -> None:
+    fake.script(10004, 10009)  # a requote, then done: two order_sends
+    guard = RecordingGuard()
+    r = broker.send(order(), guard=guard)
+    assert r.outcome is Outcome.DONE
+    assert [e[0] for e in guard.events] == ["before", "after", "before", "after"]
+    assert {e[1] for e in guard.events} == {f"mt5-terminal-{MAGIC}"}  # the one worker thread
+    assert [e[2] for e in guard.events if e[0] == "after"] == [10004, 10009]
+
+
+def test_a_guard_refusal_sends_nothing_and_raises_even_after_a_requote(fake: FakeTerminal, broker: MT5Broker) -> None:
+    with pytest.raises(SendRefused, match="test guard"):
+        broker.send(order(), guard=RecordingGuard(refuse_on=1))
+    assert fake.calls["order_send"] == 0
+    fake.script(10004)
+    with pytest.raises(SendRefused):
+        broker.send(order(), guard=RecordingGuard(refuse_on=2))  # a requote, then the retry refused
+    assert fake.calls["order_send"] == 1 and broker.positions() == []
+
+
+def test_a_guard_sees_an_order_send_that_answered_none(fake: FakeTerminal, broker: MT5Broker) -> None:
+    fake.script(Reply(None, execute=True))
+    guard = RecordingGuard()
+    assert broker.send(order(), guard=guard).outcome is Outcome.UNKNOWN
+    assert guard.events[-1][0] == "after" and guard.events[-1][2] == (-10002, "IPC recv failed")
