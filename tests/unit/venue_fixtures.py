@@ -20,10 +20,8 @@ def spec(symbol: str, trade_mode: TradeMode = TradeMode.FULL) -> MarketSpec:
             "EURUSD", 5, D("0.00001"), D(100000), D("0.00001"), D(1), D("0.01"), D(100), D("0.01"), 10, 0, trade_mode
         )
     if symbol == "USDJPY":
-        return MarketSpec(
-            "USDJPY", 3, D("0.001"), D(100000), D("0.001"), D("0.667"), D("0.01"), D(100), D("0.01"), 10, 0,
-            trade_mode, currency_profit="JPY",
-        )  # fmt: skip
+        jpy = (D("0.001"), D(100000), D("0.001"), D("0.667"), D("0.01"), D(100), D("0.01"))
+        return MarketSpec("USDJPY", 3, *jpy, 10, 0, trade_mode, currency_profit="JPY")
     if symbol == "XAUUSD":
         return MarketSpec(
             "XAUUSD", 2, D("0.01"), D(100), D("0.01"), D(1), D("0.01"), D(100), D("0.01"), 50, 10, trade_mode
