@@ -1,12 +1,21 @@
 """The venue's book in PostgreSQL: loading it, applying a match in one transaction, the
 account's marks and the tick cursor, and the one lock that makes a venue the only one.
 
-Every match is one transaction that first locks its row (`SELECT ... FOR UPDATE`) and
-decides again on what it finds (engine.venue.matching, the same pure functions): a
-replica's modify and a stop-out of the same position serialise on that lock, whichever
-commits first wins, and the other sees its result (a stop moved out of the way no longer
-triggers; a modify of a position already closed finds no open position). A close moves the
-balance and writes its deal, with the balance after it, in the same statement.
+Every match is one transaction that locks its row and applies only to the row it was
+decided on: a replica's modify and a stop-out of the same position serialise on that
+lock, whichever commits first wins, and the other sees its result (a stop moved out of
+the way no longer triggers; a modify of a position already closed finds no open position).
+
+- A close (stop loss, take profit, stop-out) is one statement: an UPDATE of the position
+  that holds only while it is open with the side, volume, price, stop and take profit the
+  venue decided on -- a compare-and-set, the row locked by the UPDATE itself, re-checked
+  on the committed row when it had to wait for a replica's modify -- which also moves the
+  balance and writes the deal with the balance after it. When the row was not as decided,
+  it is read and decided again (the same pure functions, engine.venue.matching). One round
+  trip instead of four (BEGIN, SELECT ... FOR UPDATE, the close, COMMIT) is most of the
+  tick-to-stop-fill time (bench/venue.py).
+- A fill or an expiry locks the pending order (`SELECT ... FOR UPDATE`), decides again on
+  it and writes, in one transaction; a replica's cancel waits for it or wins before it.
 
 One venue per cluster: the writer holds a session-level advisory lock
 (`pg_try_advisory_lock`, key `haexec-venue:<cluster>`) on the very connection it writes
@@ -56,12 +65,20 @@ FROM paper_orders o LEFT JOIN signals s ON s.cluster = o.cluster AND s.tag = o.t
 WHERE o.cluster = %s AND o.ticket = %s AND o.state = 'pending' FOR UPDATE OF o
 """
 
-# A close in one statement: the position, the balance, the deal with the balance after it.
+READ_POSITION_SQL = (
+    "SELECT ticket, symbol, side, volume, price, sl, tp FROM paper_positions"
+    " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL"
+)
+
+# A close in one statement: the position (only as it was decided on: the compare-and-set),
+# the balance, the deal with the balance after it.
 CLOSE_SQL = """
 WITH closed AS (
     UPDATE paper_positions SET closed_at = clock_timestamp(), close_price = %(price)s, pnl = %(pnl)s,
                                close_reason = %(kind)s
     WHERE cluster = %(c)s AND ticket = %(ticket)s AND closed_at IS NULL
+      AND side = %(side)s AND volume = %(volume)s AND price = %(open)s
+      AND sl IS NOT DISTINCT FROM %(sl)s::numeric AND tp IS NOT DISTINCT FROM %(tp)s::numeric
     RETURNING ticket, volume
 ), account AS (
     UPDATE paper_accounts SET balance = balance + %(pnl)s
@@ -208,13 +225,25 @@ class Applied:
     balance: Decimal | None = None
 
 
-def close(cur: psycopg.Cursor, cluster: str, m: Match) -> Decimal | None:
-    """Book a close (`m` from close_match or position_trigger) of a position locked by the
-    caller: the row, the balance and the deal. The balance after it, or None when the
-    position was not open (nothing written)."""
+def close(cur: psycopg.Cursor | psycopg.Connection, cluster: str, m: Match, held: Position) -> Decimal | None:
+    """Book a close (`m` from close_match or position_trigger, decided on `held`): the row,
+    the balance and the deal, in one statement. The balance after it, or None when the
+    position is not open as `held` (nothing written)."""
     row = cur.execute(
         CLOSE_SQL,
-        {"c": cluster, "ticket": m.ticket, "price": m.price, "pnl": m.pnl, "kind": m.action.value, "q": m.time_ms},
+        {
+            "c": cluster,
+            "ticket": m.ticket,
+            "price": m.price,
+            "pnl": m.pnl,
+            "kind": m.action.value,
+            "q": m.time_ms,
+            "side": held.side.value,
+            "volume": held.volume,
+            "open": held.price,
+            "sl": held.sl,
+            "tp": held.tp,
+        },
     ).fetchone()
     return None if row is None else Decimal(row[0])
 
@@ -233,9 +262,13 @@ def close_position(
     row = cur.execute(LOCK_POSITION_SQL, (cluster, ticket)).fetchone()
     if row is None:
         return None
-    m = close_match(_position(row, 0), quote, contract, action)
-    after = close(cur, cluster, m)
+    held = _position(row, 0)
+    m = close_match(held, quote, contract, action)
+    after = close(cur, cluster, m, held)
     return None if after is None else (m, after)
+
+
+CLOSE_ATTEMPTS = 3
 
 
 def apply(
@@ -245,23 +278,14 @@ def apply(
     quote: Quote | None,
     contract: Contract,
     allow: Permissions = OPEN,
+    held: Position | None = None,
 ) -> Applied:
-    """Book one match in one transaction, deciding again on the locked row."""
+    """Book one match, deciding again on the row when it is not as `held` (the position as
+    the venue's book has it; closes only)."""
+    if m.action.closes:
+        assert quote is not None
+        return _apply_close(conn, cluster, m, quote, contract, allow, held)
     with conn.transaction(), conn.cursor() as cur:
-        if m.action.closes:
-            row = cur.execute(LOCK_POSITION_SQL, (cluster, m.ticket)).fetchone()
-            if row is None:
-                return Applied(None)
-            p = _position(row, 0)
-            assert quote is not None
-            if m.action is Action.STOP_OUT:
-                again: Match | None = close_match(p, quote, contract, Action.STOP_OUT)
-            else:
-                again = position_trigger(p, quote, contract, allow)
-            if again is None or again.action is not m.action:
-                return Applied(None, position=p)
-            after = close(cur, cluster, again)
-            return Applied(again if after is not None else None, balance=after)
         row = cur.execute(LOCK_ORDER_SQL, (cluster, m.ticket)).fetchone()
         if row is None:
             return Applied(None)
@@ -277,6 +301,39 @@ def apply(
             return Applied(None, order=o)
         filled = cur.execute(FILL_SQL, {"c": cluster, "ticket": m.ticket, "price": again.price, "q": again.time_ms})
         return Applied(again if filled.fetchone() else None)
+
+
+def _decide(p: Position, m: Match, quote: Quote, contract: Contract, allow: Permissions) -> Match | None:
+    if m.action is Action.STOP_OUT:  # the account's decision: the position's stops do not enter it
+        return close_match(p, quote, contract, Action.STOP_OUT)
+    again = position_trigger(p, quote, contract, allow)
+    return again if again is not None and again.action is m.action else None
+
+
+def _apply_close(
+    conn: psycopg.Connection,
+    cluster: str,
+    m: Match,
+    quote: Quote,
+    contract: Contract,
+    allow: Permissions,
+    held: Position | None,
+) -> Applied:
+    decided: Match | None = m
+    for _ in range(CLOSE_ATTEMPTS):
+        if held is not None and decided is not None:
+            after = close(conn, cluster, decided, held)  # autocommit: one statement, one transaction
+            if after is not None:
+                return Applied(decided, balance=after)
+        # not as decided on (a replica modified or closed it meanwhile): as it is now
+        row = conn.execute(READ_POSITION_SQL, (cluster, m.ticket)).fetchone()
+        if row is None:
+            return Applied(None)
+        held = _position(row, 0)
+        decided = _decide(held, m, quote, contract, allow)
+        if decided is None:
+            return Applied(None, position=held)
+    return Applied(None, position=held)  # it kept changing under us: the next quote decides
 
 
 def write_mark(

@@ -288,7 +288,8 @@ class Venue:
     def _apply(self, m: Match, quote: Quote | None, read_at: float | None) -> Match | None:
         contract = self.contracts[m.symbol]
         allow = self.allow(m.symbol, m.time_ms)
-        done = ledger.apply(self._db(), self.cfg.cluster, m, quote, contract, allow)
+        held = self.book.position(m.ticket) if m.action.closes else None
+        done = ledger.apply(self._db(), self.cfg.cluster, m, quote, contract, allow, held)
         if done.match is None:
             self.stats.redecided += 1
             # the row moved under us (a replica modified, closed or cancelled it): the book

@@ -339,3 +339,35 @@ def test_the_ticks_go_to_redis_streams_bounded_and_once(
         assert again.stats.published == 200 and again.stats.duplicates == 0
     finally:
         rds.delete(key)
+
+
+def test_a_stop_decided_on_a_stale_copy_is_decided_again_on_the_row(
+    broker: PaperBroker, epoch: int, make: Make, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moved_away = broker.send(market("HXSTALE1", epoch, Side.BUY, "1.10000", sl="1.09900"))
+    moved_up = broker.send(market("HXSTALE2", epoch, Side.BUY, "1.10000", sl="1.09900"))
+    t0 = base_ms()
+    src = ScriptedSource(t0)
+    venue = make(src)
+    assert venue.open()
+    # the replica moves both stops; the venue has not heard yet (its notifications wait)
+    assert broker.modify(moved_away.ref or "", D("1.09000"), None).outcome is Outcome.DONE
+    assert broker.modify(moved_up.ref or "", D("1.09950"), None).outcome is Outcome.DONE
+    monkeypatch.setattr(venue, "_drain_notifications", lambda: None)
+    src.add("EURUSD", t0 + 250, "1.09880", "1.09890")  # through 1.09900, not through 1.09000
+    src.now = t0 + 250
+    [m] = venue.step().applied
+    # the one whose stop went away stays open; the other closes at the same price, its P&L
+    # from the row, the stop in its deal the one it had
+    assert (m.action, m.ticket, m.price, m.pnl) == (
+        Action.STOP_LOSS,
+        int(moved_up.ref or 0),
+        D("1.09880"),
+        D("-120.00"),
+    )
+    assert venue.stats.redecided == 1
+    kept = venue.book.position(int(moved_away.ref or 0))
+    assert kept is not None and kept.sl == D("1.09000")
+    assert one(database_url, "SELECT closed_at FROM paper_positions WHERE ticket = %s", int(moved_away.ref or 0)) == (
+        None,
+    )
