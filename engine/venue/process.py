@@ -221,7 +221,10 @@ class Venue:
             self.book.drop_order(t)
 
     def _reload_all(self) -> None:
+        """The whole book again (and the symbols' contracts: a trade mode may change)."""
         conn = self._db()
+        if self._resynced_at:
+            self._load_contracts()
         loaded = ledger.load(conn, self.cfg.cluster)
         keep_p = {p.ticket for p in loaded.positions}
         keep_o = {o.ticket for o in loaded.orders}
@@ -258,18 +261,21 @@ class Venue:
         return Permissions(self.cfg.settings.hours.is_open(symbol, time_ms), contract.trade_mode)
 
     def _read_ticks(self, now: int) -> list[tuple[Tick, float]]:
+        """Every symbol's ticks since its cursor, in time order, each with when it was read.
+        The cursor moves only once all were read: a feed failing half-way loses none."""
         out: list[tuple[Tick, float]] = []
         advance = getattr(self.source, "advance", None)
         if advance is not None:
             advance()
+        moved: dict[str, int] = {}
         for symbol in self.contracts:
-            after = self.cursor[symbol]
-            got = self.source.ticks(symbol, after, now, TICK_LIMIT)
+            got = self.source.ticks(symbol, self.cursor.setdefault(symbol, now), now, TICK_LIMIT)
             read_at = self._perf()
             for i in range(len(got)):
                 out.append((got.tick(i, age_ms=now - int(got.time_ms[i])), read_at))
             if len(got):
-                self.cursor[symbol] = int(got.time_ms[-1])
+                moved[symbol] = int(got.time_ms[-1])
+        self.cursor.update(moved)
         out.sort(key=lambda x: (x[0].time_ms, x[0].symbol))
         return out
 

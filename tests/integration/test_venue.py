@@ -371,3 +371,26 @@ def test_a_stop_decided_on_a_stale_copy_is_decided_again_on_the_row(
     assert one(database_url, "SELECT closed_at FROM paper_positions WHERE ticket = %s", int(moved_away.ref or 0)) == (
         None,
     )
+
+
+def test_the_sim_feed_is_published_tick_by_tick_with_its_bar_closes(make: Make, rds: redis.Redis, cluster: str) -> None:
+    from engine.market.sim import SimSource
+    from engine.venue.streams import bars_after, bars_key
+
+    minute = (time.time_ns() // 1_000_000 // 60_000 + 1) * 60_000
+    clock = [minute + 1000]
+    sim = SimSource(3, ["EURUSD"], clock=lambda: clock[0])
+    venue = make(sim, publisher=Publisher(rds, cluster, maxlen=10_000))  # type: ignore[arg-type]
+    try:
+        assert venue.open()
+        clock[0] += 130_000  # two minutes and ten seconds of the sim, read in one step
+        assert venue.step().ticks == 520
+        ticks = ticks_after(rds, cluster, "EURUSD", 0, clock[0], count=10_000)
+        assert len(ticks) == 520 and [t.time_ms for t in ticks] == list(range(minute + 1250, clock[0] + 1, 250))
+        assert ticks[0] == replace(sim.tick_at("EURUSD", minute + 1250), age_ms=ticks[0].age_ms)  # the sim's own
+        bars = bars_after(rds, cluster, "EURUSD", 0)
+        assert [(b.timeframe.name, b.time_ms) for b in bars] == [("M1", minute), ("M1", minute + 60_000)]
+        second = [t.bid for t in ticks if minute + 60_000 <= t.time_ms < minute + 120_000]
+        assert bars[1].close == second[-1] and bars[1].high == max(second) and bars[1].low == min(second)
+    finally:
+        rds.delete(ticks_key(cluster, "EURUSD"), bars_key(cluster, "EURUSD"))
