@@ -46,6 +46,8 @@ TABLES = frozenset(
         "reconciliations",
         "broker_positions",
         "market_replay_cursor",
+        "paper_marks",
+        "paper_venue_cursor",
     }
 )
 

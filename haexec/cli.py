@@ -265,6 +265,19 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- venue ----
+
+
+def cmd_venue(args: argparse.Namespace) -> int:
+    from haexec.replica import StartupError
+    from haexec.venue import run_venue
+
+    try:
+        return run_venue(env_with(args), _setup_logging)
+    except StartupError as e:
+        raise CommandError(str(e)) from None
+
+
 # ---- up ----
 
 
@@ -340,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-base-port", type=int_in(1, 65535), default=8700, help="replicas listen on P+1..P+N")
     up.add_argument("--lease-ms", type=_positive, help="HAEXEC_LEASE_MS")
     up.add_argument("--no-view", action="store_true", help="print changes only, no live table")
+    up.add_argument("--no-venue", action="store_true", help="do not start the paper venue beside the replicas")
     up.set_defaults(func=cmd_up)
 
     gw = sub.add_parser("gateway", help="the fenced MT5 gateway: one process beside one terminal")
@@ -348,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--http", help="host:port to serve on (HAEXEC_GATEWAY_HTTP, default 127.0.0.1:8790)")
     gw.add_argument("--state-dir", help="promise and journal (HAEXEC_GATEWAY_STATE_DIR, default ./.haexec-gateway)")
     gw.set_defaults(func=cmd_gateway)
+
+    venue = sub.add_parser(
+        "venue", parents=[common], help="the paper venue: matches the paper account's orders (one per cluster)"
+    )
+    venue.add_argument("--instance-id", help="HAEXEC_INSTANCE_ID (names the venue in its account marks)")
+    venue.set_defaults(func=cmd_venue)
 
     for name, func, text in (
         ("status", cmd_status, "cluster state read from Redis and PostgreSQL"),

@@ -1,5 +1,6 @@
 """`haexec up`: a local cluster of N replica processes on the embedded default (or the
-configured servers), restarted when they crash, with a live view of who leads."""
+configured servers) and, with the paper broker, the paper venue beside them (`haexec
+venue`), each restarted when it crashes, with a live view of who leads."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ from haexec import settings as settings_mod
 from haexec.replica import StartupError, check_database, resolve_urls
 
 RESTART_BACKOFF_MAX_S = 10.0
+VENUE = "venue"
+# The venue marks the account every 250 ms by default; a mark older than this is a venue
+# that stopped matching (or lost its database), whatever its process looks like.
+VENUE_STALE_MS = 2000
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Child:
     instance_id: str
     http: str
     log_path: Path
+    command: tuple[str, ...] = ("run",)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -48,13 +54,19 @@ class Child:
     announced: bool = False  # seen in the registry since it was last started
 
 
+def venue_child(logs: Path) -> Child:
+    return Child(VENUE, "-", logs / "venue.log", command=(VENUE,))
+
+
 def _spawn(child: Child, env: dict[str, str]) -> None:
-    child_env = {**env, "HAEXEC_INSTANCE_ID": child.instance_id, "HAEXEC_HTTP": child.http}
+    child_env = {**env, "HAEXEC_INSTANCE_ID": child.instance_id}
+    if child.command == ("run",):
+        child_env["HAEXEC_HTTP"] = child.http
     log = open(child.log_path, "ab")
     try:
         child.log_offset = os.fstat(log.fileno()).st_size
         child.proc = subprocess.Popen(
-            [sys.executable, "-m", "haexec.cli", "run"],
+            [sys.executable, "-m", "haexec.cli", *child.command],
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,17 +116,56 @@ def role_of(c: Child, entry: dict[str, Any] | None) -> tuple[str, str]:
     return str(entry.get("role", "?")), str(entry.get("healthy", "-"))
 
 
-def _roles(view: ClusterView, children: list[Child]) -> tuple[str, ...]:
+def venue_role(c: Child, mark_age_ms: int | None) -> tuple[str, str]:
+    """The venue has no registry entry: its account marks are its heartbeat. "matching" while
+    they are fresh; "standby" while another venue's are (it waits for the lock); else
+    "starting" (no mark yet) or "stalled"."""
+    if not _alive(c):
+        return ("stopped" if c.last_exit is None else f"exit {c.last_exit}"), "-"
+    if mark_age_ms is None:
+        return "starting", "-"
+    if mark_age_ms <= VENUE_STALE_MS:
+        return ("matching", "yes") if c.announced else ("standby", "-")
+    return "stalled", "no"
+
+
+def _role(c: Child, registered: dict[Any, dict[str, Any]], mark_age_ms: int | None) -> tuple[str, str]:
+    if c.command == (VENUE,):
+        return venue_role(c, mark_age_ms)
+    return role_of(c, registered.get(c.instance_id))
+
+
+def _roles(view: ClusterView, children: list[Child], mark_age_ms: int | None = None) -> tuple[str, ...]:
     registered = {r.get("instance_id"): r for r in view.replicas}
-    return tuple(role_of(c, registered.get(c.instance_id))[0] for c in children)
+    return tuple(_role(c, registered, mark_age_ms)[0] for c in children)
 
 
-def _note_announced(view: ClusterView, children: list[Child]) -> None:
+def _note_announced(view: ClusterView, children: list[Child], venue: tuple[str | None, int | None]) -> None:
     registered = {r.get("instance_id") for r in view.replicas if not r.get("unresponsive")}
+    venue_id, age = venue
     for c in children:
-        if c.instance_id in registered and _alive(c):
+        if c.command == (VENUE,):
+            # its marks name it: this venue is the one matching (not a standby beside another's)
+            c.announced = _alive(c) and venue_id == c.instance_id and age is not None and age <= VENUE_STALE_MS
+            if c.announced:
+                c.last_error = None
+        elif c.instance_id in registered and _alive(c):
             c.announced = True
             c.last_error = None  # it came back
+
+
+def _read_venue(pool: ConnectionPool, cluster: str) -> tuple[str | None, int | None]:
+    """Who last marked the paper account and how long ago (ms), or (None, None)."""
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT venue, floor(extract(epoch FROM clock_timestamp() - marked_at) * 1000)::bigint"
+                " FROM paper_marks WHERE cluster = %s",
+                (cluster,),
+            ).fetchone()
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        return None, None
+    return (row[0], int(row[1])) if row else (None, None)
 
 
 def _read_switch(pool: ConnectionPool, cluster: str) -> KillSwitch | None:
@@ -126,7 +177,13 @@ def _read_switch(pool: ConnectionPool, cluster: str) -> KillSwitch | None:
         return None
 
 
-def _render(view: ClusterView | None, children: list[Child], tty: bool, switch: KillSwitch | None = None) -> str:
+def _render(
+    view: ClusterView | None,
+    children: list[Child],
+    tty: bool,
+    switch: KillSwitch | None = None,
+    mark_age_ms: int | None = None,
+) -> str:
     lines = []
     if view is not None:
         leader = view.leader
@@ -142,7 +199,7 @@ def _render(view: ClusterView | None, children: list[Child], tty: bool, switch: 
     lines.append(f"{'instance':<14}{'pid':>8}  {'role':<13}{'healthy':<9}{'http':<18}restarts")
     for c in children:
         pid = str(c.proc.pid) if _alive(c) and c.proc else "-"
-        role, healthy = role_of(c, registered.get(c.instance_id))
+        role, healthy = _role(c, registered, mark_age_ms)
         lines.append(f"{c.instance_id:<14}{pid:>8}  {role:<13}{healthy:<9}{c.http:<18}{c.restarts}")
     for c in children:
         if c.last_error:
@@ -179,6 +236,8 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
         Child(f"replica-{i}", f"127.0.0.1:{args.http_base_port + i}", logs / f"replica-{i}.log")
         for i in range(1, args.replicas + 1)
     ]
+    if base.broker == "paper" and not getattr(args, "no_venue", False):
+        children.append(venue_child(logs))  # the paper account's stops trigger whoever leads
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -212,19 +271,20 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
                     _spawn(c, env)
             view = read_view(client, epochs, base.election.stale_after_ms)
             switch = _read_switch(pool, base.election.cluster)
-            _note_announced(view, children)
+            venue = _read_venue(pool, base.election.cluster)
+            _note_announced(view, children, venue)
             if tty:
-                sys.stdout.write(_render(view, children, tty=True, switch=switch))
+                sys.stdout.write(_render(view, children, tty=True, switch=switch, mark_age_ms=venue[1]))
                 sys.stdout.flush()
             else:
                 summary = (
                     view.leader and (view.leader["instance_id"], view.leader["epoch"]),
                     view.split_brain,
-                    _roles(view, children),  # a replica dying or hanging is news too
+                    _roles(view, children, venue[1]),  # a replica dying or hanging is news too
                     switch.halted if switch else None,
                 )
                 if summary != last_summary:
-                    sys.stdout.write(_render(view, children, tty=False, switch=switch))
+                    sys.stdout.write(_render(view, children, tty=False, switch=switch, mark_age_ms=venue[1]))
                     sys.stdout.flush()
                     last_summary = summary
             stop.wait(1.0)

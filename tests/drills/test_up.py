@@ -95,6 +95,21 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
 
         wait_for(restarted, 60, "the crashed replica restarted", interval_s=0.3)
         pids = [r["pid"] for r in status()["replicas"]]
+
+        # the paper venue runs beside them, marks the account, and is restarted after a crash
+        servers = running_servers(state_dir)
+        assert servers is not None
+        first = wait_for(lambda: venue_pid(state_dir), 30, "the venue process")
+        wait_for(lambda: marked_within(servers.database_url, 2.0), 60, "the venue marking the account")
+        os.kill(first, signal.SIGKILL)
+
+        def restarted_venue() -> int | None:
+            pid = venue_pid(state_dir)
+            return pid if pid not in (None, first) else None
+
+        second = wait_for(restarted_venue, 60, "a new venue process")
+        wait_for(lambda: marked_within(servers.database_url, 1.0), 60, "the restarted venue marking again")
+        pids.append(second)
     finally:
         up.send_signal(signal.SIGTERM)
         out, err = up.communicate(timeout=60)
@@ -103,6 +118,36 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
     for pid in pids:
         wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, f"replica {pid} gone")
     assert running_servers(state_dir) is None, "up left the embedded servers it started running"
+
+
+def venue_pid(state_dir: Path) -> int | None:
+    """The `haexec venue` process `up` started for this state directory."""
+    marker = f"HAEXEC_STATE_DIR={state_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"venue" in cmdline and b"haexec.cli" in cmdline and marker in environ and not _zombie(int(entry.name)):
+            return int(entry.name)
+    return None
+
+
+def marked_within(database_url: str, seconds: float) -> bool:
+    import psycopg
+
+    from db.urls import libpq_url
+
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            "SELECT clock_timestamp() - marked_at < make_interval(secs => %s)"
+            " FROM paper_marks WHERE cluster = 'default'",
+            (seconds,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def _zombie(pid: int) -> bool:

@@ -47,7 +47,7 @@ def empty_db(server_urls: tuple[str, str]) -> Iterator[str]:
 def test_0003_creates_the_cursor_table_and_downgrades(empty_db: str) -> None:
     migrate.upgrade(empty_db, "0002")
     assert "market_replay_cursor" not in tables(empty_db)
-    migrate.upgrade(empty_db)
+    migrate.upgrade(empty_db, "0003")  # 0003 itself: later revisions stack on it
     assert migrate.current_revision(empty_db) == "0003" and "market_replay_cursor" in tables(empty_db)
     migrate.downgrade(empty_db, "0002")
     assert migrate.current_revision(empty_db) == "0002" and "market_replay_cursor" not in tables(empty_db)

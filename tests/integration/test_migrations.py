@@ -95,3 +95,57 @@ def test_replica_refuses_to_start_below_head(empty_db: str, redis_url: str) -> N
         f"haexec run: database schema is at base, this release needs {migrate.head_revision()}: run `haexec db upgrade`"
     ]
     assert "Traceback" not in result.stderr
+
+
+def columns(url: str, table: str) -> set[str]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_0004_the_venue_upgrades_over_a_book_and_downgrades_to_it(empty_db: str) -> None:
+    migrate.upgrade(empty_db, "0003")
+    with psycopg.connect(libpq_url(empty_db), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, epoch, instance_id, state)"
+            " VALUES ('c', 'HX1', 'EURUSD', 'buy', 'market', 1, 1.1, 1.09, 1, 'a', 'filled')"
+        )
+        conn.execute(
+            "INSERT INTO paper_positions (ticket, cluster, symbol, side, volume, price, sl, tag)"
+            " SELECT ticket, 'c', 'EURUSD', 'buy', 1, 1.1, 1.09, 'HX1' FROM paper_orders"
+        )
+    migrate.upgrade(empty_db)
+    assert {"paper_marks", "paper_venue_cursor"} <= tables(empty_db)
+    assert {"expires_at", "done_at", "fill_price"} <= columns(empty_db, "paper_orders")
+    with (
+        psycopg.connect(libpq_url(empty_db), autocommit=True) as conn,
+        psycopg.connect(libpq_url(empty_db), autocommit=True) as listener,
+    ):
+        listener.execute("LISTEN haexec_paper_book")
+        # a modification of an open position's stops is a deal, whoever makes it; a change of
+        # anything else is not
+        conn.execute("UPDATE paper_positions SET sl = 1.095 WHERE cluster = 'c'")
+        conn.execute("UPDATE paper_positions SET tag = 'HX1' WHERE cluster = 'c'")
+        deals = conn.execute("SELECT kind, pnl, sl FROM paper_deals WHERE cluster = 'c'").fetchall()
+        assert [(k, p, str(s)) for k, p, s in deals] == [("modify", 0, "1.095")]
+        ticket = conn.execute("SELECT ticket FROM paper_positions").fetchone()[0]  # type: ignore[index]
+        payloads = {n.payload for n in listener.notifies(timeout=1, stop_after=2)}
+        assert payloads == {f"c|p|{ticket}"}  # the same row twice in a transaction is one notice
+        # the snapshot can only hold equity = balance + floating
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO paper_marks (cluster, balance, floating, equity, margin, free_margin, leverage,"
+                " positions, venue) VALUES ('c', 100, 5, 104, 0, 104, 100, 1, 'v')"
+            )
+    migrate.downgrade(empty_db, "0003")
+    assert not {"paper_marks", "paper_venue_cursor"} & tables(empty_db)
+    assert "expires_at" not in columns(empty_db, "paper_orders")
+    assert "balance" not in columns(empty_db, "paper_deals")
+    with psycopg.connect(libpq_url(empty_db), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM paper_positions").fetchone() == (1,)  # the book is kept
+        conn.execute("UPDATE paper_positions SET sl = 1.08")  # no trigger left behind
+        assert conn.execute("SELECT count(*) FROM paper_deals").fetchone() == (1,)
+    migrate.upgrade(empty_db)
+    assert migrate.is_at_head(empty_db)

@@ -1,6 +1,6 @@
 """Process supervision: ops/supervisord.conf, shipped unchanged, run by a real supervisord
-(three replicas of `haexec run` against the suite's Redis and PostgreSQL, leadership moved by
-`supervisorctl`), and the systemd template unit in ops/systemd."""
+(three replicas of `haexec run` and the paper venue against the suite's Redis and
+PostgreSQL, leadership moved by `supervisorctl`), and the systemd units in ops/systemd."""
 
 from __future__ import annotations
 
@@ -91,13 +91,13 @@ class Supervisor:
             timeout=timeout_s,
         )
 
-    def states(self) -> dict[str, str]:
+    def states(self, prefix: str = f"{PROGRAM}:") -> dict[str, str]:
         """Process name -> state, from `supervisorctl status` ({} while it cannot connect)."""
         out = self.ctl("status").stdout
         states = {}
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) >= 2 and parts[0].startswith(f"{PROGRAM}:"):
+            if len(parts) >= 2 and parts[0].startswith(prefix):
                 states[parts[0]] = parts[1]
         return states
 
@@ -289,9 +289,29 @@ def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Superv
             assert sup.leaders() == [successor]
             time.sleep(0.1)
         assert set(sup.states().values()) == {"RUNNING"}
+
+        # the paper venue runs beside them, marking the cluster's paper account
+        assert sup.states(VENUE) == {VENUE: "RUNNING"}
+        wait_for(lambda: venue_marked(sup.env["HAEXEC_DATABASE_URL"], sup.env["HAEXEC_CLUSTER"]), 30, "venue marks")
     except BaseException:
         print(sup.logs())
         raise
+
+
+VENUE = f"{PROGRAM}-venue"
+
+
+def venue_marked(database_url: str, cluster: str) -> bool:
+    import psycopg
+
+    from db.urls import libpq_url
+
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            "SELECT venue FROM paper_marks WHERE cluster = %s AND marked_at > clock_timestamp() - interval '2 s'",
+            (cluster,),
+        ).fetchone()
+    return bool(row and row[0] == f"{platform.node()}-venue")
 
 
 # ---- the configuration, without running it ----
@@ -320,8 +340,19 @@ def test_supervisord_conf_derives_id_port_and_logs_from_the_process_number(
             monkeypatch.setenv(name, value)
         options = ServerOptions()
         options.realize(args=["-c", str(CONF)])
-        [group] = options.process_group_configs
-        procs = sorted(group.process_configs, key=lambda p: p.name)
+        groups = {g.name: g for g in options.process_group_configs}
+        assert set(groups) == {PROGRAM, VENUE}
+        [venue] = groups[VENUE].process_configs
+        assert venue.name == VENUE and venue.command == "/opt/haexec/.venv/bin/haexec venue"
+        assert venue.environment == {
+            "HAEXEC_INSTANCE_ID": f"{platform.node()}-venue",
+            "HAEXEC_CLUSTER": "prod",
+            "HAEXEC_REDIS_URL": values["HAEXEC_REDIS_URL"],
+            "HAEXEC_DATABASE_URL": values["HAEXEC_DATABASE_URL"],
+        }
+        assert venue.stopsignal == signal.SIGTERM and venue.autorestart is RestartUnconditionally
+        assert venue.stdout_logfile == str(workdir / "haexec-venue.log")
+        procs = sorted(groups[PROGRAM].process_configs, key=lambda p: p.name)
         assert [p.name for p in procs] == ["haexec-1", "haexec-2", "haexec-3"]
         for n, p in enumerate(procs, start=1):
             assert p.command == "/opt/haexec/.venv/bin/haexec run"
@@ -397,6 +428,40 @@ def test_systemd_unit_runs_one_named_replica_with_its_env_files_and_hardening() 
         keys = env_file_keys(SYSTEMD / example)
         assert keys and keys <= documented, f"{example}: undocumented {keys - documented}"
     assert "HAEXEC_INSTANCE_ID" not in env_file_keys(SYSTEMD / "haexec.env.example")
+
+
+def test_systemd_venue_unit_runs_the_venue_with_the_shared_env_and_hardening() -> None:
+    unit = unit_directives(SYSTEMD / "haexec-venue.service")
+    service: dict[str, list[str]] = {}
+    for section, key, value in unit:
+        if section == "Service":
+            service.setdefault(key, []).append(value)
+    assert service["ExecStart"] == ["/opt/haexec/.venv/bin/haexec venue --instance-id %H-venue"]
+    assert service["EnvironmentFile"] == ["/etc/haexec/common.env"]
+    assert service["Restart"] == ["on-failure"] and service["RestartPreventExitStatus"] == ["2"]
+    assert service["KillSignal"] == ["SIGTERM"]
+    replica = {k: v for s, k, v in unit_directives(SYSTEMD / "haexec@.service") if s == "Service"}
+    hardening = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "DynamicUser", "SystemCallFilter")
+    for key in hardening:
+        assert service[key][-1] == replica[key], key  # hardened as the replicas are
+
+
+def test_systemd_venue_unit_passes_systemd_analyze_verify() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
+    haexec_bin = Path(sys.executable).parent / "haexec"
+    workdir = Path(tempfile.mkdtemp(prefix="haexec-systemd-"))
+    try:
+        text = (SYSTEMD / "haexec-venue.service").read_text()
+        unit = workdir / "haexec-venue.service"
+        unit.write_text(text.replace("/opt/haexec/.venv/bin/haexec", str(haexec_bin)))
+        result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "haexec-venue" not in output, output
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_systemd_unit_passes_systemd_analyze_verify() -> None:

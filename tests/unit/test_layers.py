@@ -1,6 +1,6 @@
-"""The import contracts in pyproject.toml ([tool.importlinter]): haexec -> engine ->
-coordinator -> db -> common, never back, and engine.market below the venues. Checked on the
-tree as it is, and shown to fail on a deliberate violation in a copy of it."""
+"""The import contracts in pyproject.toml ([tool.importlinter]): haexec -> engine -> coordinator
+-> db -> common, never back; engine.market below the venues and engine.venue below the brokers.
+Checked on the tree as it is, and shown to fail on a deliberate violation in a copy of it."""
 
 from __future__ import annotations
 
@@ -32,7 +32,12 @@ def test_the_layers_are_kept() -> None:
 
 @pytest.mark.parametrize(
     ("where", "imports"),
-    [("db", "engine.store"), ("coordinator", "haexec.cli"), ("engine/market", "engine.brokers.base")],
+    [
+        ("db", "engine.store"),
+        ("coordinator", "haexec.cli"),
+        ("engine/market", "engine.brokers.base"),
+        ("engine/venue", "engine.brokers.paper"),
+    ],
 )
 def test_an_import_against_the_layers_breaks_the_contract(tmp_path: Path, where: str, imports: str) -> None:
     for pkg in PACKAGES:

@@ -109,3 +109,22 @@ def test_the_table_says_when_trading_is_halted() -> None:
     lines = _render(view, [], tty=False, switch=halted).splitlines()
     assert lines[1] == "TRADING HALTED: trading is halted by cli:ops since 2026-12-04T14:00:00.000Z: news at 14:30"
     assert not any("HALTED" in line for line in _render(view, [], tty=False, switch=KillSwitch()).splitlines())
+
+
+def test_the_venue_row_follows_its_account_marks(tmp_path: Path) -> None:
+    from haexec.up import VENUE_STALE_MS, _note_announced, venue_child, venue_role
+
+    venue = venue_child(tmp_path)
+    assert venue.command == ("venue",) and venue.log_path == tmp_path / "venue.log"
+    assert venue_role(venue, None) == ("stopped", "-")
+    venue.proc = FakeProc(404)  # type: ignore[assignment]
+    view = ClusterView(cluster="c")
+    assert venue_role(venue, None) == ("starting", "-")
+    # another venue's fresh marks: this one waits for the lock
+    _note_announced(view, [venue], ("venue-elsewhere", 100))
+    assert venue_role(venue, 100) == ("standby", "-")
+    _note_announced(view, [venue], ("venue", 100))
+    assert venue_role(venue, 100) == ("matching", "yes")
+    assert venue_role(venue, VENUE_STALE_MS + 1) == ("stalled", "no")
+    lines = _render(view, [venue], tty=False, mark_age_ms=100).splitlines()
+    assert lines[-1].split()[:4] == ["venue", "404", "matching", "yes"]
