@@ -43,6 +43,7 @@ from engine.brokers.base import (
 from engine.market.base import FeedUnavailable, MarketDataError, StaleData, TradeMode, UnknownSymbol
 from engine.market.service import Market
 from engine.model import OrderType, Side
+from engine.venue import ledger
 
 DEFAULT_QUOTE_AGE_MS = 5000
 
@@ -94,6 +95,10 @@ FROM venue WHERE tag IS NOT NULL GROUP BY tag HAVING count(*) > 1
 UNION ALL
 SELECT 'count', NULL, NULL, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM venue
 """
+
+# The venue marks the book every HAEXEC_VENUE_MARK_MS (250 ms by default); a mark older than
+# this is a venue that stopped, and is not used.
+MARK_FRESH_MS = 2000
 
 _PAPER_QUOTE = Quote(SymbolSpec(contract_size=Decimal(1)))
 
@@ -149,11 +154,22 @@ class PaperBroker:
                 """,
                 (self._cluster,),
             ).fetchone()
+            mark = ledger.read_mark(conn, self._cluster) if row is not None else None
         if row is None:
             raise BrokerError(f"paper account of cluster {self._cluster!r} does not exist")
-        # Open positions are not marked to market (with or without a market: marking is the
-        # venue process's job, a later issue), so equity equals balance.
-        return Account(balance=row[0], equity=row[0], currency=row[1], daily_pnl=row[2])
+        balance, currency, realised = row
+        if mark is None or mark.age_ms > MARK_FRESH_MS:
+            # No venue marking the book (none running, or it stalled): open positions at
+            # entry, so equity is the balance. Never a stale mark taken for a current one.
+            return Account(balance=balance, equity=balance, currency=currency, daily_pnl=realised)
+        # The venue's mark: equity with the floating P&L, and today's loss counts the open
+        # positions' too (the daily-loss rule must not wait for a stop to realise it).
+        return Account(
+            balance=balance,
+            equity=balance + mark.floating,
+            currency=currency,
+            daily_pnl=realised + min(mark.floating, Decimal(0)),
+        )
 
     def positions(self) -> list[Position]:
         with self._pool.connection() as conn:

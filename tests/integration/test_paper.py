@@ -19,6 +19,8 @@ from engine import store
 from engine.brokers.base import OrderRequest, OrderResult, Outcome
 from engine.brokers.paper import PaperBroker
 from engine.model import OrderType, Side, SignalStatus
+from engine.venue import ledger
+from engine.venue.pnl import Mark
 
 
 @pytest.fixture
@@ -137,3 +139,26 @@ def test_pending_orders_are_exposure_and_can_be_cancelled(pool: ConnectionPool, 
     lead(pool, cluster, "b")
     with pytest.raises(EpochSuperseded):
         broker.cancel_order(limit.ref, epoch)  # a deposed leader cancels nothing either
+
+
+def test_the_account_is_marked_by_the_venue_while_its_mark_is_fresh(pool: ConnectionPool, cluster: str) -> None:
+    """equity = balance + the venue's floating P&L, and today's loss counts an open loss, while
+    the venue's mark is fresh; a stale mark (a venue that stopped) is never used."""
+    broker = PaperBroker(pool, cluster, "a", initial_balance=Decimal("10000"))
+    broker.connect()
+    assert broker.account().equity == Decimal("10000")  # no venue yet: at entry
+    losing = Mark(Decimal("10000"), Decimal("-250.50"), Decimal("9749.50"), Decimal("110"), Decimal("9639.50"), None, 1, 0)
+    with pool.connection() as conn:
+        ledger.write_mark(conn, cluster, losing, 100, None, "venue-test")
+    marked = broker.account()
+    assert (marked.balance, marked.equity, marked.daily_pnl) == (
+        Decimal("10000"),
+        Decimal("9749.50"),
+        Decimal("-250.50"),
+    )
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE paper_marks SET marked_at = clock_timestamp() - interval '1 minute' WHERE cluster = %s", (cluster,)
+        )
+    stale = broker.account()
+    assert (stale.equity, stale.daily_pnl) == (Decimal("10000"), Decimal("0"))
