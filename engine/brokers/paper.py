@@ -48,9 +48,9 @@ from engine.venue import ledger
 DEFAULT_QUOTE_AGE_MS = 5000
 
 # A whole batch in one statement: the orders (a tag booked already is skipped, never doubled;
-# an order past its expires_at is not booked), and for market orders their positions and
-# opening deals. The positions' foreign key to paper_orders is checked at the end of the
-# statement, when the orders are there.
+# an order past its expires_at is not booked; a pending one keeps it, for the venue to expire
+# it), and for market orders their positions and opening deals. The positions' foreign key to
+# paper_orders is checked at the end of the statement, when the orders are there.
 BOOK_ORDERS_SQL = """
 WITH request AS (
     SELECT * FROM unnest(%(tags)s::text[], %(symbols)s::text[], %(sides)s::text[], %(types)s::text[],
@@ -58,9 +58,10 @@ WITH request AS (
                          %(expires)s::timestamptz[])
                   WITH ORDINALITY AS r(tag, symbol, side, type, volume, price, sl, tp, expires_at, n)
 ), booked AS (
-    INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state)
+    INSERT INTO paper_orders (cluster, tag, symbol, side, type, volume, price, sl, tp, epoch, instance_id, state,
+                              expires_at)
     SELECT %(cluster)s, tag, symbol, side, type, volume, price, sl, tp, %(epoch)s, %(instance)s,
-           CASE type WHEN 'market' THEN 'filled' ELSE 'pending' END
+           CASE type WHEN 'market' THEN 'filled' ELSE 'pending' END, expires_at
     FROM request WHERE expires_at IS NULL OR expires_at > statement_timestamp() ORDER BY n
     ON CONFLICT (cluster, tag) DO NOTHING
     RETURNING ticket, tag, symbol, side, type, volume, price, sl, tp

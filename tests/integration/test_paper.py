@@ -119,6 +119,9 @@ def test_an_order_past_its_expiry_is_not_booked(pool: ConnectionPool, cluster: s
     )
     results = broker.book([late, fresh])
     assert [r.outcome for r in results] == [Outcome.EXPIRED, Outcome.DONE]
+    with pool.connection() as conn:
+        kept = conn.execute("SELECT expires_at FROM paper_orders WHERE cluster = %s AND tag = 'HXNEW'", (cluster,))
+        assert kept.fetchone() == (fresh.expires_at,)
     assert broker.find_by_tag("HXLATE") == []
     # a tag booked before it expired answers with its order, never EXPIRED
     assert broker.send(replace(fresh, expires_at=now - timedelta(minutes=1))).outcome is Outcome.DONE
@@ -131,6 +134,9 @@ def test_pending_orders_are_exposure_and_can_be_cancelled(pool: ConnectionPool, 
     broker.send(order("HXMKT", epoch))
     limit = broker.send(replace(order("HXLMT", epoch), type=OrderType.LIMIT, price=Decimal("1.0950")))
     assert broker.open_exposure() == 2
+    with pool.connection() as conn:  # a pending order keeps its expiry, for the venue to expire it
+        expiry = conn.execute("SELECT expires_at FROM paper_orders WHERE cluster = %s AND tag = 'HXLMT'", (cluster,))
+        assert expiry.fetchone() == (None,)
     assert [o.state for o in broker.find_by_tag("HXLMT")] == ["pending"]
     assert limit.ref is not None and broker.cancel_order(limit.ref, epoch).outcome is Outcome.DONE
     assert broker.open_exposure() == 1
@@ -147,7 +153,9 @@ def test_the_account_is_marked_by_the_venue_while_its_mark_is_fresh(pool: Connec
     broker = PaperBroker(pool, cluster, "a", initial_balance=Decimal("10000"))
     broker.connect()
     assert broker.account().equity == Decimal("10000")  # no venue yet: at entry
-    losing = Mark(Decimal("10000"), Decimal("-250.50"), Decimal("9749.50"), Decimal("110"), Decimal("9639.50"), None, 1, 0)
+    losing = Mark(
+        Decimal("10000"), Decimal("-250.50"), Decimal("9749.50"), Decimal("110"), Decimal("9639.50"), None, 1, 0
+    )
     with pool.connection() as conn:
         ledger.write_mark(conn, cluster, losing, 100, None, "venue-test")
     marked = broker.account()
