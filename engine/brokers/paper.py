@@ -44,6 +44,8 @@ from engine.market.base import FeedUnavailable, MarketDataError, StaleData, Trad
 from engine.market.service import Market
 from engine.model import OrderType, Side
 from engine.venue import ledger
+from engine.venue.model import Quote as VenueQuote
+from engine.venue.pnl import Contract
 
 DEFAULT_QUOTE_AGE_MS = 5000
 
@@ -397,7 +399,11 @@ class PaperBroker:
         return OrderResult(Outcome.DONE, ref=ticket)
 
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
-        """Close at the entry price (no price feed). Fenced when an epoch is given."""
+        """Close the whole position, fenced when an epoch is given: with a market at its bid
+        (a buy) or ask (a sell), with its realised P&L moving the balance, through the venue's
+        ledger, which serialises with the venue's own stop-outs; without one at its entry."""
+        if self.market is not None:
+            return self._close_at_market(self.market, ticket, epoch)
         with self._pool.connection() as conn:
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
                 row = conn.execute(
@@ -409,3 +415,26 @@ class PaperBroker:
                     return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
                 conn.execute(DEAL_SQL, (self._cluster, int(ticket), "close", row[0], row[1], 0))
         return OrderResult(Outcome.DONE, ref=ticket, price=row[1])
+
+    def _close_at_market(self, market: Market, ticket: str, epoch: int | None) -> OrderResult:
+        if not str(ticket).isdigit():
+            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT symbol FROM paper_positions WHERE cluster = %s AND ticket = %s AND closed_at IS NULL",
+                (self._cluster, int(ticket)),
+            ).fetchone()
+            if row is None:
+                return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+            try:
+                tick = market.tick(row[0], max_age_ms=self.max_quote_age_ms)
+                contract = Contract.of(market.spec(row[0]), self._currency)
+            except MarketDataError as e:  # a close is never made at a price that is not there
+                return OrderResult(Outcome.REJECTED, detail=f"no fresh price to close {ticket}: {first_line(e)}")
+            with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
+                with conn.cursor() as cur:
+                    closed = ledger.close_position(cur, self._cluster, int(ticket), VenueQuote.of(tick), contract)
+        if closed is None:
+            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+        match, _balance = closed
+        return OrderResult(Outcome.DONE, ref=ticket, detail=f"closed, P&L {match.pnl}", price=match.price)

@@ -169,3 +169,30 @@ def test_an_order_sent_without_a_quoted_price_is_booked_at_the_price_quoted_now(
     assert priced.find_by_tag("HXNOWHERE") == []
     again = priced.send(base)  # a tag is booked once; the answer is that order, at its fill
     assert (again.outcome, again.ref, again.price) == (Outcome.DONE, results[0].ref, tick.ask)
+
+
+def test_a_replica_closes_at_the_bid_or_ask_with_its_realised_pnl(
+    rig: Rig,  # noqa: F811
+    sim: SimSource,
+    priced: PaperBroker,
+) -> None:
+    """With a market, a close is at the side of the book it trades (a buy sells at the bid),
+    its P&L realised into the balance and a deal, fenced by the epoch; never at entry."""
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    tick = sim.tick("EURUSD")
+    buy = OrderRequest(
+        "HXCLOSEBUY", "EURUSD", Side.BUY, OrderType.MARKET, Decimal("1"), Decimal("1"), Decimal("0.5"), None, epoch
+    )
+    opened = priced.send(buy)
+    assert opened.outcome is Outcome.DONE and opened.price == tick.ask and opened.ref is not None
+    before = priced.account().balance
+    closed = priced.close_position(opened.ref, epoch)
+    assert closed.outcome is Outcome.DONE and closed.price == tick.bid
+    spread_cost = (tick.bid - tick.ask) * 100_000  # 1 lot of EURUSD, closed the moment it opened
+    assert priced.account().balance == before + spread_cost
+    assert row(rig, "SELECT close_price, pnl FROM paper_positions WHERE ticket = %s", int(opened.ref)) == (
+        tick.bid,
+        spread_cost,
+    )
+    again = priced.close_position(opened.ref, epoch)
+    assert again.outcome is Outcome.REJECTED and "no open position" in again.detail
