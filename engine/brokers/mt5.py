@@ -62,13 +62,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -87,6 +84,7 @@ from tenacity import (
 
 from common.retry import stop_when
 from common.timefmt import iso_utc
+from common.worker import DeadlineWorker, Failures
 from engine.brokers.base import (
     Account,
     BrokerError,
@@ -289,95 +287,14 @@ class _Budget:
         return self._end - time.monotonic()
 
 
-class _Worker:
-    """One daemon thread that runs every module call, one at a time, with deadlines."""
-
-    def __init__(self, name: str) -> None:
-        self._cond = threading.Condition()
-        self._running: str | None = None  # what is on the worker now
-        self._current: Future[Any] | None = None  # and its future
-        self._since = 0.0
-        self._overdue = False  # the running call outlived its caller's deadline
-        self._stopped = False
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    @property
-    def busy(self) -> str | None:
-        with self._cond:
-            return self._running
-
-    def run(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
-        end = time.monotonic() + timeout_s
-        with self._cond:
-            if self._stopped:
-                raise BrokerError("MT5 broker is closed")
-            if self._running is not None and not self._overdue:
-                self._cond.wait_for(
-                    lambda: self._running is None or self._overdue, timeout=max(0.0, end - time.monotonic())
-                )
-            if self._running is not None:
-                age_ms = (time.monotonic() - self._since) * 1000
-                state = "has not returned" if self._overdue else "is still running"
-                raise TerminalBusy(
-                    f"MT5 terminal busy: {self._running} {state} after {age_ms:.0f} ms; {what} was not sent"
-                )
-            if end - time.monotonic() <= 0:
-                raise DeadlineSpent(f"MT5 {what}: deadline spent before the call; it was not sent")
-            fut: Future[Any] = Future()
-            self._running, self._current, self._since, self._overdue = what, fut, time.monotonic(), False
-            self._jobs.put((fut, fn))
-        try:
-            return fut.result(timeout=max(0.0, end - time.monotonic()))
-        except FutureTimeout:
-            with self._cond:
-                if self._current is fut:  # still ours on the worker (not a later caller's job)
-                    self._overdue = True
-            if fut.done():  # finished in the gap: a real answer beats a timeout
-                return fut.result()
-            raise CallTimedOut(
-                f"MT5 {what} timed out after {timeout_s * 1000:.0f} ms (the call is still running)"
-            ) from None
-
-    def running(self) -> tuple[str, float, bool] | None:
-        """(what runs now, for how many seconds, whether it outlived its caller's deadline)."""
-        with self._cond:
-            if self._running is None:
-                return None
-            return self._running, time.monotonic() - self._since, self._overdue
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._running is None, timeout=timeout_s)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-        self._jobs.put(None)
-        if self.busy is None:
-            self._thread.join(timeout=1.0)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            fut, fn = item
-            ok, value = True, None
-            if fut.set_running_or_notify_cancel():
-                try:
-                    value = fn()
-                except BaseException as exc:  # handed to the caller
-                    ok, value = False, exc
-            with self._cond:
-                self._running, self._current, self._overdue = None, None, False
-                self._cond.notify_all()
-            if fut.running():
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+# The terminal worker's refusals as this broker's errors (BrokerError: nothing is known to
+# have happened, or, for a timeout, it may still).
+_WORKER_FAILURES = Failures(
+    stopped=lambda what: BrokerError("MT5 broker is closed"),
+    busy=TerminalBusy,
+    spent=DeadlineSpent,
+    timed_out=CallTimedOut,
+)
 
 
 def _dec(value: float) -> Decimal:
@@ -500,7 +417,7 @@ class MT5Broker:
         self._to_venue = dict(symbol_map or {})
         self._from_venue = {v: k for k, v in self._to_venue.items()}
         self._module = module
-        self._worker: _Worker | None = None
+        self._worker: DeadlineWorker | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -572,7 +489,7 @@ class MT5Broker:
             raise BrokerUnavailable(f"the MetaTrader5 module disagrees with the documented constants: {wrong}")
         with self._lock:
             if self._worker is None:
-                self._worker = _Worker(f"mt5-terminal-{self.magic}")
+                self._worker = DeadlineWorker(f"mt5-terminal-{self.magic}", _WORKER_FAILURES, label="MT5 ")
         retrying = Retrying(
             stop=stop_after_attempt(self.connect_attempts),
             wait=wait_exponential(multiplier=self.connect_backoff_s, max=30),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from common.worker import DeadlineWorker
 from engine.market.base import (
     Bars,
     FeedUnavailable,
@@ -40,7 +41,7 @@ from engine.market.base import (
     price,
 )
 from engine.market.sim import wall_ms
-from engine.market.worker import DeadlineWorker
+from engine.market.worker import market_worker
 
 # The documented TIMEFRAME_* values (an hour or more is 0x4000 | hours).
 TIMEFRAMES = {
@@ -100,7 +101,7 @@ class MT5Source:
                     module = importlib.import_module("MetaTrader5")
                 except ImportError:
                     raise FeedUnavailable(INSTALL_HINT) from None
-            self._worker = DeadlineWorker("mt5-market")
+            self._worker = market_worker("mt5-market")
             worker, mod = self._worker, module
             run = lambda what, job, timeout_s: worker.run(what, lambda: job(mod), timeout_s)  # noqa: E731
         self._run = run
