@@ -16,20 +16,13 @@ from engine.market.base import FeedUnavailable
 from engine.market.cursor import PgCursorStore
 from engine.market.replay import Cursor, ReplaySource, load
 from tests.conftest import create_database, drop_database
+from tests.market_support import MarketClock as Clock
 
 TICKS = "time,symbol,bid,ask\n" + "".join(
     f"2026-01-05T10:{m:02d}:{s:02d}Z,EURUSD,1.1{m:02d}{s:02d},1.1{m:02d}{s + 1:02d}\n"
     for m in range(3)
     for s in (0, 30)
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 5_000_000
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 def tables(url: str) -> set[str]:
@@ -60,7 +53,7 @@ def test_a_restart_resumes_where_the_replay_stopped(database_url: str, cluster: 
     path = tmp_path / "ticks.csv"
     path.write_text(TICKS)
     store = PgCursorStore(database_url, cluster)
-    clock = Clock()
+    clock = Clock(5_000_000)
     first = ReplaySource(load(path), speed=1.0, clock=clock, store=store, save_every_ms=1000)
     clock.ms += 65_000  # 10:01:05 of the file
     first.advance()  # the pump persists it (a second has passed since the start)
@@ -93,7 +86,7 @@ def test_a_database_outage_is_reported_and_playing_goes_on(tmp_path: Path, clust
         def load(self, feed: str) -> Cursor | None:
             return None
 
-    clock = Clock()
+    clock = Clock(5_000_000)
     src = ReplaySource(load(path), speed=1.0, clock=clock, store=SaveFails(down.url, cluster, 500))
     clock.ms += 31_000
     src.advance()  # logs and carries on

@@ -21,22 +21,15 @@ from engine.market.sim import SimSource
 from engine.model import OrderType, Side
 from tests.integration.test_executor import Rig, rig, start_executor, submit  # noqa: F401 (rig is a fixture)
 from tests.integration.test_paper import lead
+from tests.market_support import MarketClock as Clock
 from tests.support import wait_for
 
 T = int(datetime(2026, 3, 4, 14, 0, 7, tzinfo=UTC).timestamp() * 1000) + 120  # 120 ms after a sim tick
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ms = T
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 @pytest.fixture
 def sim() -> SimSource:
-    return SimSource(0, clock=Clock())
+    return SimSource(0, clock=Clock(T))
 
 
 @pytest.fixture

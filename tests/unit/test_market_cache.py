@@ -14,16 +14,9 @@ from engine.market.base import BadRequest, Bars, FeedUnavailable, StaleData, Tic
 from engine.market.metrics import MarketMetrics
 from engine.market.service import Market
 from engine.market.sim import MINUTE_MS, SimSource
+from tests.market_support import MarketClock as Clock
 
 T0 = int(datetime(2026, 3, 4, 12, 0, 30, tzinfo=UTC).timestamp() * 1000)
-
-
-class Clock:
-    def __init__(self, ms: int = T0) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 class Flaky:
@@ -63,7 +56,7 @@ def counts(registry: CollectorRegistry) -> dict[str, float]:
 
 
 def make(registry: CollectorRegistry, max_stale_ms: int = 120_000) -> tuple[Market, Flaky, Clock]:
-    clock = Clock()
+    clock = Clock(T0)
     source = Flaky(clock)
     return Market(source, max_stale_ms=max_stale_ms, metrics=MarketMetrics(registry)), source, clock  # type: ignore[arg-type]
 

@@ -20,18 +20,11 @@ from engine.market.service import Market
 from engine.market.worker import CallTimedOut, WorkerBusy
 from tests.fakes import MetaTrader5 as fake_mt5
 from tests.fakes.MetaTrader5 import FakeTerminal
+from tests.market_support import MarketClock as Clock
 
 NOW = int(datetime(2026, 3, 4, 15, 30, 20, tzinfo=UTC).timestamp() * 1000)
 OFFSET = 2 * 3_600_000  # the trade server runs at UTC+2
 DEADLINE_MS = 200
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def fake() -> Iterator[FakeTerminal]:
 
 @pytest.fixture
 def source(fake: FakeTerminal) -> Iterator[MT5Source]:
-    s = MT5Source(fake_mt5, deadline_ms=DEADLINE_MS, server_offset_ms=OFFSET, clock=Clock())
+    s = MT5Source(fake_mt5, deadline_ms=DEADLINE_MS, server_offset_ms=OFFSET, clock=Clock(NOW))
     s.connect()
     yield s
     fake.release()
@@ -129,7 +122,7 @@ def test_reads_can_share_the_brokers_worker(fake: FakeTerminal) -> None:
         return job(fake_mt5)  # type: ignore[operator]
 
     fake_mt5.initialize()
-    shared = MT5Source(run=run, server_offset_ms=OFFSET, clock=Clock())
+    shared = MT5Source(run=run, server_offset_ms=OFFSET, clock=Clock(NOW))
     assert shared.closed_bars("EURUSD", Timeframe.M1, 2).closed_count == 2 and threads
     with pytest.raises(FeedUnavailable, match="MT5 symbol_info_tick: MT5 terminal busy: order_send has not returned"):
         shared.tick("EURUSD")

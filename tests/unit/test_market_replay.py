@@ -15,6 +15,7 @@ from engine.market.base import BadInput, BadRequest, StaleData, Tick, Timeframe,
 from engine.market.metrics import MarketMetrics
 from engine.market.replay import Cursor, ReplaySource, load
 from engine.market.service import Market
+from tests.market_support import MarketClock as Clock
 
 T = int(datetime(2026, 1, 5, 10, 0, tzinfo=UTC).timestamp() * 1000)
 
@@ -28,14 +29,6 @@ TICKS = """time,symbol,bid,ask
 2026-01-05T10:01:01Z,EURUSD,1.1003,1.1004
 2026-01-05T10:03:20Z,EURUSD,1.10000,1.10010
 """
-
-
-class Clock:
-    def __init__(self, ms: int = 1_000_000) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 class MemoryStore:
@@ -61,7 +54,7 @@ def write(tmp_path: Path, text: str, name: str = "feed.csv") -> Path:
 
 
 def test_real_time_playback_shows_a_tick_at_its_time(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000)
     src = ReplaySource(load(write(tmp_path, TICKS)), speed=1.0, clock=clock)
     assert src.symbols() == ["EURUSD", "XAUUSD"] and src.now_ms() == T
     tick = src.tick("EURUSD")
@@ -74,7 +67,7 @@ def test_real_time_playback_shows_a_tick_at_its_time(tmp_path: Path) -> None:
 
 
 def test_bars_from_ticks_close_when_their_end_passes(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000)
     src = ReplaySource(load(write(tmp_path, TICKS)), speed=1.0, clock=clock)
     clock.ms += 59_999  # 10:00:59.999: the 10:00 bar is forming
     assert len(src.closed_bars("EURUSD", Timeframe.M1, 10)) == 0
@@ -103,14 +96,14 @@ def test_bars_from_ticks_close_when_their_end_passes(tmp_path: Path) -> None:
 
 
 def test_n_times_faster(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000)
     src = ReplaySource(load(write(tmp_path, TICKS)), speed=60.0, clock=clock)
     clock.ms += 1000  # a minute of data per second
     assert src.now_ms() == T + 60_000 and src.tick("EURUSD").bid == Decimal("1.10010")
 
 
 def test_max_speed_releases_as_it_is_pumped_and_a_finished_feed_goes_stale(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000)
     src = ReplaySource(load(write(tmp_path, TICKS)), speed=None, clock=clock, batch=3)
     market = Market(src, metrics=MarketMetrics(CollectorRegistry()))
     got: list[Tick] = []
@@ -131,7 +124,7 @@ def test_max_speed_releases_as_it_is_pumped_and_a_finished_feed_goes_stale(tmp_p
 def test_resume_where_it_stopped(tmp_path: Path) -> None:
     path = write(tmp_path, TICKS)
     store = MemoryStore()
-    clock = Clock()
+    clock = Clock(1_000_000)
     first = ReplaySource(load(path), speed=1.0, clock=clock, store=store)
     clock.ms += 61_000  # 10:01:01 of the file
     first.close()  # the process stops
@@ -146,7 +139,7 @@ def test_resume_where_it_stopped(tmp_path: Path) -> None:
 def test_resume_at_max_speed(tmp_path: Path) -> None:
     path = write(tmp_path, TICKS)
     store = MemoryStore()
-    clock = Clock()
+    clock = Clock(1_000_000)
     first = ReplaySource(load(path), speed=None, clock=clock, store=store, batch=4)
     first.advance()
     first.close()
@@ -160,7 +153,7 @@ def test_a_bar_file_shows_a_bar_only_once_it_is_over(tmp_path: Path) -> None:
 2026-01-05T10:01:00Z,GER40,18005.0,18007.0,18001.0,18002.5,80,12
 2026-01-05T10:02:00Z,GER40,18002.5,18020.0,18002.0,18019.0,90,10
 """
-    clock = Clock()
+    clock = Clock(1_000_000)
     src = ReplaySource(load(write(tmp_path, text)), speed=1.0, clock=clock)
     assert src.now_ms() == T + 60_000  # the first bar's close
     bars = src.closed_bars("GER40", Timeframe.M1, 10)
@@ -176,7 +169,7 @@ def test_a_bar_file_shows_a_bar_only_once_it_is_over(tmp_path: Path) -> None:
 
 def test_a_finer_timeframe_than_the_file_is_refused(tmp_path: Path) -> None:
     text = "time,symbol,open,high,low,close,timeframe\n2026-01-05T10:00:00Z,EURUSD,1.1,1.2,1.0,1.1,H1\n"
-    src = ReplaySource(load(write(tmp_path, text)), clock=Clock())
+    src = ReplaySource(load(write(tmp_path, text)), clock=Clock(1_000_000))
     with pytest.raises(BadRequest, match="replay file has H1 bars for EURUSD: M15 bars cannot be built from them"):
         src.closed_bars("EURUSD", Timeframe.M15, 5)
 
@@ -232,6 +225,6 @@ def test_bad_files_are_refused_in_one_line(tmp_path: Path, text: str, message: s
 def test_unknown_symbols(tmp_path: Path) -> None:
     data = load(write(tmp_path, TICKS))
     with pytest.raises(UnknownSymbol, match=r"has no GBPUSD \(it has EURUSD, XAUUSD\)"):
-        ReplaySource(data, clock=Clock(), symbols=("EURUSD", "GBPUSD"))
+        ReplaySource(data, clock=Clock(1_000_000), symbols=("EURUSD", "GBPUSD"))
     with pytest.raises(UnknownSymbol, match="unknown symbol 'XAUUSD': the replay has EURUSD"):
-        ReplaySource(data, clock=Clock(), symbols=("EURUSD",)).tick("XAUUSD")
+        ReplaySource(data, clock=Clock(1_000_000), symbols=("EURUSD",)).tick("XAUUSD")

@@ -17,20 +17,13 @@ from engine.market.bars import BarBuilder, aggregate
 from engine.market.base import BadRequest, Timeframe, TradeMode, UnknownSymbol
 from engine.market.sim import MINUTE_MS, STEP_MS, SimSource
 from engine.market.simsymbols import DEFAULT_SYMBOLS
+from tests.market_support import MarketClock as Clock
 
 T0 = int(datetime(2026, 3, 4, 12, 0, 0, 250_000, tzinfo=UTC).timestamp() * 1000)  # a Wednesday
 
 
-class Clock:
-    def __init__(self, ms: int = T0) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 def sim(seed: int = 42, clock: Callable[[], int] | None = None) -> SimSource:
-    return SimSource(seed=seed, clock=clock or Clock())
+    return SimSource(seed=seed, clock=clock or Clock(T0))
 
 
 def test_the_default_symbol_set() -> None:

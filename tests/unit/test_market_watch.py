@@ -15,25 +15,15 @@ from engine.market import FeedUnavailable, Market, MarketSpec, Tick, TradeMode
 from engine.market.metrics import MarketMetrics
 from engine.market.sim import SimSource, _put, _touch
 from engine.market.watch import FeedWatch
+from tests.market_support import MarketClock as Clock
+from tests.market_support import market_over
 
 T = int(datetime(2026, 3, 4, 12, 0, tzinfo=UTC).timestamp() * 1000) + 100  # 100 ms after a sim tick
 
 
-class Clock:
-    def __init__(self, ms: int = T) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-def market_over(source: Any) -> Market:
-    return Market(source, metrics=MarketMetrics(CollectorRegistry()))
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T)
 
 
 @pytest.fixture

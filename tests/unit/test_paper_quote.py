@@ -7,36 +7,23 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from engine.brokers.base import BrokerError, SymbolSpec, SymbolUnavailable
 from engine.brokers.paper import PaperBroker
 from engine.market import FeedUnavailable, Market, MarketSpec, Tick, TradeMode
-from engine.market.metrics import MarketMetrics
 from engine.market.sim import SimSource
 from engine.model import OrderType, Side
+from tests.market_support import MarketClock as Clock
+from tests.market_support import market_over
 
 T = int(datetime(2026, 3, 4, 12, 0, tzinfo=UTC).timestamp() * 1000) + 100  # 100 ms after a sim tick
 
 
-class Clock:
-    def __init__(self, ms: int = T) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-def market_over(source: Any) -> Market:
-    return Market(source, metrics=MarketMetrics(CollectorRegistry()))
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T)
 
 
 @pytest.fixture
