@@ -50,19 +50,26 @@ INSERT INTO executions (signal, epoch, instance_id, outcome, broker_ref, detail)
 SELECT unnest(%(ids)s::bigint[]), %(epoch)s, %(instance)s, %(outcome)s, NULL, %(detail)s
 """
 
-# The oldest `limit` received signals that have not expired -> executing under `epoch`, and in
-# the same statement every received signal past its expires_at -> expired: a NOTIFY claims at
-# once, so expiry cannot wait for the sweep timer. Both sides compare with one
-# statement_timestamp(), so a row is either expired or claimable, never both.
-CLAIM_SQL = """
-WITH due AS (
+# Every received signal of the cluster past its expires_at -> expired, with its event: the
+# first CTEs of both the claim and the housekeeping expiry, so the two expire alike.
+EXPIRE_DUE_CTES = """
+due AS (
     UPDATE signals SET status = 'expired', error = 'expired before execution', updated_at = clock_timestamp()
     WHERE cluster = %(cluster)s AND status = 'received' AND expires_at <= statement_timestamp()
     RETURNING id, fingerprint
 ), due_event AS (
     INSERT INTO signal_events (signal, status, instance_id, epoch, actor, detail)
     SELECT id, 'expired', %(instance)s, %(epoch)s, NULL, 'expired before execution' FROM due
-), next AS (
+)"""
+
+EXPIRE_DUE_SQL = f"WITH {EXPIRE_DUE_CTES} SELECT fingerprint FROM due ORDER BY id"
+
+# The oldest `limit` received signals that have not expired -> executing under `epoch`, and in
+# the same statement every received signal past its expires_at -> expired: a NOTIFY claims at
+# once, so expiry cannot wait for the sweep timer. Both sides compare with one
+# statement_timestamp(), so a row is either expired or claimable, never both.
+CLAIM_SQL = f"""
+WITH {EXPIRE_DUE_CTES}, next AS (
     SELECT id FROM signals WHERE cluster = %(cluster)s AND status = 'received'
       AND (expires_at IS NULL OR expires_at > statement_timestamp())
     ORDER BY id LIMIT %(limit)s FOR UPDATE
@@ -286,19 +293,8 @@ def any_due(conn: psycopg.Connection, cluster: str) -> bool:
 
 def expire_due(cur: psycopg.Cursor, cluster: str, instance: str, epoch: int) -> list[str]:
     """received -> expired for signals past expires_at (fenced by the caller): never executed late."""
-    rows = cur.execute(
-        """
-        UPDATE signals SET status = 'expired', error = 'expired before execution',
-               updated_at = clock_timestamp()
-        WHERE cluster = %s AND status = 'received' AND expires_at IS NOT NULL
-          AND expires_at <= clock_timestamp()
-        RETURNING id, fingerprint
-        """,
-        (cluster,),
-    ).fetchall()
-    for r in rows:
-        cur.execute(EVENT_SQL, (r[0], SignalStatus.EXPIRED, instance, epoch, None, "expired before execution"))
-    return [r[1] for r in rows]
+    rows = cur.execute(EXPIRE_DUE_SQL, {"cluster": cluster, "instance": instance, "epoch": epoch}).fetchall()
+    return [r[0] for r in rows]
 
 
 def requeue(cur: psycopg.Cursor, signals: list[int], epoch: int, instance: str, reason: str) -> int:
