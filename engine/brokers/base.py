@@ -22,6 +22,16 @@ class Outcome(enum.StrEnum):
     EXPIRED = "expired"  # past the signal's expires_at when the venue would have acted; nothing was placed
 
 
+class Refusal(enum.StrEnum):
+    """What a refused modification means, so a caller acts on the meaning, not on a venue's
+    retcode. A modification that changes nothing is not a refusal: it is DONE."""
+
+    INVALID_STOPS = "invalid_stops"  # too close to the price (stops level) or the wrong side: clamp, retry once
+    FROZEN = "frozen"  # within the freeze level, or the position is locked: defer, the venue is fine
+    GONE = "gone"  # no such open position: it closed; record the close from the venue's deals
+    OTHER = "other"  # anything else: a failure of the call
+
+
 # A cost rounds up, in a context of its own (never the caller's thread-local one).
 _COST = Context(prec=60, rounding=ROUND_CEILING, traps=[InvalidOperation, DivisionByZero, Overflow])
 _ZERO = Decimal(0)
@@ -127,6 +137,7 @@ class OrderResult:
     detail: str = ""
     retcode: int | None = None
     price: Decimal | None = None  # fill price when known
+    refusal: Refusal | None = None  # a REJECTED modify/close/cancel: what the refusal means
 
 
 @dataclass(frozen=True)
