@@ -30,7 +30,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import first_line
 from coordinator import metrics
 from coordinator.config import ElectionConfig
-from coordinator.epoch import EpochStore, Reason
+from coordinator.epoch import EpochStore, LeaderRecord, Reason
 from coordinator.fencing import NotLeader
 from coordinator.keys import handoff_event, holder_instance, parse_event, released_event
 from coordinator.lease import RedisLease, RenewStatus
@@ -59,6 +59,22 @@ class _Leadership:
     valid_until_ms: float
     last_renew_ms: float
     last_db_ok_ms: float
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """The key and the epoch both won: the leadership to begin."""
+
+    leading: _Leadership
+    sent_ms: float  # when the winning SET was sent: the renew schedule counts from it
+
+
+@dataclass(frozen=True)
+class _Renewal:
+    leading: _Leadership  # extended when renewed, else as it was
+    renewed: bool
+    taken: bool = False  # another token in the key: it is not ours any more
+    holder: str | None = None  # that token's instance, where the key names one
 
 
 OnStarted = Callable[[int], None]
@@ -188,12 +204,27 @@ class Elector:
         self._step_down(leading, reason, release_record=True, handoff_to=handoff_to)
         return True
 
-    # ---- follower ----
+    # ---- follower: wait for the key to run out, claim, become leader ----
+    #
+    # Each transition returns what comes next (a record to claim, a new leadership, or how
+    # long to wait) instead of setting it; `_follow` alone publishes a new leadership.
 
     def _jitter(self) -> float:
         return self._rng.uniform(0, self.cfg.jitter_ms)
 
     def _follow(self) -> float:
+        ready = self._ready_to_claim()
+        if not isinstance(ready, LeaderRecord):
+            return ready
+        claimed = self._claim(ready)
+        if not isinstance(claimed, _Claimed):
+            return claimed
+        return self._become_leader(claimed)
+
+    def _ready_to_claim(self) -> LeaderRecord | float:
+        """The leader record once the lease is free to claim, else how long to wait: sitting
+        out a cooldown, step-downs still unrecorded, the key still held, or its DB holder
+        still alive although its key is gone."""
         cfg = self.cfg
         now = self._clock.now_ms()
         if now < self._sit_out_until_ms:
@@ -226,14 +257,18 @@ class Elector:
             # someone else, or the heartbeat trails the renew by a round trip): grabbing the
             # key now would only cost a failover. Look again when the record turns free.
             return min(wait, cfg.renew_ms)
+        return record
 
+    def _claim(self, record: LeaderRecord) -> _Claimed | float:
+        """SET NX the key, then compare-and-set the next epoch over `record`. The key goes
+        back when the epoch is not ours."""
+        cfg = self.cfg
         try:
             grant = self._lease.try_acquire()
         except REDIS_ERRORS as e:
             return self._redis_failed(e)
         if grant is None:
             return self._jitter()
-
         claim_sent = self._clock.now_ms()
         try:
             metrics.DB_SYNC_ATTEMPTS.inc()
@@ -246,67 +281,77 @@ class Elector:
             log.warning("won the Redis key but lost the epoch CAS at epoch %d; backing off", record.epoch)
             self._quiet_release(grant.value)
             return cfg.renew_ms * self._rng.uniform(0.5, 1.0)
+        leading = _Leadership(epoch, grant.value, grant.sent_ms + cfg.trusted_ms, grant.sent_ms, claim_sent)
+        return _Claimed(leading, grant.sent_ms)
 
+    def _become_leader(self, claimed: _Claimed) -> float:
+        cfg = self.cfg
+        leading = claimed.leading
         now = self._clock.now_ms()
-        valid_until = grant.sent_ms + cfg.trusted_ms
-        leading = _Leadership(epoch, grant.value, valid_until, grant.sent_ms, claim_sent)
-        if now >= valid_until:
+        self._leading = leading
+        if now >= leading.valid_until_ms:
             # The CAS took longer than the lease: the key may already be someone else's.
-            self._leading = leading
             self._step_down(leading, Reason.CLAIM_TOO_LATE, release_record=True, notify=False)
             return self._jitter()
-        self._leading = leading
         self._db_ok()
         metrics.IS_LEADER.set(1)
-        metrics.LEADER_EPOCH.set(epoch)
+        metrics.LEADER_EPOCH.set(leading.epoch)
         metrics.LEADERSHIP_CHANGES.labels(Reason.ACQUIRED).inc()
         metrics.LAST_HEARTBEAT.set(time.time())
-        log.error("became leader: instance=%s epoch=%d", cfg.instance_id, epoch)
+        log.error("became leader: instance=%s epoch=%d", cfg.instance_id, leading.epoch)
         if self._on_started:
-            self._callbacks.submit(self._on_started, epoch)
-        return max(0.0, grant.sent_ms + cfg.renew_ms - now)
+            self._callbacks.submit(self._on_started, leading.epoch)
+        return max(0.0, claimed.sent_ms + cfg.renew_ms - now)
 
-    # ---- leader ----
+    # ---- leader: renew, heartbeat, judge the term ----
 
     def _lead(self) -> float:
-        cfg = self.cfg
         leading = self._leading
         assert leading is not None
-        now = self._clock.now_ms()
-        if now >= leading.valid_until_ms:
+        if self._clock.now_ms() >= leading.valid_until_ms:
             # Paused (or starved) past the lease: someone else may lead by now.
             return self._step_down(leading, Reason.LEASE_EXPIRED, release_record=True)
+        renewal = self._renew(leading)
+        # Published before the heartbeat, so fence() trusts the renewed lease at once.
+        self._leading = leading = renewal.leading
+        if renewal.taken:
+            # Another token in the key: step down now. If PostgreSQL still names us, the
+            # two stores disagree: a split brain, recorded as such.
+            if self._heartbeat(leading)[0]:
+                self._split_brain(leading, f"redis={renewal.holder} db=self")
+                return self._step_down(leading, Reason.SPLIT_BRAIN, release_record=True)
+            return self._step_down(leading, Reason.TOKEN_MISMATCH, release_record=True)
+        matched, leading = self._heartbeat(leading)
+        self._leading = leading
+        return self._judge_term(leading, matched, renewal.renewed)
 
-        # Renew first, so a slow database never delays the Redis lease. An absent key may be
-        # re-set only while our last matching heartbeat is younger than stale_after: until
-        # then no rival can have claimed the epoch.
+    def _renew(self, leading: _Leadership) -> _Renewal:
+        """Renew the key first, so a slow database never delays the Redis lease. An absent key
+        may be re-set only while our last matching heartbeat is younger than stale_after:
+        until then no rival can have claimed the epoch."""
+        cfg = self.cfg
+        now = self._clock.now_ms()
         may_reassert = now - leading.last_db_ok_ms < cfg.stale_after_ms - cfg.drift_margin_ms
-        renewed = False
         try:
             result = self._lease.renew(leading.value, reassert=may_reassert)
         except REDIS_ERRORS as e:
             self._redis_failed(e)
-            result = None
-        if result is not None:
-            self._redis_ok()
-            if result.status is RenewStatus.TAKEN:
-                # Another token in the key: step down now. If PostgreSQL still names us, the
-                # two stores disagree: a split brain, recorded as such.
-                if self._heartbeat(leading)[0]:
-                    self._split_brain(leading, f"redis={holder_instance(result.holder)} db=self")
-                    return self._step_down(leading, Reason.SPLIT_BRAIN, release_record=True)
-                return self._step_down(leading, Reason.TOKEN_MISMATCH, release_record=True)
-            if result.status in (RenewStatus.RENEWED, RenewStatus.REASSERTED):
-                renewed = True
-                metrics.LEASE_RENEW_SECONDS.observe((self._clock.now_ms() - result.sent_ms) / 1000.0)
-                if result.status is RenewStatus.REASSERTED:
-                    metrics.LEASE_REASSERTED.inc()
-                    log.warning("lease key was gone (Redis restarted?); re-asserted it for epoch %d", leading.epoch)
-                leading = replace(leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms)
-                self._leading = leading
+            return _Renewal(leading, renewed=False)
+        self._redis_ok()
+        if result.status is RenewStatus.TAKEN:
+            return _Renewal(leading, renewed=False, taken=True, holder=holder_instance(result.holder))
+        if result.status not in (RenewStatus.RENEWED, RenewStatus.REASSERTED):
+            return _Renewal(leading, renewed=False)
+        metrics.LEASE_RENEW_SECONDS.observe((self._clock.now_ms() - result.sent_ms) / 1000.0)
+        if result.status is RenewStatus.REASSERTED:
+            metrics.LEASE_REASSERTED.inc()
+            log.warning("lease key was gone (Redis restarted?); re-asserted it for epoch %d", leading.epoch)
+        renewed = replace(leading, valid_until_ms=result.sent_ms + cfg.trusted_ms, last_renew_ms=result.sent_ms)
+        return _Renewal(renewed, renewed=True)
 
-        matched, leading = self._heartbeat(leading)
-        self._leading = leading
+    def _judge_term(self, leading: _Leadership, matched: bool | None, renewed: bool) -> float:
+        """After a renew and a heartbeat: step down, or how long until the next renew."""
+        cfg = self.cfg
         if matched is False:
             # Redis's answer counts only while it is still fresh: a heartbeat that stalled past
             # the lease met a record moved on for an ordinary reason, not a split brain.
