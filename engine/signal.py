@@ -59,7 +59,8 @@ FIELDS = frozenset(
 )
 
 MAX_ID_CHARS = 100  # source and signal_id: identifiers, stored and hashed verbatim
-SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)  # checked before upper-casing, see _symbol
+# Broker spellings with a suffix (GER40+, XAUUSD.m, US30.cash, EURUSD#) are symbols too.
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._+#-]{1,32}", re.ASCII)  # checked before upper-casing, see _symbol
 
 # Numbers: at most 20 significant digits with the leading digit between 1e-20 and 1e20. That
 # covers every price, lot size and percentage a venue takes, keeps the canonical (no-exponent)
@@ -302,7 +303,7 @@ def _symbol(value: object) -> str:
     # Matched before upper() on purpose: "ß".upper() is "SS" and "ı".upper() is "I", so a
     # non-ASCII symbol could otherwise turn into a valid-looking different one.
     if not SYMBOL_RE.fullmatch(stripped):
-        raise _FieldError(f"must be 1..32 characters of A-Z 0-9 . _ - (got {_show(value)})")
+        raise _FieldError(f"must be 1..32 characters of A-Z 0-9 . _ - + # (got {_show(value)})")
     return stripped.upper()
 
 

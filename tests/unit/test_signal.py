@@ -78,7 +78,7 @@ moments = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 
 sources = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30).filter(
     lambda s: bool(s.strip())
 )
-symbols = st.from_regex(r"[A-Z0-9._-]{1,32}", fullmatch=True)
+symbols = st.from_regex(r"[A-Z0-9._+#-]{1,32}", fullmatch=True)
 signal_ids = st.one_of(
     st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=40).filter(
         lambda s: bool(s.strip())
@@ -472,6 +472,16 @@ def test_null_optionals_are_absent() -> None:
     intent = parse_signal(good(tp=None, signal_id=None, expires_at=None, ts=None, meta=None, risk_pct=None))
     assert intent.tp is None and intent.signal_id is None and intent.meta == {}
     assert intent == parse_signal(good(tp=..., ts=...))
+
+
+@pytest.mark.parametrize(
+    ("written", "symbol"),
+    [("GER40+", "GER40+"), ("XAUUSD.m", "XAUUSD.M"), ("US30.cash", "US30.CASH"), ("EURUSD#", "EURUSD#")],
+)
+def test_broker_spellings_with_a_suffix_are_symbols_upper_cased_like_any(written: str, symbol: str) -> None:
+    assert parse_signal(good(symbol=written)).symbol == symbol
+    # One symbol, one fingerprint, however the case is written.
+    assert fingerprint(parse_signal(good(symbol=written.lower()))) == fingerprint(parse_signal(good(symbol=symbol)))
 
 
 def test_limits_are_inclusive() -> None:
