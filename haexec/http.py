@@ -25,11 +25,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from common.errors import first_line
 from coordinator.config import MAX_TIMER_MS
 from coordinator.service import Coordinator
 from engine import intake, store
+from engine.brokers.base import Broker, BrokerError
 from engine.market import FeedUnavailable, Market, MarketDataError, StaleData, UnknownSymbol
 from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
+from haexec import book
 from haexec.marketdata import quote_json
 from haexec.settings import HttpLimits
 
@@ -59,6 +62,7 @@ class ReplicaState(Protocol):
     # The replica's market data (None until it is open) and the oldest tick it serves.
     market: Market | None
     market_max_age_ms: int
+    broker: Broker  # GET /account and /positions read it
 
     def market_health(self) -> str: ...
 
@@ -276,6 +280,30 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": str(e)}, status_code=400)
         return JSONResponse(quote_json(data.name, tick, spec))
 
+    async def account(request: Request) -> Response:
+        if not _authorized(request, replica.api_token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            found = await run_in_threadpool(replica.broker.account)
+        except BrokerError as e:
+            return JSONResponse({"error": f"broker unavailable: {first_line(e)}"}, status_code=503)
+        except DB_ERRORS:
+            return JSONResponse({"error": "database unavailable"}, status_code=503)
+        return JSONResponse(book.account_json(found))
+
+    async def positions(request: Request) -> Response:
+        if not _authorized(request, replica.api_token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            found = await run_in_threadpool(
+                book.read_positions, replica.broker, replica.market, replica.market_max_age_ms
+            )
+        except BrokerError as e:
+            return JSONResponse({"error": f"broker unavailable: {first_line(e)}"}, status_code=503)
+        except DB_ERRORS:
+            return JSONResponse({"error": "database unavailable"}, status_code=503)
+        return JSONResponse(found)
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -288,6 +316,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/signals", post_signal, methods=["POST"]),
             Route("/signals/{fingerprint}", get_signal),
             Route("/market/{symbol}", market),
+            Route("/account", account),
+            Route("/positions", positions),
         ]
     )
 

@@ -146,6 +146,8 @@ class Account:
     equity: Decimal
     currency: str = "USD"
     daily_pnl: Decimal = Decimal(0)  # realised since 00:00 UTC; negative is a loss
+    margin: Decimal | None = None  # used by open positions, where the venue says
+    free_margin: Decimal | None = None
 
 
 @dataclass(frozen=True)

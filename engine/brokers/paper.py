@@ -172,6 +172,8 @@ class PaperBroker:
             equity=balance + mark.floating,
             currency=currency,
             daily_pnl=realised + min(mark.floating, Decimal(0)),
+            margin=mark.margin,
+            free_margin=mark.free_margin,
         )
 
     def positions(self) -> list[Position]:

@@ -367,6 +367,32 @@ def read_cursor(conn: psycopg.Connection, cluster: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+DEALS_SQL = """
+SELECT id, ticket, kind, volume, price, pnl, balance, sl, tp, at FROM paper_deals
+WHERE cluster = %s AND at >= %s ORDER BY id LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class Deal:
+    id: int
+    ticket: str
+    kind: str  # fill, close, sl, tp, stop_out, modify, ...
+    volume: Decimal
+    price: Decimal
+    pnl: Decimal
+    balance: Decimal | None  # after the deal, on the deals that move it
+    sl: Decimal | None
+    tp: Decimal | None
+    at: datetime
+
+
+def deals(conn: psycopg.Connection, cluster: str, since: datetime, limit: int) -> list[Deal]:
+    """The account's deals from `since` on, oldest first: the ledger an operator reads."""
+    rows = conn.execute(DEALS_SQL, (cluster, since, limit)).fetchall()
+    return [Deal(int(r[0]), str(r[1]), *r[2:]) for r in rows]
+
+
 @dataclass(frozen=True)
 class AccountMark:
     """The venue's latest snapshot of the account, with its age on the database's clock."""
