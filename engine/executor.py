@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 import psycopg
@@ -379,7 +379,7 @@ class Executor:
                 if isinstance(quote, SymbolUnavailable):
                     raise RiskRejected("symbol_spec", str(quote))
                 market = quote.executable(intent.side, intent.type, intent.price)
-                sized = size_order(intent, account, exposure, quote.spec, self._limits, market)
+                sized = size_order(intent, account, exposure, quote.spec, self._limits, market, quote.margin_per_lot)
             except RiskRejected as r:
                 rejected.append(self._rejection(c.id, f"risk {r.rule}: {r.detail}"))
                 continue
@@ -401,6 +401,8 @@ class Executor:
             # Counted before the venue answers, a pending order as much as a position: the
             # rest of the batch sees the most exposure there could be, never less.
             exposure += 1
+            if sized.margin is not None and account.free_margin is not None:
+                account = replace(account, free_margin=account.free_margin - sized.margin)
         self._settle(epoch, rejected)
         if not orders:
             return

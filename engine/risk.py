@@ -19,6 +19,8 @@ naming the first rule it breaks. The rules, in order:
    (an explicit volume is never changed, only refused; a risk-sized one is capped to the
    largest step multiple within the maximum, then checked against min_volume again)
 8. risk (volume x loss per lot at the stop) <= max_risk_pct of equity -> "risk_cap"
+9. margin (volume x the venue's margin per lot) <= free margin, where the venue states
+   both (the paper venue; the rest of a batch sees the margin earlier orders hold) -> "margin"
 
 Everything is priced at the executable price, never the producer's: a signal priced far from
 the market would otherwise be sized for a stop distance it does not have.
@@ -60,6 +62,7 @@ Rule = Literal[
     "max_open_positions",
     "max_daily_loss",
     "equity",
+    "margin",
 ]
 # The rules size_order checks, in order; "symbol_spec" and "quote" are the executor's, before it.
 RULES: tuple[Rule, ...] = (
@@ -72,6 +75,7 @@ RULES: tuple[Rule, ...] = (
     "min_volume",
     "max_volume",
     "risk_cap",
+    "margin",
 )
 
 # RiskLimits field -> the environment variable that sets it.
@@ -178,6 +182,7 @@ class SizedOrder:
     volume: Decimal
     risk_amount: Decimal  # volume * stop distance * contract size (account currency)
     risk_pct: Decimal  # risk_amount / equity * 100
+    margin: Decimal | None = None  # the margin it holds once open, where the venue states it
 
 
 # ---- sizing ----
@@ -197,10 +202,12 @@ def size_order(
     spec: SymbolSpec,
     limits: RiskLimits,
     market: Decimal | None = None,
+    margin_per_lot: Decimal | None = None,
 ) -> SizedOrder:
     """The order's volume and risk, or RiskRejected naming the first rule broken (see module doc).
     `market` is the price the order would fill at (a market order's ask or bid); None: the
-    signal's own price (a venue without prices)."""
+    signal's own price (a venue without prices). `margin_per_lot`: what one lot holds at the
+    venue, checked against the account's free margin where both are known."""
     down, up = _ctx(ROUND_FLOOR), _ctx(ROUND_CEILING)
     equity = _dec("account.equity", account.equity)
     balance = _dec("account.balance", account.balance)
@@ -286,9 +293,20 @@ def size_order(
             f"risk {volume} x {per_lot} per lot ({stop} at {spec.describe()}) = {risk_amount} >"
             f" {limits.max_risk_pct}% of equity {equity} = {cap} {account.currency}",
         )
+
+    # 9. margin
+    margin = None
+    if margin_per_lot is not None and account.free_margin is not None:
+        margin = up.multiply(volume, _dec("margin_per_lot", margin_per_lot))
+        free = _dec("account.free_margin", account.free_margin)
+        if margin > free:
+            raise RiskRejected(
+                "margin",
+                f"margin {volume} x {margin_per_lot} per lot = {margin} > free margin {free} {account.currency}",
+            )
     report = _ctx(ROUND_HALF_EVEN, prec=28)
     risk_pct = report.multiply(report.divide(risk_amount, equity), _HUNDRED)
-    return SizedOrder(volume=volume, risk_amount=risk_amount, risk_pct=risk_pct)
+    return SizedOrder(volume=volume, risk_amount=risk_amount, risk_pct=risk_pct, margin=margin)
 
 
 def risk_cap(account: Account, limits: RiskLimits) -> Decimal:

@@ -124,6 +124,7 @@ def build_broker(settings: Settings, pool: ConnectionPool, market: Market | None
             engine.paper_balance,
             market=market,
             max_quote_age_ms=engine.market_max_age_ms,
+            venue=engine.venue,
         )
     if engine.broker == "gateway":
         from engine.brokers.gateway import GatewayBroker

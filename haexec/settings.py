@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,6 +20,7 @@ from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
 from engine.risk import RiskLimits
+from engine.venue.settings import VenueSettings, venue_settings
 
 # Election field -> the environment variable that sets it.
 TIMER_ENV = {
@@ -55,13 +56,13 @@ HTTP_LIMIT_ENV = {
 
 def http_limits(env: Mapping[str, str]) -> HttpLimits:
     given: dict[str, int] = {}
-    for field, name in HTTP_LIMIT_ENV.items():
+    for limit, name in HTTP_LIMIT_ENV.items():
         value = _int(env, name)
         if value is None:
             continue
         if value <= 0:
             raise ConfigError(name, f"must be a positive integer (got {value})")
-        given[field] = value
+        given[limit] = value
     return HttpLimits(**given)
 
 
@@ -239,6 +240,9 @@ class EngineSettings:
     # calls fresh.
     market_max_age_ms: int
     paper_prices: str  # PAPER_PRICES
+    # The paper venue's rules (hours, trade modes, leverage): the paper broker refuses at
+    # booking what the venue would, and prices margin with the venue's leverage.
+    venue: VenueSettings = field(default_factory=VenueSettings)
     gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
@@ -296,6 +300,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market=market_settings(env),
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
+        venue=venue_settings(env) if broker == "paper" else VenueSettings(),
         **(_gateway(env) if broker == "gateway" else {}),
     )
 

@@ -97,6 +97,9 @@ class Quote:
     spec: SymbolSpec
     bid: Decimal | None = None
     ask: Decimal | None = None
+    # Account currency one lot holds as margin, at the ask (the higher price: never
+    # under-counted for either side), where the venue states it (the paper venue).
+    margin_per_lot: Decimal | None = None
 
     def executable(self, side: Side, type: OrderType, price: Decimal) -> Decimal:
         """The price an order would fill at: a market buy at the ask, a sell at the bid; a

@@ -10,9 +10,11 @@ quote is the market's spec (contract size, volume limits, tick value) and its la
 ask, no older than `max_quote_age_ms`; a market order is booked at the ask (buy) or the bid
 (sell) of the quote the risk rules priced it at (`OrderRequest.quoted`), never at the
 signal's price. Without one, every symbol is 1 account currency per 1.0 of price per lot and
-orders are booked at the signal's price. Either way open positions are not marked to market
-(equity = balance) and a close is at the entry price: marking and matching belong to the
-venue process (a later issue).
+orders are booked at the signal's price. With a market and the venue's settings, an order is
+also held to the venue's rules before it is booked (engine.venue.rules.check_open: hours,
+trade mode, volume, stops level, a pending order's price level), so what the venue would
+refuse is refused where it is made, and a quote states the margin a lot holds at the venue's
+leverage. Marking and matching belong to the venue process.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from engine.brokers.base import (
 from engine.market.base import FeedUnavailable, MarketDataError, StaleData, TradeMode, UnknownSymbol
 from engine.market.service import Market
 from engine.model import OrderType, Side
-from engine.venue import ledger
+from engine.venue import ledger, rules
+from engine.venue.model import Kind
 from engine.venue.model import Quote as VenueQuote
 from engine.venue.pnl import Contract
+from engine.venue.settings import VenueSettings
 
 DEFAULT_QUOTE_AGE_MS = 5000
 
@@ -122,6 +126,7 @@ class PaperBroker:
         currency: str = "USD",
         market: Market | None = None,
         max_quote_age_ms: int = DEFAULT_QUOTE_AGE_MS,
+        venue: VenueSettings | None = None,
     ) -> None:
         if max_quote_age_ms < 0:
             raise ValueError("max_quote_age_ms must be >= 0")
@@ -134,6 +139,7 @@ class PaperBroker:
         # is open, before the executor starts; None: the signal's price.
         self.market = market
         self.max_quote_age_ms = max_quote_age_ms
+        self.venue = venue  # None: no venue rules at booking, no margin in quotes
 
     def connect(self) -> None:
         with self._pool.connection() as conn:
@@ -218,8 +224,11 @@ class PaperBroker:
             raise SymbolUnavailable(f"{symbol}: {first_line(e)}") from None
         if spec.trade_mode is TradeMode.DISABLED:
             raise SymbolUnavailable(f"{symbol}: trading is disabled at the {market.name} source")
+        margin = None
+        if self.venue is not None:
+            margin = Contract.of(spec, self._currency).margin(Decimal(1), tick.ask, self.venue.leverage)
         try:
-            return Quote(SymbolSpec.from_market(spec), bid=tick.bid, ask=tick.ask)
+            return Quote(SymbolSpec.from_market(spec), bid=tick.bid, ask=tick.ask, margin_per_lot=margin)
         except (TypeError, ValueError) as e:
             raise SymbolUnavailable(f"{symbol} has no usable spec at the {market.name} source: {e}") from None
 
@@ -232,6 +241,10 @@ class PaperBroker:
         refused: dict[str, OrderResult] = {}
         quotes: dict[str, Quote | SymbolUnavailable] = {}
         for r in reqs:
+            refusal = self._venue_refusal(r)
+            if refusal is not None:
+                refused[r.tag] = refusal
+                continue
             if r.type is not OrderType.MARKET:
                 priced.append(r)
                 continue
@@ -249,6 +262,34 @@ class PaperBroker:
                 at = quote.executable(r.side, r.type, r.price)
             priced.append(r if at is None else replace(r, price=at))
         return priced, refused
+
+    def _venue_refusal(self, r: OrderRequest) -> OrderResult | None:
+        """What the venue's rules say of the order at the current tick (check_open): None to
+        book it. A market that cannot be read is a BrokerError: the batch waits."""
+        venue, market = self.venue, self.market
+        if venue is None or market is None:
+            return None
+        try:
+            tick = market.tick(r.symbol, max_age_ms=self.max_quote_age_ms)
+            spec = market.spec(r.symbol)
+        except FeedUnavailable as e:
+            raise BrokerError(f"paper broker: market data ({market.name}) unavailable: {first_line(e)}") from None
+        except MarketDataError as e:
+            return OrderResult(Outcome.REJECTED, detail=f"paper broker: {r.symbol}: {first_line(e)}")
+        contract = Contract.of(spec, self._currency, venue.trade_mode(r.symbol, spec.trade_mode))
+        kind = rules.MARKET if r.type is OrderType.MARKET else Kind.LIMIT
+        refused = rules.check_open(
+            contract,
+            VenueQuote.of(tick),
+            r.side,
+            kind,
+            r.volume,
+            r.price,
+            r.sl,
+            r.tp,
+            open_market=venue.hours.is_open(r.symbol, tick.time_ms),
+        )
+        return None if refused is None else OrderResult(Outcome.REJECTED, detail=f"paper venue {refused}")
 
     def position_diff(self, conn: psycopg.Connection) -> PositionDiff:
         """See POSITION_DIFF_SQL; `conn` is the reconciliation's own transaction."""
@@ -352,10 +393,13 @@ class PaperBroker:
                 ).fetchall()
                 price = {r.tag: r.price for r in reqs}
                 booked = {t: OrderResult(Outcome.DONE, ref=str(k), detail="booked", price=price[t]) for t, k in rows}
-                if len(booked) < len(reqs):
-                    booked.update(self._booked_already(cur, [r.tag for r in reqs if r.tag not in booked]))
+                # Refused now is no answer for a tag booked by an earlier attempt (a retry
+                # after a crash, with the market closed since): the order that is there wins.
+                missing = [r.tag for r in asked if r.tag not in booked]
+                if missing:
+                    booked.update(self._booked_already(cur, missing))
                 expired = OrderResult(Outcome.EXPIRED, detail="expired before it was booked")
-                results = [refused.get(r.tag) or booked.get(r.tag, expired) for r in asked]
+                results = [booked.get(r.tag) or refused.get(r.tag) or expired for r in asked]
                 if within is not None:
                     within(cur, results)
                 return results

@@ -78,9 +78,10 @@ def rejected(
     spec: SymbolSpec = FX,
     limits: RiskLimits = DEFAULT,
     market: Decimal | None = None,
+    margin_per_lot: Decimal | None = None,
 ) -> RiskRejected:
     with pytest.raises(RiskRejected) as info:
-        size_order(i, acct or account(), open_positions, spec, limits, market)
+        size_order(i, acct or account(), open_positions, spec, limits, market, margin_per_lot)
     err = info.value
     assert err.rule in RULES
     assert str(err) == f"{err.rule}: {err.detail}"
@@ -303,10 +304,31 @@ def test_rules_are_checked_in_order() -> None:
         ("min_volume", tiny, account("10", "100"), 0),
         ("max_volume", intent("1.1", "1.0", volume="2"), account("10", "100"), 0),
         ("risk_cap", intent("1.1", "1.0", volume="1"), account("10", "100"), 0),
+        (
+            "margin",
+            tiny_risk := intent("1.1", "1.0999", volume="0.01"),
+            replace(account("10", "100"), free_margin=D(1)),
+            0,
+        ),
     ]
+    assert tiny_risk.volume is not None
     assert [c[0] for c in cases] == list(RULES)
     for rule, i, acct, positions in cases:
-        assert rejected(i, acct, positions, spec, market=D("1.1")).rule == rule
+        assert rejected(i, acct, positions, spec, market=D("1.1"), margin_per_lot=D("1100")).rule == rule
+
+
+def test_margin_is_checked_against_free_margin_where_the_venue_states_both() -> None:
+    # 0.5 lots x 1100 per lot (100,000 x 1.1 at 1:100) = 550 of 500 free: refused.
+    order_ = intent("1.1000", "1.0990", volume="0.5")
+    short = replace(account(), free_margin=D("500"))
+    err = rejected(order_, short, spec=EURUSD_TICKS, market=D("1.1"), margin_per_lot=D("1100"))
+    assert err.rule == "margin" and "550" in err.detail and "500" in err.detail
+    enough = replace(account(), free_margin=D("550"))
+    sized = size_order(order_, enough, 0, EURUSD_TICKS, DEFAULT, D("1.1"), D("1100"))
+    assert sized.margin == D("550")
+    # A venue that states no margin (MT5 today), or an account without free margin: no check.
+    assert size_order(order_, short, 0, EURUSD_TICKS, DEFAULT, D("1.1")).margin is None
+    assert size_order(order_, account(), 0, EURUSD_TICKS, DEFAULT, D("1.1"), D("1100")).margin is None
 
 
 # ---- inputs: Decimal only ----
