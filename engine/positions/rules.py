@@ -39,13 +39,22 @@ _MAX_NUMBER_CHARS = 100
 MAX_ATR_PERIOD = 1000
 MAX_SWING_BARS = 50
 
+Errors = list[tuple[str, str]]  # (path, problem): "manage.lock[0][1]", "must be >= 0 (got -1)"
+
 
 class RulesError(ValueError):
     """A bad `manage` block: one message per bad field, `manage.trailing.activation_rr: ...`."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], fields: Errors | None = None) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
+        # The same as (path, problem) pairs, for a caller that keys its errors by field.
+        self.fields: Errors = list(fields) if fields is not None else [_split(e) for e in errors]
+
+
+def _split(error: str) -> tuple[str, str]:
+    where, _, problem = error.partition(": ")
+    return where, problem
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,11 @@ class Trailing:
         elif self.atr_multiple is not None and self.atr_timeframe is not None:
             out["atr"] = {
                 "timeframe": self.atr_timeframe.name,
-                "period": self.atr_period,
+                "period": str(self.atr_period),
                 "multiple": _canon(self.atr_multiple),
             }
         elif self.swing_timeframe is not None:
-            out["swing"] = {"timeframe": self.swing_timeframe.name, "bars": self.swing_bars}
+            out["swing"] = {"timeframe": self.swing_timeframe.name, "bars": str(self.swing_bars)}
         return out
 
     @property
@@ -111,7 +120,8 @@ class ManageRules:
 
     def to_json(self) -> dict[str, Any]:
         """The canonical block: parse_manage reads it back to equal rules, and equal rules
-        give the same JSON however they were spelled (1, "1.0", 1E0), so it can be hashed."""
+        give the same JSON however they were spelled (1, "1.0", 1E0), so it can be hashed.
+        Every leaf is a string, numbers included, as in a signal's canonical intent (JCS)."""
         out: dict[str, Any] = {}
         if self.breakeven is not None:
             out["breakeven"] = {
@@ -246,19 +256,19 @@ def _timeframe(value: object) -> Timeframe:
 class _Block:
     """One JSON object of the block: its fields read one by one, every problem collected."""
 
-    def __init__(self, value: object, path: str, allowed: tuple[str, ...], errors: list[str]) -> None:
+    def __init__(self, value: object, path: str, allowed: tuple[str, ...], errors: Errors) -> None:
         self.path = path
         self.errors = errors
         self.obj: Mapping[Any, Any] = {}
         self.ok = isinstance(value, Mapping)
         if not isinstance(value, Mapping):
-            errors.append(f"{path}: must be an object, got {_json_type(value)}")
+            errors.append((path, f"must be an object, got {_json_type(value)}"))
             return
         self.obj = value
         for key in value:
             if key not in allowed:
                 label = key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _show(key)
-                errors.append(f"{path}.{label}: unknown key (allowed: {', '.join(allowed)})")
+                errors.append((f"{path}.{label}", f"unknown key (allowed: {', '.join(allowed)})"))
 
     def has(self, key: str) -> bool:
         return self.obj.get(key) is not None
@@ -267,12 +277,12 @@ class _Block:
         value = self.obj.get(key)
         if value is None:
             if required and self.ok:
-                self.errors.append(f"{self.path}.{key}: required")
+                self.errors.append((f"{self.path}.{key}", "required"))
             return default
         try:
             return convert(value)
         except _Bad as exc:
-            self.errors.append(f"{self.path}.{key}: {exc}")
+            self.errors.append((f"{self.path}.{key}", str(exc)))
             return default
 
 
@@ -281,32 +291,32 @@ def parse_manage(obj: Any, path: str = "manage") -> ManageRules:
     {"distance_points": 150, "activation_rr": 1.5}, "lock": [[2, 1], [3, 2]]}. Numbers may be
     JSON numbers or strings and become Decimal. Raises RulesError naming every bad field;
     an unknown key is refused, never ignored."""
-    errors: list[str] = []
+    errors: Errors = []
     top = _Block(obj, path, ("breakeven", "trailing", "lock", "partial"), errors)
     breakeven = _breakeven(top.obj["breakeven"], f"{path}.breakeven", errors) if top.has("breakeven") else None
     trailing = _trailing(top.obj["trailing"], f"{path}.trailing", errors) if top.has("trailing") else None
     locks = _locks(top.obj["lock"], f"{path}.lock", errors) if top.has("lock") else ()
     partial = _partial(top.obj["partial"], f"{path}.partial", errors) if top.has("partial") else None
     if errors:
-        raise RulesError(errors)
+        raise RulesError([f"{where}: {problem}" for where, problem in errors], errors)
     return ManageRules(breakeven=breakeven, trailing=trailing, locks=locks, partial=partial)
 
 
-def _breakeven(value: object, path: str, errors: list[str]) -> Breakeven | None:
+def _breakeven(value: object, path: str, errors: Errors) -> Breakeven | None:
     block = _Block(value, path, ("at_rr", "offset_points"), errors)
     at_rr = block.field("at_rr", _positive)
     offset = block.field("offset_points", _non_negative, required=False, default=_ZERO)
     return Breakeven(at_rr=at_rr, offset_points=offset) if at_rr is not None and offset is not None else None
 
 
-def _trailing(value: object, path: str, errors: list[str]) -> Trailing | None:
+def _trailing(value: object, path: str, errors: Errors) -> Trailing | None:
     modes = ("distance_points", "atr", "swing")
     block = _Block(value, path, ("activation_rr", *modes), errors)
     activation = block.field("activation_rr", _non_negative)
     given = [mode for mode in modes if block.has(mode)]
     if block.ok and len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
-        errors.append(f"{path}: give exactly one of distance_points, atr, swing{got}")
+        errors.append((path, f"give exactly one of distance_points, atr, swing{got}"))
         return None
     if not given:
         return None
@@ -332,39 +342,39 @@ def _trailing(value: object, path: str, errors: list[str]) -> Trailing | None:
     return Trailing(activation_rr=activation, swing_timeframe=timeframe, swing_bars=bars)
 
 
-def _locks(value: object, path: str, errors: list[str]) -> tuple[Lock, ...]:
+def _locks(value: object, path: str, errors: Errors) -> tuple[Lock, ...]:
     if not isinstance(value, list | tuple):
-        errors.append(f"{path}: must be an array of [at_rr, lock_rr] pairs, got {_json_type(value)}")
+        errors.append((path, f"must be an array of [at_rr, lock_rr] pairs, got {_json_type(value)}"))
         return ()
     locks: list[Lock] = []
     previous: Decimal | None = None
     for index, pair in enumerate(value):
         where = f"{path}[{index}]"
         if not isinstance(pair, list | tuple) or len(pair) != 2:
-            errors.append(f"{where}: must be an [at_rr, lock_rr] pair (got {_show(pair)})")
+            errors.append((where, f"must be an [at_rr, lock_rr] pair (got {_show(pair)})"))
             continue
         try:
             at_rr = _positive(pair[0])
         except _Bad as exc:
-            errors.append(f"{where}[0]: {exc}")
+            errors.append((f"{where}[0]", str(exc)))
             at_rr = None
         try:
             lock_rr = _non_negative(pair[1])
         except _Bad as exc:
-            errors.append(f"{where}[1]: {exc}")
+            errors.append((f"{where}[1]", str(exc)))
             lock_rr = None
         if at_rr is None or lock_rr is None:
             continue
         if lock_rr >= at_rr:
-            errors.append(f"{where}: lock {_canon(lock_rr)} R must be below its at {_canon(at_rr)} R")
+            errors.append((where, f"lock {_canon(lock_rr)} R must be below its at {_canon(at_rr)} R"))
         if previous is not None and at_rr <= previous:
-            errors.append(f"{where}: at {_canon(at_rr)} R must be above the previous step's {_canon(previous)} R")
+            errors.append((where, f"at {_canon(at_rr)} R must be above the previous step's {_canon(previous)} R"))
         previous = at_rr if previous is None else max(previous, at_rr)
         locks.append(Lock(at_rr=at_rr, lock_rr=lock_rr))
     return tuple(locks)
 
 
-def _partial(value: object, path: str, errors: list[str]) -> Partial | None:
+def _partial(value: object, path: str, errors: Errors) -> Partial | None:
     block = _Block(value, path, ("at_rr", "fraction"), errors)
     at_rr = block.field("at_rr", _positive)
     fraction = block.field("fraction", _fraction)

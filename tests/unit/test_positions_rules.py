@@ -170,6 +170,15 @@ def test_to_json_is_canonical_and_reads_back() -> None:
     ):
         rules = parse_manage(block)
         assert parse_manage(json.loads(json.dumps(rules.to_json()))) == rules
+        assert all(isinstance(leaf, str) for leaf in leaves(rules.to_json()))
+
+
+def leaves(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
 
 
 # --------------------------------------------------------------------------- decide
