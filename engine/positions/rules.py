@@ -18,7 +18,7 @@ at 0 R: no R-based rule fires, and trailing only if it activates at 0 R.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation, localcontext
 from typing import Any
@@ -231,7 +231,7 @@ def _fraction(value: object) -> Decimal:
     return number
 
 
-def _whole(low: int, high: int) -> Any:
+def _whole(low: int, high: int) -> Callable[[object], int]:
     def convert(value: object) -> int:
         try:
             number = _decimal(value)
@@ -273,7 +273,7 @@ class _Block:
     def has(self, key: str) -> bool:
         return self.obj.get(key) is not None
 
-    def field(self, key: str, convert: Any, *, required: bool = True, default: Any = None) -> Any:
+    def field(self, key: str, convert: Callable[[object], Any], *, required: bool = True, default: Any = None) -> Any:
         value = self.obj.get(key)
         if value is None:
             if required and self.ok:
