@@ -184,6 +184,9 @@ def test_any_other_refusal_is_other_with_its_retcode_and_no_answer_is_unknown(
     fake.script(None)
     none = broker.modify(ticket, Decimal("1.095"), None, 3)
     assert none.outcome is Outcome.UNKNOWN and none.refusal is None
+    fake.script(fake_mt5.TRADE_RETCODE_TIMEOUT)  # the server's own timeout: not "nothing changed" either
+    timed_out = broker.modify(ticket, Decimal("1.095"), None, 3)
+    assert timed_out.outcome is Outcome.UNKNOWN and timed_out.refusal is None and timed_out.retcode == 10012
     fake.script(fake_mt5.TRADE_RETCODE_MARKET_CLOSED)
     assert broker.send(entry(tag="hxOTHER")).refusal is None  # an entry is not a modification
 
