@@ -66,7 +66,7 @@ class ReplicaState(Protocol):
 
     def market_health(self) -> str: ...
 
-    def switchover(self, target: str | None) -> tuple[bool, str]: ...
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]: ...
 
 
 def _authorized(request: Request, token: str | None) -> bool:
@@ -79,6 +79,14 @@ def _authorized(request: Request, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode("latin-1"), token.strip().encode("utf-8")
     )
+
+
+def _actor(request: Request, claimed: str | None) -> str:
+    """Who an operator action over HTTP is recorded as: the client's address (the API token
+    is shared, so it names no one), after what the client says it is (the CLI sends
+    cli:<user>), which is a claim, not an identity."""
+    where = f"http:{request.client.host}" if request.client else "http:unknown"
+    return f"{claimed[:200]} via {where}" if claimed else where
 
 
 class BodyRefused(Exception):
@@ -182,7 +190,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             raw = await _read_body(request, body_timeout_s)
         except BodyRefused as e:  # never "no target": a body cut short must not switch leaders
             return e.response
-        target = None
+        target = reason = claimed = None
         if raw:
             try:
                 body = loads(raw)
@@ -190,11 +198,18 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
                 return JSONResponse({"error": f"body: {e}"}, status_code=422)
             except (ValueError, RecursionError):
                 return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
-            if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
-                return JSONResponse({"error": 'body must be {"to": "<instance id>"}'}, status_code=400)
+            if not isinstance(body, dict) or not all(
+                isinstance(body.get(k, ""), str | None) for k in ("to", "reason", "actor")
+            ):
+                return JSONResponse(
+                    {"error": 'body must be {"to": "<instance id>", "reason": "<why>", "actor": "<who>"}'},
+                    status_code=400,
+                )
             target = body.get("to") or None
+            reason = body.get("reason") or None
+            claimed = body.get("actor") or None
         epoch = coord.epoch
-        ok, message = await run_in_threadpool(replica.switchover, target)
+        ok, message = await run_in_threadpool(replica.switchover, target, _actor(request, claimed), reason)
         if not ok:
             return JSONResponse({"error": message}, status_code=409)
         return JSONResponse(

@@ -26,6 +26,7 @@ from coordinator.service import Coordinator
 from db import migrate
 from db.session import SessionLimits, make_pool
 from db.urls import redact
+from engine import audit
 from engine.breaker import BreakerState, CircuitBreaker
 from engine.brokers.base import Broker, BrokerError, BrokerUnavailable
 from engine.brokers.paper import PaperBroker
@@ -288,9 +289,11 @@ class Replica:
             return "ok"
         return f"database failing for {failing_s:.1f}s: {db.error}"
 
-    def switchover(self, target: str | None) -> tuple[bool, str]:
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]:
         """Hand leadership over: stop claiming, finish or hand back work in hand, then release
-        (naming `target` when given). (False, why) when it cannot start."""
+        (naming `target` when given). (False, why) when it cannot start. A switchover that
+        starts is in the operator audit (the release itself is the elector's, in
+        leadership_history)."""
         election = self.settings.election
         if not self.coordinator.is_leader():
             return False, f"{election.instance_id} is not the leader"
@@ -308,7 +311,17 @@ class Replica:
         if not self.coordinator.request_handover(target):
             self.executor.resume()
             return False, f"{election.instance_id} lost leadership meanwhile"
+        self._audit("switchover", actor, reason, {"from": election.instance_id, "to": target})
         return True, "switching over"
+
+    def _audit(self, action: str, actor: str, reason: str | None, detail: dict[str, Any]) -> None:
+        """An operator action this process carried out, in the audit; the action went ahead
+        either way, so a failed write is logged ERROR, never raised."""
+        try:
+            with self.engine_pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                audit.record(cur, self.settings.election.cluster, action, actor, reason, detail)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            log.error("operator audit: %s by %s not recorded: %s", action, actor, first_line(e))
 
     def _started_leading(self, epoch: int) -> None:
         self._leading = (epoch, time.monotonic())

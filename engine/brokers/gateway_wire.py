@@ -21,7 +21,17 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any, TypeVar
 
-from engine.brokers.base import Account, OrderRequest, OrderResult, Outcome, Position, Quote, SymbolSpec, VenueOrder
+from engine.brokers.base import (
+    Account,
+    OrderRequest,
+    OrderResult,
+    Outcome,
+    Position,
+    Quote,
+    Refusal,
+    SymbolSpec,
+    VenueOrder,
+)
 from engine.model import OrderType, Side
 
 TAG = re.compile(r"[A-Za-z0-9]{1,31}")  # the MT5 comment a tag travels in
@@ -249,6 +259,7 @@ def result_to_json(r: OrderResult) -> dict[str, Any]:
         "detail": r.detail,
         "retcode": r.retcode,
         "price": _s(r.price),
+        "refusal": None if r.refusal is None else r.refusal.value,
     }
 
 
@@ -260,7 +271,19 @@ def result_from_json(obj: Any) -> OrderResult:
         detail=r.text("detail", optional=True) or "",
         retcode=r.integer("retcode", low=-(2**31), high=2**31, optional=True),
         price=r.decimal("price", optional=True),
+        refusal=_refusal(r.raw("refusal", optional=True)),
     )
+
+
+def _refusal(value: Any) -> Refusal | None:
+    """A refusal's meaning; one this side does not know (a newer gateway's) is OTHER, never
+    a malformed answer: the call was refused either way."""
+    if value is None:
+        return None
+    try:
+        return Refusal(value)
+    except ValueError:
+        return Refusal.OTHER
 
 
 def account_to_json(a: Account) -> dict[str, Any]:

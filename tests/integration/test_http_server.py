@@ -55,6 +55,7 @@ class StubReplica:
     engine_pool: Any = None  # never reached: nothing here gets as far as intake
     ready: bool = True
     switchovers: list[str | None] = field(default_factory=list)
+    audited: list[tuple[str, str | None]] = field(default_factory=list)  # (actor, reason) of each switchover
 
     def health_extra(self) -> dict[str, str]:
         return {}
@@ -62,8 +63,9 @@ class StubReplica:
     def kill_switch(self) -> dict[str, Any] | None:
         return None
 
-    def switchover(self, target: str | None) -> tuple[bool, str]:
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]:
         self.switchovers.append(target)
+        self.audited.append((actor, reason))
         return True, "switching over"
 
 
@@ -185,6 +187,17 @@ def test_an_oversized_switchover_body_is_413_and_switches_nothing(serve: Serve) 
     assert replica.switchovers == []
     status, body = request(server.port, "POST", "/coordinator/switchover", b'{"to": "r2"}', auth())
     assert status == 202 and replica.switchovers == ["r2"], body
+
+
+def test_a_switchover_is_audited_as_the_client_address_with_what_it_claims_and_why(serve: Serve) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    assert request(server.port, "POST", "/coordinator/switchover", b"", auth())[0] == 202
+    claimed = b'{"to": "r2", "reason": "patching r1", "actor": "cli:ops"}'
+    assert request(server.port, "POST", "/coordinator/switchover", claimed, auth())[0] == 202
+    assert replica.audited == [("http:127.0.0.1", None), ("cli:ops via http:127.0.0.1", "patching r1")]
+    status, body = request(server.port, "POST", "/coordinator/switchover", b'{"reason": 5}', auth())
+    assert status == 400 and "reason" in body["error"] and len(replica.audited) == 2
 
 
 @pytest.mark.parametrize("limit", ["１０", "١٠", "²", "+5", " 5", "0", "1001", "5.0", ""])
