@@ -30,7 +30,7 @@ The kinds, the bar each belongs to, and what confirms it (its lag):
 - `mitigation_cascade_up` / `_down`: the bar whose mitigation makes `count` order blocks
   of one direction mitigated within `span` bars; confirmed by that bar.
 
-Every condition reads the newest `lookback` closed bars (default 200, 20..5000), scans
+Every condition reads the newest `lookback` closed bars (default 200, 5..5000), scans
 them, and is TRUE when its pattern was confirmed within the last `within` bars (default
 3; 1 = the newest bar only). The patterns of its kind the newest bar confirmed are in
 `Reading.patterns` (the evaluator records them in pattern_history, once per bar time).
@@ -339,7 +339,7 @@ def _swing_structure(f: Fields) -> Condition:
         timeframe,
         f.choice("trend", Trend),
         f.integer("k", 2, 1, 10),
-        f.integer("lookback", 200, 20, MAX_LOOKBACK),
+        f.integer("lookback", 200, 5, MAX_LOOKBACK),
         f.max_age_ms(default_max_age_ms(timeframe)),
     )
 
@@ -462,7 +462,7 @@ def _recent(cls: type[RecentPattern]) -> Callable[[Fields], Condition]:
             kind = f"{cls.prefix}_{f.choice('side', Side).value}"
         else:
             kind = f"{cls.prefix}_{f.choice('direction', Direction).value}"
-        lookback = f.integer("lookback", 200, 20, MAX_LOOKBACK)
+        lookback = f.integer("lookback", 200, 5, MAX_LOOKBACK)
         within = f.integer("within", 3, 1, MAX_LOOKBACK)
         if within > lookback:
             f.bad("within", f"must be at most lookback ({lookback})")
