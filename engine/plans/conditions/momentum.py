@@ -9,7 +9,7 @@ Parameters (default), and when each is TRUE:
   cannot be read (so it fails closed). It has no bars, so no `max_age_ms`, and needs() is
   empty: it is evaluated with the plan's other conditions.
 - `rsi_divergence`: symbol, timeframe, `direction` (bearish, bullish), `period` (14,
-  2..100), `k` (2, 1..10: swing width), `within` (3 bars), `lookback` (100, 30..5000),
+  2..100), `k` (2, 1..10: swing width), `within` (3 bars), `lookback` (100, 10..5000),
   `max_age_ms`. Bearish: the last two swing highs make a higher high in price while RSI
   makes a lower high; bullish: a lower low in price with a higher low in RSI; the second
   swing confirmed (k bars after it) within the last `within` bars. Confirmed divergences
@@ -182,7 +182,7 @@ def _rsi_divergence(f: Fields) -> Condition:
     direction = f.choice("direction", Divergence)
     period, k = f.integer("period", 14, 2, 100), f.integer("k", 2, 1, 10)
     within = f.integer("within", 3, 1, MAX_LOOKBACK)
-    lookback = f.integer("lookback", 100, 30, MAX_LOOKBACK)
+    lookback = f.integer("lookback", 100, 10, MAX_LOOKBACK)
     if lookback < 2 * period + 2 * k:
         f.bad("lookback", f"must be at least 2 x period + 2 x k ({2 * period + 2 * k})")
     return RsiDivergence(
