@@ -88,14 +88,15 @@ class Confluence:
     def evaluate(self, snapshot: Snapshot) -> Reading:
         window_ms = self.window_min * MINUTE_MS
         per_tf: list[tuple[Timeframe, Truth, str]] = []
-        patterns: dict[Pattern, None] = {}  # ordered, each once
+        patterns: dict[tuple[str, Timeframe, str, int], Pattern] = {}  # by pattern_history's unique key
         oldest: int | None = None
         for tf, condition in zip(self.timeframes, self.inner, strict=True):
             truth, detail = Truth.FALSE, ""
             for at in instants(snapshot.now_ms, tf, window_ms):
                 view: Snapshot = snapshot if at == snapshot.now_ms else AsOf(snapshot, at)
                 reading = condition.evaluate(view)
-                patterns.update(dict.fromkeys(reading.patterns))
+                for p in reading.patterns:
+                    patterns.setdefault((p.symbol, p.timeframe, p.kind, p.bar_ms), p)
                 if reading.truth is Truth.TRUE:
                     truth, detail = Truth.TRUE, reading.detail
                     if reading.age_ms is not None:
@@ -116,7 +117,7 @@ class Confluence:
             value=shown,
             threshold=f"all within {self.window_min} min",
             age_ms=oldest,
-            patterns=tuple(patterns),
+            patterns=tuple(patterns.values()),
         )
 
 
