@@ -57,10 +57,13 @@ points (exact) and reported as Decimal prices.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
+
+import numpy as np
 
 from engine.market.base import Bars, Timeframe, price
 from engine.plans.conditions.base import Condition, Pattern, Reading, Snapshot, Truth, register
@@ -75,6 +78,8 @@ from engine.plans.conditions.fields import (
     evaluating,
     parser,
 )
+
+SCAN_CACHE = 1024  # scans kept: 20 symbols x 3 timeframes x a few settings, with room
 
 
 @dataclass(frozen=True)
@@ -129,17 +134,26 @@ class _State:
     cascades: set[tuple[bool, int]] = field(default_factory=set)
 
 
-def scan(bars: Bars, s: Settings) -> list[Found]:
-    """Every pattern in `bars`, in the order confirmed; bar j is decided from bars 0..j only."""
-    o, h, lo, c = (getattr(bars, k).tolist() for k in ("open", "high", "low", "close"))
-    min_gap = s.min_gap.scaleb(bars.digits)  # in points
+def scan(bars: Bars, s: Settings) -> tuple[Found, ...]:
+    """Every pattern in `bars`, in the order confirmed; bar j is decided from bars 0..j only.
+    Cached by content (the prices themselves are the key), so every plan reading the same
+    bars with the same settings shares one scan, and a window already scanned (a
+    confluence's past closes) is not scanned again."""
+    columns = (getattr(bars, k).astype(np.int64, copy=False).tobytes() for k in ("open", "high", "low", "close"))
+    return _scan(*columns, bars.digits, s)
+
+
+@functools.lru_cache(maxsize=SCAN_CACHE)
+def _scan(o_: bytes, h_: bytes, lo_: bytes, c_: bytes, digits: int, s: Settings) -> tuple[Found, ...]:
+    o, h, lo, c = (np.frombuffer(b, dtype=np.int64).tolist() for b in (o_, h_, lo_, c_))
+    min_gap = s.min_gap.scaleb(digits)  # in points
     st = _State()
     for j in range(len(c)):
         _zones(st, j, h, lo, c, s)
         _breaks(st, j, o, h, lo, c, s)
         _gaps(st, j, h, lo, min_gap)
         _swings(st, j, h, lo, s.k)
-    return st.found
+    return tuple(st.found)
 
 
 def is_swing(values: Sequence[int], i: int, k: int, *, high: bool) -> bool:
