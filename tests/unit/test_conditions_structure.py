@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from engine.market.base import Bars, Timeframe
+from engine.plans.conditions import structure
 from engine.plans.conditions.base import Pattern, Truth
 from engine.plans.conditions.structure import Settings, scan, to_pattern
 from tests.conditions_support import T0, bars_of, close_of, parse, refused, replay, snapshot_at
@@ -273,3 +274,13 @@ def test_stale_bars_are_unknown_and_json_round_trips() -> None:
         extra = {"side": "high"} if type_name == "liquidity_sweep" else {"direction": "down"}
         c = parse({"type": type_name, **M5, **extra})
         assert parse(c.to_json()).to_json() == c.to_json()
+
+
+def test_the_scan_is_shared_by_content_never_by_time() -> None:
+    # CASCADE and STRUCTURE open at the same times: each still gets its own patterns
+    assert found(CASCADE, Settings(k=1)) == CASCADE_FOUND and found(STRUCTURE, Settings(k=1)) == STRUCTURE_FOUND
+    before = structure._scan.cache_info().hits
+    for type_name in ("break_of_structure", "order_block", "liquidity_sweep"):
+        extra = {"side": "high"} if type_name == "liquidity_sweep" else {"direction": "up"}
+        parse({"type": type_name, **M5, **extra, "k": 1, "lookback": 14}).evaluate(snapshot_at(STRUCTURE, 13))
+    assert structure._scan.cache_info().hits == before + 3  # the same 14 bars and settings: one scan

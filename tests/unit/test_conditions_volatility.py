@@ -133,3 +133,12 @@ def test_json_round_trip_keeps_meaning() -> None:
         c = parse(obj)
         assert parse(c.to_json()).to_json() == c.to_json()
         assert c.needs() == [("EURUSD", Timeframe.M5)]
+
+
+def test_symbols_are_read_as_a_signal_reads_them() -> None:
+    assert parse({"type": "inside_bars", "symbol": " eurusd.m ", "timeframe": "m5"}).to_json()["symbol"] == "EURUSD.M"
+    assert "conditions.symbol" in "; ".join(refused({"type": "inside_bars", "symbol": "straße", "timeframe": "M5"}))
+    assert "conditions.symbol" in "; ".join(refused({"type": "inside_bars", "symbol": 7, "timeframe": "M5"}))
+    assert refused({"type": "inside_bars", "symbol": "X", "timeframe": "M5", "count": True}) == [
+        "conditions.count: an integer 1..50 is required, got True"
+    ]

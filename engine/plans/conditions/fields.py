@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -17,12 +18,15 @@ from engine.market.base import Bars, MarketDataError, Timeframe
 from engine.plans.conditions.base import PARSERS, Condition, ConditionError, Reading, Snapshot
 
 MAX_LOOKBACK = 5000  # bars one condition may read; past it a plan is a mistake, not a pattern
-MAX_AGE_LIMIT_MS = 7 * 86_400_000
+MAX_AGE_LIMIT_MS = 7 * 86_400_000  # a week: a D1 condition over a long weekend, with room
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
 
 E = TypeVar("E", bound=enum.Enum)
 
 
 class Direction(enum.Enum):
+    """Which way a break, a block or a move goes."""
+
     UP = "up"
     DOWN = "down"
 
@@ -43,24 +47,25 @@ class Fields:
     def bad(self, name: str, why: str) -> None:
         self.errors.append(f"{self.path}.{name}: {why}")
 
-    def symbol(self, name: str = "symbol") -> str:
-        value = self._take(name)
-        if not isinstance(value, str) or not value.strip() or len(value) > 32:
-            self.bad(name, "a symbol (1..32 characters) is required")
+    def symbol(self) -> str:
+        """As a signal's symbol (engine/signal.py): matched before upper-casing, so a
+        non-ASCII name cannot turn into a different valid-looking one."""
+        value = self._take("symbol")
+        stripped = value.strip() if isinstance(value, str) else ""
+        if not SYMBOL_RE.fullmatch(stripped):
+            self.bad("symbol", f"1..32 characters of A-Z 0-9 . _ - are required, got {value!r}")
             return ""
-        return value.strip().upper()
+        return stripped.upper()
 
-    def timeframe(self, name: str = "timeframe", default: Timeframe | None = None) -> Timeframe:
-        value = self._take(name)
-        if value is None and default is not None:
-            return default
+    def timeframe(self) -> Timeframe:
+        value = self._take("timeframe")
         if isinstance(value, str):
             try:
                 return Timeframe.parse(value)
             except MarketDataError:
                 pass
         names = ", ".join(t.name for t in Timeframe)
-        self.bad(name, f"a timeframe ({names}) is required, got {value!r}")
+        self.bad("timeframe", f"a timeframe ({names}) is required, got {value!r}")
         return Timeframe.M1
 
     def timeframes(self, name: str, low: int, high: int) -> tuple[Timeframe, ...]:
