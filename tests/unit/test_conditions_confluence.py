@@ -77,6 +77,10 @@ def test_needs_json_and_bad_parameters() -> None:
     assert "conditions.condition.direction" in "; ".join(refused({**SYNC, "condition": {**CHOCH, "direction": "x"}}))
     assert "conditions.condition.type" in "; ".join(refused({**SYNC, "condition": {"type": "astrology"}}))
     assert "conditions.timeframes" in "; ".join(refused({**SYNC, "timeframes": ["M5", "M5"]}))
+    book = {"type": "book_imbalance", "symbol": "EURUSD", "above": "0"}
+    assert refused({**SYNC, "condition": book}) == [
+        "conditions.condition: book_imbalance takes no timeframe; a condition on bars is required"
+    ]
 
 
 def test_confluence_replays_bar_by_bar() -> None:

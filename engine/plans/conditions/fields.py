@@ -163,7 +163,11 @@ class Fields:
         try:
             return [parse({**value, "timeframe": tf.name}, inner) for tf in timeframes]
         except ConditionError as e:
-            self.errors.extend(e.errors)
+            no_timeframe = f"{inner}.timeframe: unknown parameter"
+            for error in e.errors:
+                if error == no_timeframe:
+                    error = f"{inner}: {value['type']} takes no timeframe; a condition on bars is required"
+                self.errors.append(error)
             return []
 
     def exactly_one(self, *names: str) -> None:
