@@ -73,6 +73,7 @@ def test_needs_json_and_bad_parameters() -> None:
     assert parse(sync.to_json()).to_json() == sync.to_json()
     errors = "; ".join(refused({**SYNC, "timeframes": ["M5"], "window": 3}))
     assert "conditions.timeframes" in errors and "conditions.window" in errors
+    assert "conditions.condition" not in errors  # a good inner condition is not blamed for bad timeframes
     assert "conditions.condition.timeframe" in "; ".join(refused({**SYNC, "condition": {**CHOCH, "timeframe": "H1"}}))
     assert "conditions.condition.direction" in "; ".join(refused({**SYNC, "condition": {**CHOCH, "direction": "x"}}))
     assert "conditions.condition.type" in "; ".join(refused({**SYNC, "condition": {"type": "astrology"}}))

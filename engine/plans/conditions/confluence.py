@@ -126,5 +126,5 @@ class Confluence:
 def _confluence(f: Fields) -> Condition:
     timeframes = f.timeframes("timeframes", 2, 3)
     window = f.integer("window_min", 30, 1, 1440)
-    inner = f.on_timeframes("condition", timeframes) if timeframes else []
+    inner = f.on_timeframes("condition", timeframes)  # read even when the timeframes are bad
     return Confluence(timeframes, window, tuple(inner))
