@@ -177,6 +177,12 @@ def test_blocks_breakers_retests_sweeps_gaps_cascades() -> None:
     assert at({**cascade, "count": 3}, CASCADE, 9) is Truth.FALSE
     fvg = {"type": "fair_value_gap", **M5, "direction": "up", "within": 1, "lookback": 8}
     assert [parse(fvg).evaluate(snapshot_at(CASCADE, i)).truth for i in (7, 8)] == [Truth.TRUE, Truth.FALSE]
+    gap = parse(fvg).evaluate(snapshot_at(CASCADE, 7)).patterns[0]
+    assert (gap.kind, gap.bar_ms, gap.params) == (
+        "fvg_up",
+        T0 + 6 * 300_000,
+        {"min_gap": "0", "low": "1.19", "high": "1.21"},
+    )
 
 
 def test_swing_structure_reads_higher_highs_and_lows() -> None:

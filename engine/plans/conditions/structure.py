@@ -265,7 +265,8 @@ def _gaps(st: _State, j: int, h: list[int], lo: list[int], min_gap: Decimal) -> 
 
 
 def to_pattern(bars: Bars, f: Found, s: Settings) -> Pattern:
-    params: dict[str, Any] = {"k": s.k}
+    # what the pattern depends on: the swing width, or for a gap its minimum size
+    params: dict[str, Any] = {"min_gap": str(s.min_gap)} if f.kind.startswith("fvg") else {"k": s.k}
     if f.kind.startswith("mitigation_cascade"):
         params.update(mitigated=f.low, count=s.count, span=s.span)
     elif f.low == f.high:
