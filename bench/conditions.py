@@ -1,8 +1,9 @@
 """One condition's evaluation, per type, on sim EURUSD bars with its default parameters
 (the structure detectors scan 200 bars): the evaluator's cost of one affected plan with
 one condition, the bars already read (a snapshot over arrays read once). `first` is the
-first plan on a bar close (the structure scan computed), `shared` every further plan
-reading the same bars (the scan cached by content). Prints median and p99 per type.
+first plan on a bar close with nothing cached (the structure scan computed), `live` the
+same in a run where the previous closes were evaluated (a confluence's past closes are
+then cached), `shared` every further plan reading the same bars. Prints median and p99.
 
     python -m bench.conditions [--rounds 300]
 """
@@ -87,7 +88,7 @@ def main() -> None:
     closes = [int(t) + Timeframe.M5.ms for t in m5.time_ms[-args.rounds :]]
     for obj in TYPES:
         condition = PARSERS[obj["type"]](obj, "bench")
-        first, shared, truths = [], [], set()
+        first, live, shared, truths = [], [], [], set()
         for close in closes:  # one evaluation per M5 close, as the evaluator runs them
             snapshot.now_ms = close
             structure._scan.cache_clear()
@@ -98,7 +99,14 @@ def main() -> None:
             condition.evaluate(snapshot)
             shared.append(time.perf_counter() - t)
             truths.add(reading.truth.value)
-        print(f"{obj['type']:<22} first {_stats(first)}; shared {_stats(shared)}  ({'/'.join(sorted(truths))})")
+        structure._scan.cache_clear()
+        for close in closes:
+            snapshot.now_ms = close
+            t = time.perf_counter()
+            condition.evaluate(snapshot)
+            live.append(time.perf_counter() - t)
+        print(f"{obj['type']:<22} first {_stats(first)}; live {_stats(live)}; shared {_stats(shared)}")
+        print(f"{'':<22} ({'/'.join(sorted(truths))})")
     print(f"({len(closes)} M5 closes each; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
 
 
