@@ -30,7 +30,7 @@ The kinds, the bar each belongs to, and what confirms it (its lag):
 - `mitigation_cascade_up` / `_down`: the bar whose mitigation makes `count` order blocks
   of one direction mitigated within `span` bars; confirmed by that bar.
 
-Every condition reads the newest `lookback` closed bars (default 200, 5..5000), scans
+Every condition reads the newest `lookback` closed bars (default 200, 5..1000), scans
 them, and is TRUE when its pattern was confirmed within the last `within` bars (default
 3; 1 = the newest bar only). The patterns of its kind the newest bar confirmed are in
 `Reading.patterns` (the evaluator records them in pattern_history, once per bar time).
@@ -68,7 +68,6 @@ import numpy as np
 from engine.market.base import Bars, Timeframe, price
 from engine.plans.conditions.base import Condition, Pattern, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
-    MAX_LOOKBACK,
     Direction,
     Fields,
     as_json,
@@ -79,7 +78,11 @@ from engine.plans.conditions.fields import (
     parser,
 )
 
-SCAN_CACHE = 1024  # scans kept: 20 symbols x 3 timeframes x a few settings, with room
+# Scans kept: 20 symbols x 3 timeframes x a few settings, and a confluence's past closes.
+# A key holds its bars' prices (32 bytes a bar), so 512 scans of the longest lookback
+# keep at most 16 MB; of the default 200 bars, about 4 MB.
+SCAN_CACHE = 512
+MAX_SCAN = 1000  # bars one structure condition scans
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,7 @@ def _swing_structure(f: Fields) -> Condition:
         timeframe,
         f.choice("trend", Trend),
         f.integer("k", 2, 1, 10),
-        f.integer("lookback", 200, 5, MAX_LOOKBACK),
+        f.integer("lookback", 200, 5, MAX_SCAN),
         f.max_age_ms(default_max_age_ms(timeframe)),
     )
 
@@ -477,8 +480,8 @@ def _recent(cls: type[RecentPattern]) -> Callable[[Fields], Condition]:
             kind = f"{cls.prefix}_{f.choice('side', Side).value}"
         else:
             kind = f"{cls.prefix}_{f.choice('direction', Direction).value}"
-        lookback = f.integer("lookback", 200, 5, MAX_LOOKBACK)
-        within = f.integer("within", 3, 1, MAX_LOOKBACK)
+        lookback = f.integer("lookback", 200, 5, MAX_SCAN)
+        within = f.integer("within", 3, 1, MAX_SCAN)
         if within > lookback:
             f.bad("within", f"must be at most lookback ({lookback})")
         read: dict[str, Callable[[], Any]] = {
