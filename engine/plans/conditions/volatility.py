@@ -13,8 +13,7 @@ Parameters (default), and when each is TRUE:
 - `bollinger_squeeze`: symbol, timeframe, `period` (20), `std_dev` ("2"), `lookback`
   (100, the widths a percentile ranks among), exactly one of `percentile_below` (0..100)
   / `width_below` (band width in % of the middle band), `max_age_ms`. The width is at or
-  under that percentile of its last
-  `lookback` values, or under that width.
+  under that percentile of its last `lookback` values, or under that width.
 
 `max_age_ms` defaults to two periods of the timeframe: an older newest closed bar is UNKNOWN.
 ATR (Wilder) and Bollinger bands come from talipp: ATR on the Decimal prices themselves
