@@ -3,6 +3,7 @@ refusing an unknown parameter by name, and parsing back from its own JSON."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,25 @@ def test_each_type_is_registered_documented_strict_and_round_trips(type_name: st
     assert parse(c.to_json()).to_json() == c.to_json()
     assert refused({**obj, "bogus": 1}) == ["conditions.bogus: unknown parameter"]
     assert all(isinstance(v, str | int | list | dict) for v in c.to_json().values())  # JSON, Decimals as text
+
+
+def leaves(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    if "all" in tree or "any" in tree:
+        return [leaf for sub in tree.get("all", tree.get("any")) for leaf in leaves(sub)]
+    return leaves(tree["not"]) if "not" in tree else [tree]
+
+
+def test_the_readme_example_trees_parse() -> None:
+    start = README.index("The condition trees of the source requirements' example plans")
+    text = README[
+        README.index("```json", start) + len("```json") : README.index("```\n", README.index("```json", start) + 7)
+    ]
+    decoder, trees, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        tree, at = decoder.raw_decode(text, at)
+        trees.append(tree)
+    assert len(trees) == 6
+    for tree in trees:
+        for leaf in leaves(tree):
+            parse(leaf)
