@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ def bars_of(
     """Bars from (open, high, low, close[, tick_volume]) rows in points, one period apart."""
     n = len(rows)
     col = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(4)]
-    volume = np.array([r[4] if len(r) > 4 else 10 for r in rows], dtype=np.int64)  # type: ignore[misc]
+    volume = np.array([r[4] if len(r) > 4 else 10 for r in rows], dtype=np.int64)
     times = np.array([start_ms + i * timeframe.ms for i in range(n)], dtype=np.int64)
     return Bars.of_columns(
         symbol, timeframe, DIGITS, [times, *col, volume, np.zeros(n, dtype=np.int64)], as_of_ms=start_ms
@@ -124,6 +123,3 @@ def replay(condition: Condition, full: Sequence[Bars]) -> list[Reading]:
         readings.append(seen)
     return readings
 
-
-def D(text: str) -> Decimal:
-    return Decimal(text)
