@@ -122,4 +122,3 @@ def replay(condition: Condition, full: Sequence[Bars]) -> list[Reading]:
             assert p.confirmed_ms <= now, f"bar {i}: {p} confirmed after {now}"
         readings.append(seen)
     return readings
-

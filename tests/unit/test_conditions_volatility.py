@@ -93,6 +93,11 @@ def test_bad_parameters_are_refused_each_by_name() -> None:
     assert "exactly one of above, below" in text
     assert "conditions.count" in "; ".join(refused({"type": "inside_bars", **M5, "count": 0}))
     assert "conditions.direction" in "; ".join(refused({"type": "fractal_expansion", **M5, "direction": "sideways"}))
+    for odd in ("NaN", "Infinity", "1_000", "\u0661", "1e3", 1.5, True, ""):
+        assert refused({"type": "fractal_expansion", **M5, "ratio": odd}) == [
+            f"conditions.ratio: a decimal number as a string is required, got {odd!r}"
+        ], odd
+    assert parse({"type": "fractal_expansion", **M5, "ratio": " 2. "}).to_json()["ratio"] == "2"
     errors = refused({"type": "bollinger_squeeze", **M5, "percentile_below": "101", "max_age_ms": -1})
     assert any(".percentile_below" in e for e in errors) and any(".max_age_ms" in e for e in errors)
 

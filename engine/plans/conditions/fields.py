@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from engine.market.base import Bars, MarketDataError, Timeframe
@@ -20,6 +20,8 @@ from engine.plans.conditions.base import PARSERS, Condition, ConditionError, Rea
 MAX_LOOKBACK = 5000  # bars one condition may read; past it a plan is a mistake, not a pattern
 MAX_AGE_LIMIT_MS = 7 * 86_400_000  # a week: a D1 condition over a long weekend, with room
 SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
+# Plain decimals only: Decimal() alone also takes "NaN", "1_000" and non-ASCII digits.
+NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -108,15 +110,11 @@ class Fields:
             if default is None and not optional:
                 self.bad(name, "a number is required")
             return default
-        try:
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise InvalidOperation
-            number = Decimal(value)
-            if not number.is_finite():
-                raise InvalidOperation
-        except InvalidOperation:
+        plain = isinstance(value, int) and not isinstance(value, bool)
+        if not plain and not (isinstance(value, str) and NUMBER_RE.fullmatch(value.strip())):
             self.bad(name, f"a decimal number as a string is required, got {value!r}")
             return default
+        number = Decimal(value.strip() if isinstance(value, str) else value)
         if (low is not None and number < low) or (high is not None and number > high):
             self.bad(
                 name, f"must be within {low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
