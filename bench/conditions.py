@@ -1,7 +1,8 @@
 """One condition's evaluation, per type, on sim EURUSD bars with its default parameters
 (the structure detectors scan 200 bars): the evaluator's cost of one affected plan with
 one condition, the bars already read (a snapshot over arrays read once). `first` is the
-first plan on a bar close with nothing cached (the structure scan computed), `live` the
+first plan on a bar close with nothing cached (the structure scan, the indicators
+computed), `live` the
 same in a run where the previous closes were evaluated (a confluence's past closes are
 then cached), `shared` every further plan reading the same bars. Prints median and p99.
 
@@ -72,6 +73,14 @@ class ArraySnapshot:
         return []
 
 
+CACHES = (structure._scan, volatility._atr, volatility.band_widths, momentum.rsi_series)
+
+
+def _forget() -> None:
+    for cache in CACHES:
+        cache.cache_clear()
+
+
 def _stats(xs: list[float]) -> str:
     xs = sorted(xs)
     p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
@@ -91,7 +100,7 @@ def main() -> None:
         first, live, shared, truths = [], [], [], set()
         for close in closes:  # one evaluation per M5 close, as the evaluator runs them
             snapshot.now_ms = close
-            structure._scan.cache_clear()
+            _forget()
             t = time.perf_counter()
             reading = condition.evaluate(snapshot)
             first.append(time.perf_counter() - t)
@@ -99,7 +108,7 @@ def main() -> None:
             condition.evaluate(snapshot)
             shared.append(time.perf_counter() - t)
             truths.add(reading.truth.value)
-        structure._scan.cache_clear()
+        _forget()
         for close in closes:
             snapshot.now_ms = close
             t = time.perf_counter()

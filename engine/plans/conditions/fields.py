@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import numpy as np
+
 from engine.market.base import Bars, MarketDataError, Timeframe
 from engine.plans.conditions.base import PARSERS, Condition, ConditionError, Reading, Snapshot
 
@@ -272,6 +274,23 @@ def evaluating(evaluate: Callable[[Any, Snapshot], Reading]) -> Callable[[Any, S
             return e.reading
 
     return run
+
+
+INDICATOR_CACHE = 512  # indicator series kept, keyed by their bars' prices (see column_bytes)
+
+
+def column_bytes(bars: Bars, *names: str) -> tuple[bytes, ...]:
+    """Columns as bytes: a cache key that is the data itself, so every plan reading the same
+    bars shares one computation, and bars with the same times but other prices never do."""
+    return tuple(getattr(bars, name).astype(np.int64, copy=False).tobytes() for name in names)
+
+
+def points(column: bytes) -> list[int]:
+    return np.frombuffer(column, dtype=np.int64).tolist()
+
+
+def prices(column: bytes, digits: int) -> list[Decimal]:
+    return [Decimal(p).scaleb(-digits) for p in points(column)]
 
 
 def dec(x: float, places: int = 6) -> Decimal:

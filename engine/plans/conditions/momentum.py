@@ -26,7 +26,9 @@ closes as floats, rounded back to Decimal; it reads a fixed window of the newest
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import ClassVar
 
 from talipp.indicators import RSI
@@ -34,17 +36,20 @@ from talipp.indicators import RSI
 from engine.market.base import MarketDataError, Timeframe, price, utc
 from engine.plans.conditions.base import Condition, Pattern, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
+    INDICATOR_CACHE,
     MAX_LOOKBACK,
     Direction,
     Fields,
     as_json,
     bar_age_ms,
     closed_bars,
+    column_bytes,
     dec,
     default_max_age_ms,
     evaluating,
     one_line,
     parser,
+    prices,
 )
 from engine.plans.conditions.structure import swings
 
@@ -108,6 +113,13 @@ def _news_filter(f: Fields) -> Condition:
     )
 
 
+@functools.lru_cache(maxsize=INDICATOR_CACHE)
+def rsi_series(close: bytes, digits: int, period: int) -> tuple[Decimal | None, ...]:
+    """RSI at each bar (None before `period` closes), shared by every plan on these bars."""
+    values = RSI(period, input_values=[float(c) for c in prices(close, digits)])
+    return tuple(None if r is None else dec(r, 2) for r in values)
+
+
 class Divergence(enum.Enum):
     BEARISH = "bearish"
     BULLISH = "bullish"
@@ -138,10 +150,7 @@ class RsiDivergence:
         age = bar_age_ms(snapshot.now_ms, bars)
         bearish = self.direction is Divergence.BEARISH
         extremes = (bars.high if bearish else bars.low).tolist()
-        rsi = [
-            None if r is None else dec(r, 2)
-            for r in RSI(self.period, input_values=[float(c) for c in bars.prices("close")])
-        ]
+        rsi = rsi_series(*column_bytes(bars, "close"), bars.digits, self.period)
         points = [i for i in swings(extremes, self.k, high=bearish) if rsi[i] is not None]
         what = f"{self.symbol} {self.timeframe.name}"
         if len(points) < 2:

@@ -63,8 +63,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
 
-import numpy as np
-
 from engine.market.base import Bars, Timeframe, price
 from engine.plans.conditions.base import Condition, Pattern, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
@@ -73,9 +71,11 @@ from engine.plans.conditions.fields import (
     as_json,
     bar_age_ms,
     closed_bars,
+    column_bytes,
     default_max_age_ms,
     evaluating,
     parser,
+    points,
 )
 
 # Scans kept: 20 symbols x 3 timeframes x a few settings, and a confluence's past closes.
@@ -142,13 +142,12 @@ def scan(bars: Bars, s: Settings) -> tuple[Found, ...]:
     Cached by content (the prices themselves are the key), so every plan reading the same
     bars with the same settings shares one scan, and a window already scanned (a
     confluence's past closes) is not scanned again."""
-    columns = (getattr(bars, k).astype(np.int64, copy=False).tobytes() for k in ("open", "high", "low", "close"))
-    return _scan(*columns, bars.digits, s)
+    return _scan(*column_bytes(bars, "open", "high", "low", "close"), bars.digits, s)
 
 
 @functools.lru_cache(maxsize=SCAN_CACHE)
 def _scan(o_: bytes, h_: bytes, lo_: bytes, c_: bytes, digits: int, s: Settings) -> tuple[Found, ...]:
-    o, h, lo, c = (np.frombuffer(b, dtype=np.int64).tolist() for b in (o_, h_, lo_, c_))
+    o, h, lo, c = (points(b) for b in (o_, h_, lo_, c_))
     min_gap = s.min_gap.scaleb(digits)  # in points
     st = _State()
     for j in range(len(c)):

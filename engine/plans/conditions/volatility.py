@@ -25,6 +25,7 @@ smoothing has settled), so a settled bar's reading never changes.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
@@ -35,15 +36,18 @@ from talipp.ohlcv import OHLCV
 from engine.market.base import Bars, Timeframe
 from engine.plans.conditions.base import Condition, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
+    INDICATOR_CACHE,
     MAX_LOOKBACK,
     Fields,
     as_json,
     bar_age_ms,
     closed_bars,
+    column_bytes,
     dec,
     default_max_age_ms,
     evaluating,
     parser,
+    prices,
 )
 
 
@@ -158,9 +162,20 @@ def _fractal_expansion(f: Fields) -> Condition:
 def atr(bars: Bars, period: int) -> Decimal:
     """Wilder's ATR of the newest bar, in price, on the Decimal prices (talipp's arithmetic
     is + - * / and max, so it stays exact Decimal)."""
-    o, h, lo, c = (bars.prices(k) for k in ("open", "high", "low", "close"))
-    values = ATR(period, input_values=[OHLCV(*row) for row in zip(o, h, lo, c, strict=True)])
-    return Decimal(values[-1])
+    return _atr(*column_bytes(bars, "open", "high", "low", "close"), bars.digits, period)
+
+
+@functools.lru_cache(maxsize=INDICATOR_CACHE)
+def _atr(o: bytes, h: bytes, lo: bytes, c: bytes, digits: int, period: int) -> Decimal:
+    rows = zip(*(prices(column, digits) for column in (o, h, lo, c)), strict=True)
+    return Decimal(ATR(period, input_values=[OHLCV(*row) for row in rows])[-1])
+
+
+@functools.lru_cache(maxsize=INDICATOR_CACHE)
+def band_widths(close: bytes, digits: int, period: int, std_dev: Decimal) -> tuple[Decimal, ...]:
+    """Each Bollinger band width in % of its middle band, from the period-th close on."""
+    bands = BB(period, float(std_dev), input_values=[float(c) for c in prices(close, digits)])
+    return tuple(dec(100 * (b.ub - b.lb) / b.cb) for b in bands[period - 1 :])
 
 
 @dataclass(frozen=True)
@@ -247,8 +262,7 @@ class BollingerSqueeze:
         widths_read = 1 if self.width_below is not None else self.lookback
         bars = closed_bars(snapshot, self.symbol, self.timeframe, self.period + widths_read - 1, self.max_age_ms)
         age = bar_age_ms(snapshot.now_ms, bars)
-        bands = BB(self.period, float(self.std_dev), input_values=[float(c) for c in bars.prices("close")])
-        widths = [dec(100 * (b.ub - b.lb) / b.cb) for b in bands[self.period - 1 :]]
+        widths = band_widths(*column_bytes(bars, "close"), bars.digits, self.period, self.std_dev)
         width = widths[-1]
         if self.width_below is not None:
             holds, value, wanted, where = width < self.width_below, width, f"< {self.width_below} %", ""
