@@ -19,7 +19,9 @@ import numpy as np
 from engine.market.base import Bars, MarketDataError, Timeframe
 from engine.plans.conditions.base import PARSERS, Condition, ConditionError, Reading, Snapshot
 
-MAX_LOOKBACK = 5000  # bars one condition may read; past it a plan is a mistake, not a pattern
+# Bars one condition may read: past it a plan is a mistake, not a pattern, and the caches
+# keyed by bars stay small (at most 32 bytes a bar per entry).
+MAX_LOOKBACK = 1000
 MAX_AGE_LIMIT_MS = 7 * 86_400_000  # a week: a D1 condition over a long weekend, with room
 SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
 # Plain decimals only: Decimal() alone also takes "NaN", "1_000" and non-ASCII digits.
@@ -276,7 +278,7 @@ def evaluating(evaluate: Callable[[Any, Snapshot], Reading]) -> Callable[[Any, S
     return run
 
 
-INDICATOR_CACHE = 512  # indicator series kept, keyed by their bars' prices (see column_bytes)
+INDICATOR_CACHE = 256  # series kept per indicator, keyed by their bars' prices: at most 8 MB
 
 
 def column_bytes(bars: Bars, *names: str) -> tuple[bytes, ...]:

@@ -9,7 +9,7 @@ Parameters (default), and when each is TRUE:
   cannot be read (so it fails closed). It has no bars, so no `max_age_ms`, and needs() is
   empty: it is evaluated with the plan's other conditions.
 - `rsi_divergence`: symbol, timeframe, `direction` (bearish, bullish), `period` (14,
-  2..100), `k` (2, 1..10: swing width), `within` (3 bars), `lookback` (100, 10..5000),
+  2..100), `k` (2, 1..10: swing width), `within` (3 bars), `lookback` (100, 10..1000),
   `max_age_ms`. Bearish: the last two swing highs make a higher high in price while RSI
   makes a lower high; bullish: a lower low in price with a higher low in RSI; the second
   swing confirmed (k bars after it) within the last `within` bars. Confirmed divergences

@@ -66,6 +66,7 @@ from typing import Any, ClassVar
 from engine.market.base import Bars, Timeframe, price
 from engine.plans.conditions.base import Condition, Pattern, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
+    MAX_LOOKBACK,
     Direction,
     Fields,
     as_json,
@@ -82,7 +83,6 @@ from engine.plans.conditions.fields import (
 # A key holds its bars' prices (32 bytes a bar), so 512 scans of the longest lookback
 # keep at most 16 MB; of the default 200 bars, about 4 MB.
 SCAN_CACHE = 512
-MAX_SCAN = 1000  # bars one structure condition scans
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ def _swing_structure(f: Fields) -> Condition:
         timeframe,
         f.choice("trend", Trend),
         f.integer("k", 2, 1, 10),
-        f.integer("lookback", 200, 5, MAX_SCAN),
+        f.integer("lookback", 200, 5, MAX_LOOKBACK),
         f.max_age_ms(default_max_age_ms(timeframe)),
     )
 
@@ -479,8 +479,8 @@ def _recent(cls: type[RecentPattern]) -> Callable[[Fields], Condition]:
             kind = f"{cls.prefix}_{f.choice('side', Side).value}"
         else:
             kind = f"{cls.prefix}_{f.choice('direction', Direction).value}"
-        lookback = f.integer("lookback", 200, 5, MAX_SCAN)
-        within = f.integer("within", 3, 1, MAX_SCAN)
+        lookback = f.integer("lookback", 200, 5, MAX_LOOKBACK)
+        within = f.integer("within", 3, 1, MAX_LOOKBACK)
         if within > lookback:
             f.bad("within", f"must be at most lookback ({lookback})")
         read: dict[str, Callable[[], Any]] = {

@@ -7,11 +7,11 @@ Parameters (default), and when each is TRUE:
 - `fractal_expansion`: symbol, timeframe, `bars` (5, 2..100), `ratio` ("1.5"), `direction`
   (any, up, down), `max_age_ms`. The newest closed bar's range is at least `ratio` x the
   mean range of the `bars` before it and, for up (down), it closes above (below) them all.
-- `atr_ratio`: symbol, timeframe, `short` (5), `long` (20), exactly one of `above` /
+- `atr_ratio`: symbol, timeframe, `short` (5), `long` (20, 2..333), exactly one of `above` /
   `below`, `max_age_ms`. ATR(short) / ATR(long) is above (expansion) or below
   (compression) the number.
 - `bollinger_squeeze`: symbol, timeframe, `period` (20), `std_dev` ("2"), `lookback`
-  (100, the widths a percentile ranks among), exactly one of `percentile_below` (0..100)
+  (100, 10..500: the widths a percentile ranks among), exactly one of `percentile_below` (0..100)
   / `width_below` (band width in % of the middle band), `max_age_ms`. The width is at or
   under that percentile of its last `lookback` values, or under that width.
 
