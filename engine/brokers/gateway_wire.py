@@ -287,12 +287,26 @@ def _refusal(value: Any) -> Refusal | None:
 
 
 def account_to_json(a: Account) -> dict[str, Any]:
-    return {"balance": str(a.balance), "equity": str(a.equity), "currency": a.currency, "daily_pnl": str(a.daily_pnl)}
+    return {
+        "balance": str(a.balance),
+        "equity": str(a.equity),
+        "currency": a.currency,
+        "daily_pnl": str(a.daily_pnl),
+        "margin": _s(a.margin),
+        "free_margin": _s(a.free_margin),
+    }
 
 
 def account_from_json(obj: Any) -> Account:
     r = Reader(obj, "account", strict=False)
-    return Account(r.decimal("balance"), r.decimal("equity"), r.text("currency"), r.decimal("daily_pnl"))
+    return Account(
+        r.decimal("balance"),
+        r.decimal("equity"),
+        r.text("currency"),
+        r.decimal("daily_pnl"),
+        margin=r.decimal("margin", optional=True),
+        free_margin=r.decimal("free_margin", optional=True),
+    )
 
 
 def position_to_json(p: Position) -> dict[str, Any]:
@@ -366,6 +380,7 @@ def quote_to_json(q: Quote) -> dict[str, Any]:
         },
         "bid": _s(q.bid),
         "ask": _s(q.ask),
+        "margin_per_lot": _s(q.margin_per_lot),
     }
 
 
@@ -380,7 +395,12 @@ def quote_from_json(obj: Any) -> Quote:
         tick_size=s.decimal("tick_size", optional=True),
         tick_value=s.decimal("tick_value", optional=True),
     )
-    return Quote(spec=spec, bid=r.decimal("bid", optional=True), ask=r.decimal("ask", optional=True))
+    return Quote(
+        spec=spec,
+        bid=r.decimal("bid", optional=True),
+        ask=r.decimal("ask", optional=True),
+        margin_per_lot=r.decimal("margin_per_lot", optional=True),
+    )
 
 
 def listing(obj: Any, key: str, item: Callable[[Any], Any]) -> list[Any]:

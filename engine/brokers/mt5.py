@@ -551,7 +551,7 @@ class MT5Broker:
     def _connect_once(self) -> None:
         timeout_ms = self.connect_timeout_ms
 
-        def job(m: ModuleType) -> tuple[Any, Any]:
+        def job(m: ModuleType) -> tuple[Any, Any, list[str]]:
             kwargs: dict[str, Any] = {"timeout": int(timeout_ms)}
             if self.login is not None:
                 kwargs["login"] = int(self.login)
@@ -568,9 +568,10 @@ class MT5Broker:
             acct = m.account_info()
             if acct is None:
                 raise CallFailed("account_info", *m.last_error())
-            return term, acct
+            names = self._listing(m, "symbols_get", m.symbols_get())
+            return term, acct, [str(n.name) for n in names]
 
-        term, acct = self.run_on_terminal("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
+        term, acct, names = self.run_on_terminal("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
         if not term.connected:
             raise BrokerUnavailable(f"MT5 terminal is not connected to trade server {self.server or '?'}")
         if not term.trade_allowed:
@@ -579,7 +580,25 @@ class MT5Broker:
             raise BrokerUnavailable(f"MT5 terminal is logged in to account {acct.login}, not {self.login}")
         if not acct.trade_allowed or not acct.trade_expert:
             raise BrokerUnavailable(f"MT5 account {acct.login} does not allow automated trading")
+        self._learn_spellings(names)
         log.info("MT5 connected: account %s on %s, magic %s", acct.login, acct.server, self.magic)
+
+    def _learn_spellings(self, names: list[str]) -> None:
+        """A signal's symbol is upper-cased (engine/signal.py); a broker may spell it with a
+        lower-case suffix (XAUUSD.m, US30.cash). Each terminal name whose upper-case form is
+        not already its own name maps to it, unless two names share that form (then neither:
+        which one was meant cannot be told, and the order is refused as an unknown symbol)."""
+        by_upper: dict[str, list[str]] = {}
+        for name in names:
+            by_upper.setdefault(name.upper(), []).append(name)
+        for upper, spelled in by_upper.items():
+            if upper in spelled or upper in self._to_venue or spelled[0] in self._from_venue:
+                continue  # its own name already, or mapped explicitly
+            if len(spelled) > 1:
+                log.warning("MT5 symbols %s differ only in case: %s is not mapped to either", spelled, upper)
+                continue
+            self._to_venue[upper] = spelled[0]
+            self._from_venue[spelled[0]] = upper
 
     def close(self) -> None:
         worker = self._worker
@@ -624,7 +643,14 @@ class MT5Broker:
             # trades only: balance/credit/bonus deals carry deposits in `profit`
             if d.type in (DEAL_TYPE_BUY, DEAL_TYPE_SELL) and d.time >= lo:
                 pnl += _dec(d.profit) + _dec(d.swap) + _dec(d.commission) + _dec(getattr(d, "fee", 0.0))
-        return Account(balance=_dec(acct.balance), equity=_dec(acct.equity), currency=acct.currency, daily_pnl=pnl)
+        return Account(
+            balance=_dec(acct.balance),
+            equity=_dec(acct.equity),
+            currency=acct.currency,
+            daily_pnl=pnl,
+            margin=_dec(acct.margin),
+            free_margin=_dec(acct.margin_free),
+        )
 
     def positions(self) -> list[Position]:
         """All open positions of the account (risk needs the whole exposure); `tag` is set only
@@ -777,15 +803,19 @@ class MT5Broker:
         with defaults. A broken link to the terminal is a BrokerError."""
         venue = self._venue_symbol(symbol)
 
-        def job(m: ModuleType) -> tuple[Any, Any]:
+        def job(m: ModuleType) -> tuple[Any, Any, Any]:
             try:
-                return self._symbol(m, venue, tick=True)
+                info, tick = self._symbol(m, venue, tick=True)
             except _Refused as exc:
                 raise SymbolUnavailable(str(exc)) from None
+            # The terminal's own margin of a lot at the ask; None (it cannot say) is no check.
+            margin = m.order_calc_margin(ORDER_TYPE_BUY, venue, 1.0, float(tick.ask))
+            return info, tick, margin
 
-        info, tick = self.run_on_terminal("quote", job)
+        info, tick, margin = self.run_on_terminal("quote", job)
         try:
-            return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask))
+            per_lot = None if margin is None or not margin > 0 else _dec(margin)
+            return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask), margin_per_lot=per_lot)
         except (TypeError, ValueError) as exc:
             raise SymbolUnavailable(f"symbol {venue} has no usable spec at the venue: {exc}") from None
 

@@ -47,6 +47,7 @@ module's API):
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import itertools
 import threading
@@ -270,6 +271,7 @@ OrderCheckResult = namedtuple(
 )
 Tick = namedtuple("Tick", "time bid ask last volume time_msc flags volume_real")
 BookInfo = namedtuple("BookInfo", "type price volume volume_dbl")
+ACCOUNT_LEVERAGE = 100
 AccountInfo = namedtuple(
     "AccountInfo",
     "login trade_mode leverage limit_orders margin_so_mode trade_allowed trade_expert "
@@ -759,7 +761,7 @@ def account_info(t: FakeTerminal) -> Any:
     return AccountInfo(
         t.login,
         0,
-        100,
+        ACCOUNT_LEVERAGE,
         200,
         0,
         True,
@@ -827,6 +829,36 @@ def symbol_info(t: FakeTerminal, symbol: str) -> Any:
         symbol,
         s["path"],
     )
+
+
+@_api()
+def symbols_get(t: FakeTerminal, group: str | None = None) -> Any:
+    """Every symbol, or those `group` selects: comma-separated patterns with `*`, a pattern
+    starting with `!` excludes (the documented filter, e.g. "*,!*USD*")."""
+    names = sorted(t.symbols)
+    if group:
+        chosen: list[str] = []
+        for pattern in (p.strip() for p in group.split(",")):
+            if pattern.startswith("!"):
+                chosen = [n for n in chosen if not fnmatch.fnmatchcase(n, pattern[1:])]
+            else:
+                chosen += [n for n in names if fnmatch.fnmatchcase(n, pattern) and n not in chosen]
+        names = chosen
+    infos = [symbol_info.__wrapped__(t, n) for n in names]  # not a call of its own
+    t.error = _OK
+    return tuple(infos)
+
+
+@_api()
+def order_calc_margin(t: FakeTerminal, action: int, symbol: str, volume: float, price: float) -> Any:
+    """The margin `volume` lots of `symbol` hold at `price` (account currency), as the
+    terminal computes it for a plain FX/CFD account: notional over the leverage."""
+    s = t.symbols.get(symbol)
+    if s is None:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return None
+    t.error = _OK
+    return volume * s["contract_size"] * price / ACCOUNT_LEVERAGE
 
 
 @_api()

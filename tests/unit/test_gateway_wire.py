@@ -62,12 +62,16 @@ def test_every_shape_round_trips_exactly() -> None:
     assert result_from_json(result_to_json(refused)) == refused
     account = Account(Decimal("10000.01"), Decimal("9990.5"), "USD", Decimal("-12.30"))
     assert account_from_json(account_to_json(account)) == account
+    margined = replace(account, margin=Decimal("2200.00"), free_margin=Decimal("7790.50"))
+    assert account_from_json(account_to_json(margined)) == margined
     position = Position("1", "EURUSD", Side.SELL, Decimal("0.5"), Decimal("1.1"), None, Decimal("1.0"), "HXT")
     assert position_from_json(position_to_json(position)) == position
     order = VenueOrder("2", "HXT", "XAUUSD", Side.BUY, Decimal("1"), Decimal("2400.4"), "history", None, None, {"a": 1})
     assert venue_order_from_json(venue_order_to_json(order)) == order
     quote = Quote(SymbolSpec(tick_size=Decimal("0.00001"), tick_value=Decimal("1")), Decimal("1.1"), Decimal("1.1001"))
     assert quote_from_json(quote_to_json(quote)) == quote
+    with_margin = replace(quote, margin_per_lot=Decimal("1100.10"))
+    assert quote_from_json(quote_to_json(with_margin)) == with_margin
 
 
 def test_money_travels_as_strings() -> None:
