@@ -51,7 +51,7 @@ def resolve_urls(settings: Settings) -> tuple[str, str]:
     if not settings.embedded:
         assert settings.redis_url and settings.database_url
         return settings.redis_url, settings.database_url
-    from haexec.embedded import EmbeddedError, ensure_servers
+    from embedded import EmbeddedError, ensure_servers
 
     try:
         servers = ensure_servers(settings.state_dir)

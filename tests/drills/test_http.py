@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from db.urls import libpq_url
-from haexec.embedded import RedisServer
+from embedded import RedisServer
 from tests.support import ReplicaProcess, Spawn, cluster_env, run_cli, the_leader, wait_for, wait_ready
 
 METRICS = [
