@@ -48,6 +48,7 @@ TABLES = frozenset(
         "market_replay_cursor",
         "paper_marks",
         "paper_venue_cursor",
+        "loop_restarts",
     }
 )
 
