@@ -157,7 +157,8 @@ class Executor:
         """Stop claiming; an in-flight broker call finishes (up to its deadline) and is recorded."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():  # never started: a start-up that failed before it
+            self._thread.join(timeout_s)
 
     def restart(self) -> None:
         """Replace the sweeping thread (the supervisor found it silent or dead). A thread stuck

@@ -493,4 +493,7 @@ class HttpServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=3)
+        if self._thread.is_alive():
+            self._thread.join(timeout=3)
+        else:  # never served (a start-up that failed after binding): just let the port go
+            self._sock.close()

@@ -1,0 +1,76 @@
+"""What start-up waits for beyond the stores and the venue: a reconciliation that runs, and
+the first heartbeat of every supervised loop. Each failure is one line (exit 1 in `haexec run`)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from engine.brokers.base import BrokerUnavailable
+from haexec import replica as replica_mod
+from haexec import settings
+from haexec.replica import Replica, StartupError
+from tests.support import free_port
+
+
+@pytest.fixture
+def make(cluster: str, redis_url: str, database_url: str) -> Iterator[type[Replica]]:
+    made: list[Replica] = []
+
+    def build() -> Replica:
+        env = {
+            "HAEXEC_CLUSTER": cluster,
+            "HAEXEC_INSTANCE_ID": "r1",
+            "HAEXEC_REDIS_URL": redis_url,
+            "HAEXEC_DATABASE_URL": database_url,
+            "HAEXEC_HTTP": f"127.0.0.1:{free_port()}",
+            "HAEXEC_LEASE_MS": "1500",
+            "HAEXEC_STARTUP_TIMEOUT_S": "1",
+        }
+        r = Replica(settings.load(env), redis_url, database_url)
+        made.append(r)
+        return r
+
+    yield build  # type: ignore[misc]
+    for r in made:
+        r.stop()
+
+
+def test_a_reconciliation_that_cannot_run_fails_start_up_in_one_line(
+    make: type[Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise BrokerUnavailable("positions: terminal not answering")
+
+    monkeypatch.setattr(replica_mod, "reconcile", unreachable)
+    r = make()
+    with pytest.raises(StartupError) as e:
+        r.start()
+    assert str(e.value) == "reconciliation with broker paper: positions: terminal not answering"
+    assert len(calls) >= 2  # retried within the start-up timeout first
+    assert not r.ready
+
+
+def test_a_loop_without_a_first_heartbeat_fails_start_up_naming_it(make: type[Replica]) -> None:
+    r = make()
+    r.supervisor.register("stuck", 100, lambda: None)  # never beats
+    with pytest.raises(StartupError) as e:
+        r.start()
+    assert str(e.value) == "loop stuck: no first heartbeat within 1s"
+    assert not r.ready and r.http is not None
+    with socket.socket() as s:  # it never served
+        assert s.connect_ex(("127.0.0.1", r.http.port)) != 0
+
+
+def test_start_up_reconciles_and_waits_for_the_loops(make: type[Replica]) -> None:
+    r = make()
+    r.start()
+    assert r.ready
+    states = r.loops()
+    assert set(states) == {"executor", "feed"}
+    assert all(s["state"] == "ok" and s["heartbeat_age_s"] is not None for s in states.values())
