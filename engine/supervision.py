@@ -22,6 +22,7 @@ runs only then. Time is the injected monotonic clock; the log's window is the da
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -130,7 +131,10 @@ class Supervisor:
         self._loops[name] = loop
         metrics.LOOP_RESTARTS.labels(name)
         metrics.LOOP_FAILED.labels(name).set(0)
-        metrics.LOOP_HEARTBEAT_AGE.labels(name).set_function(lambda: self._age_s(loop))
+        # NaN while the loop is not judged (a leader-only loop on a follower): no age to show.
+        metrics.LOOP_HEARTBEAT_AGE.labels(name).set_function(
+            lambda: self._age_s(loop) if self._judged(loop) else math.nan
+        )
         return Heartbeat(self, loop)
 
     # ---- what the replica asks ----

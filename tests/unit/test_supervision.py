@@ -5,6 +5,7 @@ log outlives the supervisor."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,6 +248,8 @@ def test_heartbeat_age_is_a_gauge_computed_at_scrape() -> None:
     from prometheus_client import REGISTRY
 
     assert REGISTRY.get_sample_value("haexec_loop_heartbeat_age_seconds", {"loop": "aged"}) == 1.5
+    sup.register("idle", 1000, lambda: None, leader_only=True)
+    assert math.isnan(REGISTRY.get_sample_value("haexec_loop_heartbeat_age_seconds", {"loop": "idle"}) or 0.0)
 
 
 def test_registering_a_name_twice_is_refused() -> None:
