@@ -223,7 +223,10 @@ class Supervisor:
 
     def _fault_of(self, loop: _Loop) -> str | None:
         now = self.clock.now_ms()
-        if loop.alive is not None and not loop.alive():
+        # A leader-only loop is started by the leadership callback, maybe just after it was
+        # armed here: until its first heartbeat only silence counts against it.
+        started = loop.beat_at_ms is not None or not loop.leader_only
+        if loop.alive is not None and started and not loop.alive():
             return "its thread died"
         since = loop.armed_at_ms if loop.beat_at_ms is None else max(loop.beat_at_ms, loop.armed_at_ms)
         silent_ms = now - since

@@ -204,6 +204,21 @@ def test_a_leader_only_loop_is_judged_only_while_leading_from_the_leaderships_st
     assert len(events.restarted) == 1
 
 
+def test_a_leader_only_loop_not_started_yet_is_not_dead_until_it_has_beaten() -> None:
+    clock = FakeClock()
+    sup, events = supervisor(clock)
+    alive = [False]
+    beat = sup.register("manager", 1000, lambda: None, alive=lambda: alive[0], leader_only=True)
+    sup.set_leading(True)
+    sup.check()  # the leadership callback has not started it yet
+    assert events.restarted == []
+    alive[0] = True
+    beat()
+    alive[0] = False
+    sup.check()
+    assert events.restarted == [("manager", "its thread died")]
+
+
 def test_start_up_waits_for_the_first_heartbeats_and_names_the_missing() -> None:
     clock = FakeClock()
     sup, _ = supervisor(clock)
