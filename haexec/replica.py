@@ -441,12 +441,12 @@ class Replica:
         except psycopg.Error as e:  # the paper broker's tables
             why = migrate.schema_mismatch(e) or f"broker {self.settings.engine.broker}: {first_line(e)}"
             raise StartupError(why) from None
-        self._reconcile_at_start(timeout)
         try:
             limits = self.settings.http_limits
             self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)
         except OSError as e:
             raise StartupError(str(e)) from None
+        self._reconcile_at_start(timeout)  # after the port is ours: a taken port says so first
         self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
         self.executor.start()  # before the election: a follower's executor only reads
         missing = self.supervisor.wait_first_beats(timeout)
