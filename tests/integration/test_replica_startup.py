@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.brokers.base import BrokerUnavailable
+from engine.brokers.base import BrokerError, BrokerUnavailable
 from haexec import replica as replica_mod
 from haexec import settings
 from haexec.replica import Replica, StartupError
@@ -36,6 +36,20 @@ def make(cluster: str, redis_url: str, database_url: str) -> Iterator[type[Repli
     yield build  # type: ignore[misc]
     for r in made:
         r.stop()
+
+
+def test_a_venue_that_does_not_connect_fails_start_up_in_one_line(
+    make: type[Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = make()
+
+    def refuse() -> None:
+        raise BrokerError("login refused")
+
+    monkeypatch.setattr(r.broker, "connect", refuse)
+    with pytest.raises(StartupError) as e:
+        r.start()
+    assert str(e.value) == "broker paper unavailable after 1s: login refused" and not r.ready
 
 
 def test_a_reconciliation_that_cannot_run_fails_start_up_in_one_line(
