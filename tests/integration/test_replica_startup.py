@@ -88,3 +88,31 @@ def test_start_up_reconciles_and_waits_for_the_loops(make: type[Replica]) -> Non
     states = r.loops()
     assert set(states) == {"executor", "feed"}
     assert all(s["state"] == "ok" and s["heartbeat_age_s"] is not None for s in states.values())
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+
+    def emit(self, kind: str, severity: str, message: str, **fields: object) -> None:
+        self.sent.append((kind, severity, message))
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def stop(self, timeout_s: float) -> None:
+        pass
+
+
+def test_a_failed_loop_alerts_critical_and_the_replica_may_not_lead(make: type[Replica]) -> None:
+    r = make()
+    alerts = r.alerts = Recorder()  # type: ignore[assignment]
+    r.executor.start()  # the replica's own loops beat, as after start-up
+    r.supervisor.register("dead", 100, lambda: None, alive=lambda: False)
+    assert r._may_lead()
+    for _ in range(4):
+        r.supervisor.check()
+    assert [(k, s) for k, s, _ in alerts.sent] == [("loop_restarted", "warning")] * 3 + [("loop_failed", "critical")]
+    assert alerts.sent[-1][2] == "loop dead failed: its thread died; 3 restarts within the hour"
+    assert not r._may_lead()
+    assert r.health_extra()["loops"] == "failed: dead (its thread died; 3 restarts within the hour)"
