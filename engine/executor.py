@@ -262,7 +262,9 @@ class Executor:
                 log.warning("executor: database: %s", first_line(e))
                 self._db = self._db.failed(first_line(e))
                 return
+        self.beat()  # between the steps of a sweep, each bounded by one call's deadline
         self._sample_controls()
+        self.beat()
         try:
             fence = self._coord.fence()
         except NotLeader:
@@ -278,7 +280,9 @@ class Executor:
             if housekeeping:  # on the timer, not on every NOTIFY: keeps a lone signal's path short
                 self._housekept_at = now
                 self._expire()
+                self.beat()
                 self._resolve_unsettled(fence.epoch)
+                self.beat()
                 self._scan_duplicates(fence.epoch)
             self._drain()
         except NotLeader:
@@ -312,6 +316,7 @@ class Executor:
             self.beat()
             try:
                 self._reconcile(epoch)
+                self.beat()
             except Exception as e:  # a failed reconciliation is reported, never blocks trading forever
                 log.error("reconciliation at epoch %d failed: %s", epoch, e)
 
@@ -368,6 +373,7 @@ class Executor:
         venue unreachable) propagates: the batch goes back, nothing is refused for it."""
         out: dict[str, Quote | SymbolUnavailable] = {}
         for symbol in sorted(symbols):
+            self.beat()
             try:
                 out[symbol] = self._broker.quote(symbol)
             except SymbolUnavailable as e:
@@ -398,7 +404,9 @@ class Executor:
         intents = [(c, intent_from_payload(c.payload)) for c in claimed]
         try:
             account = self._broker.account()
+            self.beat()
             exposure = self._exposure()
+            self.beat()
             quotes = self._quotes({i.symbol for _, i in intents})
         except BrokerError as e:
             # Nothing was sent: give the whole batch back, never leave it in doubt.
