@@ -41,6 +41,9 @@ STALL_PERIODS = 3
 BUDGET = 3
 WINDOW_MS = 3_600_000
 CHECK_MS_MAX = 250.0  # the supervisor looks at least this often
+# The supervisor's own wake-up this late means the process was paused (SIGSTOP, a suspended
+# VM) or starved: its loops could not beat either, so none is blamed for that time.
+LATE_MS = 1000.0
 
 
 class RestartLog(Protocol):
@@ -194,12 +197,29 @@ class Supervisor:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        interval_s = self._interval_s()
+        looked_at = self.clock.now_ms()
+        while not self._stop.wait(interval_s):
+            now = self.clock.now_ms()
+            late_ms, looked_at = now - looked_at - interval_s * 1000, now
             try:
-                self.check()
+                if late_ms > LATE_MS:
+                    self.excuse(late_ms)
+                else:
+                    self.check()
             except Exception:  # the supervisor must outlive a bug in one check
                 log.exception("loop supervisor: unexpected error")
-            self._stop.wait(self._interval_s())
+
+    def excuse(self, late_ms: float) -> None:
+        """The process was not running for `late_ms` (this thread woke that late): judge every
+        loop's silence from now, not from before the pause."""
+        log.warning(
+            "loop supervisor woke %.1fs late (process paused or starved): loops judged from now", late_ms / 1000
+        )
+        with self._lock:
+            now = self.clock.now_ms()
+            for loop in self._loops.values():
+                loop.armed_at_ms = now
 
     def _interval_s(self) -> float:
         periods = [loop.period_ms for loop in self._loops.values()]

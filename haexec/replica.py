@@ -130,16 +130,22 @@ FEED_INTERVAL_S = 0.25
 TEST_LOOP_FAULT_ENV = "HAEXEC_TEST_LOOP_FAULT"
 
 
+# No loop's heartbeat period is shorter: on a starved machine (two cores shared with the
+# drills' whole cluster) a 250 ms feed pump was seen to take 1.5 s, and a restart the loop did
+# not need still spends a third of its hour's budget.
+MIN_LOOP_PERIOD_MS = 1000
+
+
 def executor_period_ms(settings: Settings) -> int:
     """The executor's heartbeat period: a sweep interval, or one broker call and one database
     round trip (the longest step between two heartbeats), whichever is longer."""
     engine = settings.engine
-    return max(engine.sweep_ms, engine.broker_deadline_ms + settings.election.db_timeout_ms)
+    return max(MIN_LOOP_PERIOD_MS, engine.sweep_ms, engine.broker_deadline_ms + settings.election.db_timeout_ms)
 
 
 def feed_period_ms(settings: Settings) -> int:
     """The feed's: a pump interval, or one source call (an MT5 read has the broker's deadline)."""
-    return max(round(FEED_INTERVAL_S * 1000), settings.engine.broker_deadline_ms)
+    return max(MIN_LOOP_PERIOD_MS, round(FEED_INTERVAL_S * 1000), settings.engine.broker_deadline_ms)
 
 
 def build_broker(settings: Settings, pool: ConnectionPool, market: Market | None = None) -> Broker:

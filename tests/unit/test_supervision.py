@@ -219,6 +219,41 @@ def test_a_leader_only_loop_not_started_yet_is_not_dead_until_it_has_beaten() ->
     assert events.restarted == [("manager", "its thread died")]
 
 
+def test_after_a_pause_of_the_process_no_loop_is_blamed_for_it() -> None:
+    clock = FakeClock()
+    sup, events = supervisor(clock)
+    beat = sup.register("feed", 1000, lambda: None)
+    beat()
+    clock.advance(20_000)  # SIGSTOP ... SIGCONT: the supervisor wakes 20 s late
+    sup.excuse(20_000)
+    sup.check()
+    assert events.restarted == []
+    clock.advance(3001)  # still silent 3 periods after the pause: now it is the loop
+    sup.check()
+    assert [name for name, _ in events.restarted] == ["feed"]
+
+
+def test_the_supervisor_thread_excuses_a_late_wake_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    sup, _ = supervisor(clock)
+    sup.register("feed", 1000, lambda: None)
+    excused: list[float] = []
+    checks: list[int] = []
+    monkeypatch.setattr(sup, "excuse", excused.append)
+    monkeypatch.setattr(sup, "check", lambda: checks.append(1))
+    lates = iter([5000, 0, None])  # a wake-up 5 s late, one on time, then stop
+
+    def wait(timeout: float) -> bool:
+        late = next(lates)
+        if late is not None:
+            clock.advance(timeout * 1000 + late)
+        return late is None
+
+    monkeypatch.setattr(sup._stop, "wait", wait)
+    sup._run()
+    assert excused == [5000] and checks == [1]
+
+
 def test_start_up_waits_for_the_first_heartbeats_and_names_the_missing() -> None:
     clock = FakeClock()
     sup, _ = supervisor(clock)
