@@ -49,6 +49,7 @@ TABLES = frozenset(
         "paper_marks",
         "paper_venue_cursor",
         "operator_audit",
+        "loop_restarts",
     }
 )
 
