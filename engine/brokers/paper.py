@@ -36,14 +36,18 @@ from engine.brokers.base import (
     Position,
     PositionDiff,
     Quote,
+    Refusal,
     SymbolSpec,
     SymbolUnavailable,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.market.base import FeedUnavailable, MarketDataError, StaleData, TradeMode, UnknownSymbol
 from engine.market.service import Market
 from engine.model import OrderType, Side
 from engine.venue import ledger
+from engine.venue import rules as venue_rules
+from engine.venue.model import Position as VenuePosition
 from engine.venue.model import Quote as VenueQuote
 from engine.venue.pnl import Contract
 
@@ -105,7 +109,29 @@ MARK_FRESH_MS = 2000
 
 _PAPER_QUOTE = Quote(SymbolSpec(contract_size=Decimal(1)))
 
+POSITION_SQL = (
+    "SELECT symbol, side, volume, price, sl, tp FROM paper_positions"
+    " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL"
+)
+MODIFY_SQL = (
+    "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp)"
+    " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL AND sl IS NOT DISTINCT FROM %s"
+    " AND tp IS NOT DISTINCT FROM %s RETURNING ticket"
+)
+# The deal that closed a position (a close, a stop, a take profit or a stop-out), the latest.
+CLOSING_DEAL_SQL = """
+SELECT d.kind, d.volume, d.price, d.pnl, d.at FROM paper_deals d
+JOIN paper_positions p ON p.cluster = d.cluster AND p.ticket = d.ticket AND p.closed_at IS NOT NULL
+WHERE d.cluster = %s AND d.ticket = %s AND d.kind NOT IN ('open', 'modify') ORDER BY d.id DESC LIMIT 1
+"""
+# The venue's rules by what their refusal means to a caller.
+MODIFY_REFUSALS = {"stops_level": Refusal.INVALID_STOPS, "freeze_level": Refusal.FROZEN}
+
 DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) VALUES (%s, %s, %s, %s, %s, %s)"
+
+
+def _gone(ticket: str) -> OrderResult:
+    return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}", refusal=Refusal.GONE)
 
 
 class PaperBroker:
@@ -373,17 +399,65 @@ class PaperBroker:
         }
 
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None, epoch: int | None = None) -> OrderResult:
-        """Change an open position's stops (None keeps one). Fenced when an epoch is given."""
+        """Change an open position's stops (None keeps one), fenced when an epoch is given.
+        A refusal says what it means (`Refusal`): GONE for no open position; with a market,
+        INVALID_STOPS for a stop on the wrong side of the closing price or within the
+        symbol's stops level, FROZEN when the position's stops are within its freeze level,
+        OTHER when there is no fresh price to judge by. A change to what it has already is DONE."""
+        if not str(ticket).isdigit():
+            return _gone(ticket)
         with self._pool.connection() as conn:
+            row = conn.execute(POSITION_SQL, (self._cluster, int(ticket))).fetchone()
+            if row is None:
+                return _gone(ticket)
+            held = VenuePosition(int(ticket), row[0], Side(row[1]), row[2], row[3], row[4], row[5])
+            if (sl is None or sl == held.sl) and (tp is None or tp == held.tp):
+                return OrderResult(Outcome.DONE, ref=ticket, detail="no change")
+            if self.market is not None:
+                refused = self._modify_refusal(self.market, held, sl, tp)
+                if refused is not None:
+                    return refused
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
-                row = conn.execute(
-                    "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp) "
-                    "WHERE cluster = %s AND ticket = %s AND closed_at IS NULL RETURNING ticket",
-                    (sl, tp, self._cluster, int(ticket)),
-                ).fetchone()
-        if row is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                # Only the row as judged: a stop-out or another modify in between is judged again
+                # by the caller (GONE, or a fresh read next time), never overwritten blind.
+                done = conn.execute(MODIFY_SQL, (sl, tp, self._cluster, int(ticket), held.sl, held.tp)).fetchone()
+        if done is None:
+            return (
+                _gone(ticket)
+                if self._closed(ticket)
+                else OrderResult(Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER)
+            )
         return OrderResult(Outcome.DONE, ref=ticket)
+
+    def _modify_refusal(
+        self, market: Market, held: VenuePosition, sl: Decimal | None, tp: Decimal | None
+    ) -> OrderResult | None:
+        try:
+            tick = market.tick(held.symbol, max_age_ms=self.max_quote_age_ms)
+            contract = Contract.of(market.spec(held.symbol), self._currency)
+        except MarketDataError as e:
+            return OrderResult(
+                Outcome.REJECTED, detail=f"no fresh price to judge the stops by: {first_line(e)}", refusal=Refusal.OTHER
+            )
+        # Market hours are the venue process's to enforce (it has them); here the stop rules.
+        refused = venue_rules.check_modify(contract, VenueQuote.of(tick), held, sl, tp, open_market=True)
+        if refused is None:
+            return None
+        meaning = MODIFY_REFUSALS.get(refused.rule, Refusal.OTHER)
+        return OrderResult(Outcome.REJECTED, detail=str(refused), refusal=meaning)
+
+    def _closed(self, ticket: str) -> bool:
+        with self._pool.connection() as conn:
+            return conn.execute(POSITION_SQL, (self._cluster, int(ticket))).fetchone() is None
+
+    def closing_deal(self, ticket: str) -> ClosingDeal | None:
+        """How a position that is no longer open closed (its last closing deal), or None when
+        the venue has no such deal (never open, or still open)."""
+        if not str(ticket).isdigit():
+            return None
+        with self._pool.connection() as conn:
+            row = conn.execute(CLOSING_DEAL_SQL, (self._cluster, int(ticket))).fetchone()
+        return None if row is None else ClosingDeal(ticket, row[0], row[1], row[2], row[3], row[4])
 
     def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
         """Cancel a pending order. Fenced when an epoch is given."""
@@ -395,7 +469,7 @@ class PaperBroker:
                     (self._cluster, int(ticket)),
                 ).fetchone()
         if row is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}")
+            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}", refusal=Refusal.GONE)
         return OrderResult(Outcome.DONE, ref=ticket)
 
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
@@ -412,29 +486,33 @@ class PaperBroker:
                     (self._cluster, int(ticket)),
                 ).fetchone()
                 if row is None:
-                    return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                    return _gone(ticket)
                 conn.execute(DEAL_SQL, (self._cluster, int(ticket), "close", row[0], row[1], 0))
         return OrderResult(Outcome.DONE, ref=ticket, price=row[1])
 
     def _close_at_market(self, market: Market, ticket: str, epoch: int | None) -> OrderResult:
         if not str(ticket).isdigit():
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+            return _gone(ticket)
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT symbol FROM paper_positions WHERE cluster = %s AND ticket = %s AND closed_at IS NULL",
                 (self._cluster, int(ticket)),
             ).fetchone()
             if row is None:
-                return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                return _gone(ticket)
             try:
                 tick = market.tick(row[0], max_age_ms=self.max_quote_age_ms)
                 contract = Contract.of(market.spec(row[0]), self._currency)
             except MarketDataError as e:  # a close is never made at a price that is not there
-                return OrderResult(Outcome.REJECTED, detail=f"no fresh price to close {ticket}: {first_line(e)}")
+                return OrderResult(
+                    Outcome.REJECTED,
+                    detail=f"no fresh price to close {ticket}: {first_line(e)}",
+                    refusal=Refusal.OTHER,
+                )
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
                 with conn.cursor() as cur:
                     closed = ledger.close_position(cur, self._cluster, int(ticket), VenueQuote.of(tick), contract)
         if closed is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+            return _gone(ticket)
         match, _balance = closed
         return OrderResult(Outcome.DONE, ref=ticket, detail=f"closed, P&L {match.pnl}", price=match.price)
