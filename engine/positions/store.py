@@ -63,12 +63,12 @@ WHERE cluster = %s AND account = %s AND ticket = %s AND managed AND closed_at IS
 SAVE_SQL = """
 UPDATE plan_execution_state p SET
     desired_sl = u.desired_sl, sent_sl = u.sent_sl, verified_sl = u.verified_sl, state = u.state,
-    trailing_mode_enabled = u.trailing, current_rr = u.current_rr, high_water = u.high_water,
+    trailing_mode_enabled = u.trail_on, current_rr = u.current_rr, high_water = u.high_water,
     volume = u.volume, naked_since = CASE WHEN u.naked THEN COALESCE(p.naked_since, clock_timestamp()) END
 FROM unnest(%(tickets)s::text[], %(desired)s::numeric[], %(sent)s::numeric[], %(verified)s::numeric[],
             %(states)s::jsonb[], %(trailing)s::boolean[], %(rr)s::numeric[], %(hw)s::numeric[],
             %(volumes)s::numeric[], %(naked)s::boolean[])
-     AS u(ticket, desired_sl, sent_sl, verified_sl, state, trailing, current_rr, high_water, volume, naked)
+     AS u(ticket, desired_sl, sent_sl, verified_sl, state, trail_on, current_rr, high_water, volume, naked)
 WHERE p.cluster = %(cluster)s AND p.account = %(account)s AND p.ticket = u.ticket AND p.closed_at IS NULL
 """
 CLOSE_SQL = """
@@ -86,6 +86,7 @@ SELECT id, ticket, kind, epoch, instance, detail, at FROM trade_journal
 WHERE cluster = %s AND ticket = %s ORDER BY id
 """
 # The signals a venue position's tag may belong to, and the manage block each came with.
+SIGNAL_SL_SQL = "SELECT payload ->> 'sl' FROM signals WHERE cluster = %s AND fingerprint = %s"
 SIGNALS_BY_TAG_SQL = "SELECT tag, fingerprint, payload -> 'manage' FROM signals WHERE cluster = %s AND tag = ANY(%s)"
 
 

@@ -1,0 +1,222 @@
+"""The position manager on the paper broker and real PostgreSQL, with stand-in rules
+(tests/positions_support.py): the stop guarantee, sending only the difference, verifying,
+the journal, every venue answer by meaning, recovery, and a new leader resuming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from common.clock import FakeClock
+from coordinator.fencing import EpochSuperseded
+from engine.brokers.base import OrderResult, Outcome, Refusal
+from engine.brokers.paper import PaperBroker
+from engine.positions import store
+from engine.positions.registration import Registrar
+from tests.integration.test_executor import Rig, rig, submit  # noqa: F401 (rig is a fixture)
+from tests.integration.test_paper import lead
+from tests.positions_support import D, EpochFencing, Prices, TrailRules, journal_kinds, manager, open_buy, venue_sl
+
+
+@pytest.fixture
+def prices() -> Prices:
+    p = Prices()
+    p.set("EURUSD", "1.10000")
+    return p
+
+
+@pytest.fixture
+def paper(rig: Rig, prices: Prices) -> Iterator[PaperBroker]:  # noqa: F811
+    broker = PaperBroker(rig.pool, rig.cluster, "leader", market=prices)  # type: ignore[arg-type]
+    broker.connect()
+    yield broker
+
+
+def register(broker: PaperBroker, cluster: str, ticket: str, sl: str | None = None) -> store.Managed:
+    registrar = Registrar(broker._pool, broker, cluster, "paper", "leader", {}, canonical=lambda obj: dict(obj))
+    row, created = registrar.register({"ticket": ticket, "manage": {"t": 1}, **({"sl": sl} if sl else {})})
+    assert created
+    return row
+
+
+def row_of(broker: PaperBroker, cluster: str, ticket: str) -> store.Managed:
+    with broker._pool.connection() as conn:
+        found = store.one(conn, cluster, "paper", ticket)
+    assert found is not None
+    return found
+
+
+class Scripted(PaperBroker):
+    """The paper broker answering modify with scripted refusals first."""
+
+    answers: list[OrderResult]
+
+    def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None, epoch: int | None = None) -> OrderResult:
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.answers:
+            return self.answers.pop(0)
+        return super().modify(ticket, sl, tp, epoch)
+
+
+def scripted(rig: Rig, prices: Prices, *answers: OrderResult) -> Scripted:  # noqa: F811
+    broker = Scripted(rig.pool, rig.cluster, "leader", market=prices)  # type: ignore[arg-type]
+    broker.answers = list(answers)
+    broker.connect()
+    return broker
+
+
+def test_a_naked_position_gets_its_stop_in_one_loop_verified_and_journalled(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = open_buy(paper, epoch, "HXNAKED1", sl=None)
+    register(paper, rig.cluster, ticket, sl="1.09000")
+    trail = TrailRules(distance=D("0.02000"))  # the trail is below the initial stop: the initial stop
+    m = manager(paper, EpochFencing(rig.cluster, epoch), prices, trail)
+    report = m.run_once()
+    assert (report.naked, report.sent, report.verified) == (1, 1, 1)
+    assert venue_sl(paper, ticket) == D("1.09000")
+    row = row_of(paper, rig.cluster, ticket)
+    assert (row.sent_sl, row.verified_sl, row.desired_sl) == (D("1.09000"),) * 3
+    assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "naked", "stop_set"]
+    again = m.run_once()  # nothing differs: nothing is sent
+    assert (again.naked, again.sent) == (0, 0)
+    assert m.metrics.without_sl._value.get() == 0
+
+
+@pytest.mark.parametrize("policy", ["close", "alert"])
+def test_still_naked_past_the_deadline_is_closed_or_alerted(
+    rig: Rig,  # noqa: F811
+    prices: Prices,
+    policy: str,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    failing = OrderResult(Outcome.REJECTED, detail="venue down", refusal=Refusal.OTHER)
+    broker = scripted(rig, prices, *[failing] * 10)
+    ticket = open_buy(broker, epoch, f"HXNAKED{policy}", sl=None)
+    register(broker, rig.cluster, ticket, sl="1.09000")
+    clock, alerts = FakeClock(), []
+    m = manager(broker, EpochFencing(rig.cluster, epoch), prices, TrailRules(), clock, alerts, naked_policy=policy)
+    assert m.run_once().failed == 1 and venue_sl(broker, ticket) is None
+    clock.advance(999)
+    assert m.run_once().closed == 0  # within the deadline (the circuit is open: no call either)
+    clock.advance(1)
+    report = m.run_once()
+    assert [a[:2] for a in alerts] == [("position_without_stop", "critical")]
+    open_now = [p.ticket for p in broker.positions()]
+    if policy == "close":
+        assert report.closed == 1 and ticket not in open_now
+        assert journal_kinds(broker, rig.cluster, ticket)[-1] == "close"
+        assert row_of(broker, rig.cluster, ticket).closed_at is not None
+    else:
+        assert report.closed == 0 and ticket in open_now
+
+
+def test_trailing_sends_only_the_difference_and_a_new_leader_resumes_from_the_stored_state(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = open_buy(paper, epoch, "HXTRAIL1", sl="1.09000")
+    register(paper, rig.cluster, ticket)
+    first = manager(paper, EpochFencing(rig.cluster, epoch), prices, TrailRules())
+    assert first.run_once().sent == 1  # 1.10000 - 0.00500
+    assert venue_sl(paper, ticket) == D("1.09500")
+    prices.set("EURUSD", "1.10300")
+    assert first.run_once().sent == 1 and venue_sl(paper, ticket) == D("1.09800")
+    prices.set("EURUSD", "1.10100")  # back down: a stop never loosens, nothing to send
+    assert first.run_once().sent == 0 and venue_sl(paper, ticket) == D("1.09800")
+    assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "trailing", "trailing"]
+    row = row_of(paper, rig.cluster, ticket)
+    assert row.high_water == D("1.10300") and row.trailing_mode_enabled and row.verified_sl == D("1.09800")
+
+    # a new leader (another epoch): its first loop decides from the stored high-water mark
+    new_epoch = lead(rig.pool, rig.cluster, "other")
+    trail = TrailRules()
+    second = manager(paper, EpochFencing(rig.cluster, new_epoch), prices, trail)
+    prices.set("EURUSD", "1.10200")
+    assert second.run_once().sent == 0  # 1.10300 is still the best: the stop stays 1.09800
+    assert trail.states_seen[0].high_water == D("1.10300")
+    with pytest.raises(EpochSuperseded):  # the old leader can no longer write or modify
+        prices.set("EURUSD", "1.10600")
+        first.run_once()
+    assert venue_sl(paper, ticket) == D("1.09800")
+
+
+def test_the_fail_safe_refusal_is_counted_and_journalled_never_sent(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = open_buy(paper, epoch, "HXREFUSE", sl="1.09000")
+    register(paper, rig.cluster, ticket)
+    m = manager(paper, EpochFencing(rig.cluster, epoch), prices, TrailRules(refuse_beyond=D("1.09200")))
+    assert m.run_once().sent == 0 and m.run_once().sent == 0
+    assert venue_sl(paper, ticket) == D("1.09000")
+    assert m.metrics.sl_updates.labels("refused")._value.get() == 2
+    assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "refused"]  # once per refused stop
+
+
+def test_each_venue_answer_is_handled_by_its_meaning(rig: Rig, prices: Prices) -> None:  # noqa: F811
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    frozen = OrderResult(Outcome.REJECTED, detail="frozen", refusal=Refusal.FROZEN)
+    invalid = OrderResult(Outcome.REJECTED, detail="stops level", refusal=Refusal.INVALID_STOPS)
+    broker = scripted(rig, prices, frozen)
+    ticket = open_buy(broker, epoch, "HXANSWER", sl="1.09000")
+    register(broker, rig.cluster, ticket)
+    clock = FakeClock()
+    m = manager(broker, EpochFencing(rig.cluster, epoch), prices, TrailRules(), clock)
+
+    deferred = m.run_once()  # frozen: deferred, the breaker stays closed
+    assert deferred.deferred == 1 and m._sender.open_circuits() == 0
+    clock.advance(1000)
+    # invalid stops: clamped to the stops level (10 points from the bid) and retried once
+    prices.set("EURUSD", "1.09600")
+    m._rules = replace(m._rules, decide=TrailRules(distance=D("0.00002")).decide)
+    broker.answers = [invalid]
+    assert m.run_once().verified == 1 and venue_sl(broker, ticket) == D("1.09590")
+    clock.advance(1000)
+    # other: a failure; the circuit opens and the position is skipped before any call
+    broker.answers = [OrderResult(Outcome.REJECTED, detail="no", refusal=Refusal.OTHER)]
+    prices.set("EURUSD", "1.09700")
+    calls = broker.calls
+    assert m.run_once().failed == 1 and m._sender.open_circuits() == 1
+    assert m.run_once().sent == 0 and broker.calls == calls + 1
+    clock.advance(5000)  # the cool-off: half-open, one trial, which succeeds
+    assert m.run_once().verified == 1 and m._sender.open_circuits() == 0
+    # gone: the venue closed it; the next loop records the close from the venue's deal
+    assert broker.close_position(ticket, epoch).outcome is Outcome.DONE
+    assert m.run_once().closed == 1
+    assert journal_kinds(broker, rig.cluster, ticket)[-1] == "close"
+
+
+def test_recovery_adopts_haexecs_positions_reports_foreign_ones_and_holds_a_vanished_one(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    _fp, tag, _sid = submit(rig, 1)
+    ours = open_buy(paper, epoch, tag, sl="1.09000")
+    foreign = open_buy(paper, epoch, "SOMEONEELSE", sl="1.09000")
+    alerts: list[tuple[str, str, str]] = []
+    m = manager(paper, EpochFencing(rig.cluster, epoch), prices, TrailRules(), alerts=alerts)
+    report = m.run_once()
+    assert report.adopted == 1 and report.positions == 1
+    assert journal_kinds(paper, rig.cluster, ours) == ["adopted", "trailing"]
+    assert journal_kinds(paper, rig.cluster, foreign) == []
+    assert row_of(paper, rig.cluster, ours).source == "signal"
+    # in the book, gone from the venue with no deal (its rows removed by hand): held, alerted
+    with paper._pool.connection() as conn:
+        conn.execute("DELETE FROM paper_deals WHERE ticket = %s", (int(ours),))
+        conn.execute("UPDATE paper_positions SET closed_at = clock_timestamp() WHERE ticket = %s", (int(ours),))
+    m.run_once()
+    assert "EURUSD" in m.held_symbols and [a[0] for a in alerts] == ["position_vanished"]
+    assert row_of(paper, rig.cluster, ours).closed_at is None
