@@ -42,9 +42,9 @@ from common.errors import first_line
 from coordinator.elector import Fence
 from coordinator.fencing import EpochSuperseded, NotLeader
 from engine.brokers.base import Broker, BrokerError, Outcome, Position, SymbolSpec
-from engine.market.base import MarketDataError, MarketSpec, Tick
+from engine.market.base import Bars, MarketDataError, MarketSpec, Tick, Timeframe
 from engine.model import Side
-from engine.positions import failsafe, rules, store
+from engine.positions import failsafe, indicators, rules, store
 from engine.positions.metrics import PositionMetrics, default_metrics
 from engine.positions.sender import COOL_OFF_MS, Sender, Sent
 from engine.risk import RiskLimits, risk_cap
@@ -57,6 +57,7 @@ Alert = Callable[..., None]
 NAKED_POSITION = "position_without_stop"
 POSITION_VANISHED = "position_vanished"
 ACCOUNT_REFRESH_MS = 5000.0
+SWING_BARS = 200  # the bars searched for the last confirmed swing
 
 
 class Fencing(Protocol):
@@ -73,6 +74,8 @@ class Prices(Protocol):
     def tick(self, symbol: str, *, max_age_ms: int) -> Tick: ...
 
     def spec(self, symbol: str) -> MarketSpec: ...
+
+    def bars(self, symbol: str, timeframe: Timeframe | str, count: int, *, max_age_ms: int) -> Bars: ...
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class PositionManager:
         self._foreign: set[str] = set()  # foreign tickets reported
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
         self._parsed: dict[str, tuple[str, rules.ManageRules]] = {}
+        self._loop_cache: dict[tuple[Any, ...], Decimal | None] = {}  # indicator readings, one loop
         self._account_at = float("-inf")
         self._max_loss: Decimal | None = None
         self._reported_at = float("-inf")
@@ -263,6 +267,7 @@ class PositionManager:
         fence = self._fencing.fence()
         self._epoch = fence.epoch
         report = LoopReport()
+        self._loop_cache = {}
         audit, self._first_loop = self._first_loop, False
         with self._pool.connection() as conn:
             book = store.load_open(conn, self.cfg.cluster, self.cfg.account)
@@ -475,7 +480,9 @@ class PositionManager:
         if step.price is not None and spec is not None:
             held = rules.Held(row.ticket, row.symbol, row.side, row.entry, row.initial_sl, pos.volume, spec.point)
             state = self._rules.load_state(row.state) if row.state else rules.TrailState()
-            decision = self._rules.decide(held, self._rules_of(row), state, step.price, current)
+            manage = self._rules_of(row)
+            atr, swing = self._indicators(manage, row.symbol, row.side)
+            decision = self._rules.decide(held, manage, state, step.price, current, atr, swing)
             step.state = decision.state
             target, why = _tighter(row.side, decision.stop, current) or current, decision.why
         step.desired = target
@@ -493,6 +500,36 @@ class PositionManager:
                 log.error("fail-safe refused stop %s for %s: %s", target, row.ticket, verdict.reason)
             return
         step.target, step.why = target, why
+
+    def _indicators(self, manage: rules.ManageRules, symbol: str, side: Side) -> tuple[Decimal | None, Decimal | None]:
+        """The ATR and the last swing a trailing rule reads, from closed bars, once per
+        (symbol, timeframe) per loop. None when the rule needs none or the bars are not there
+        (the rule then does not trail: it never guesses)."""
+        trailing = manage.trailing
+        if trailing is None or self.market is None:
+            return None, None
+        atr = swing = None
+        if trailing.atr_multiple is not None and trailing.atr_timeframe is not None:
+            key: tuple[Any, ...] = ("atr", symbol, trailing.atr_timeframe.name, trailing.atr_period)
+            if key not in self._loop_cache:
+                bars = self._bars(symbol, trailing.atr_timeframe, indicators.atr_bars(trailing.atr_period))
+                self._loop_cache[key] = None if bars is None else indicators.atr(bars, trailing.atr_period)
+            atr = self._loop_cache[key]
+        if trailing.swing_timeframe is not None:
+            key = ("swing", symbol, trailing.swing_timeframe.name, trailing.swing_bars, side.value)
+            if key not in self._loop_cache:
+                bars = self._bars(symbol, trailing.swing_timeframe, SWING_BARS)
+                self._loop_cache[key] = None if bars is None else indicators.last_swing(bars, trailing.swing_bars, side)
+            swing = self._loop_cache[key]
+        return atr, swing
+
+    def _bars(self, symbol: str, timeframe: Timeframe, count: int) -> Bars | None:
+        assert self.market is not None
+        try:
+            return self.market.bars(symbol, timeframe, count, max_age_ms=self.cfg.max_tick_age_ms)
+        except MarketDataError as e:
+            log.warning("position manager: no %s bars for %s: %s", timeframe.name, symbol, first_line(e))
+            return None
 
     def _deadline_passed(self, step: _Step, naked_ms: float, report: LoopReport) -> bool:
         """Alert (once) and, by policy, close. True when it closed."""

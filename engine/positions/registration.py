@@ -65,7 +65,7 @@ class Registrar:
         try:
             manage = self.canonical(body["manage"]) if "manage" in body else dict(self.default_rules)
         except rules.RulesError as e:
-            errors.update(_field_errors(e.errors))
+            errors.update(dict(e.fields))
         sl = None
         if body.get("sl") is not None:
             try:
@@ -116,12 +116,3 @@ class Registrar:
     def listing(self, include_closed: bool = False) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
             return [r.as_json() for r in store.listing(conn, self.cluster, self.account, include_closed)]
-
-
-def _field_errors(errors: list[str]) -> dict[str, str]:
-    """RulesError's `manage.trailing.activation_rr: ...` lines as {field: rule}."""
-    out: dict[str, str] = {}
-    for line in errors:
-        name, sep, rule = line.partition(": ")
-        out[name if sep else "manage"] = rule if sep else line
-    return out

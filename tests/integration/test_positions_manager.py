@@ -4,21 +4,29 @@ the journal, every venue answer by meaning, recovery, and a new leader resuming.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from common.clock import FakeClock
 from coordinator.fencing import EpochSuperseded
+from db.session import SessionLimits, make_pool
 from engine.brokers.base import OrderResult, Outcome, Refusal
 from engine.brokers.paper import PaperBroker
 from engine.positions import store
-from engine.positions.registration import Registrar
+from engine.positions.manager import ManagerConfig, PositionManager
+from engine.positions.metrics import PositionMetrics
+from engine.positions.registration import NoSuchPosition, Registrar, RegistrationError
+from engine.risk import RiskLimits
 from tests.integration.test_executor import Rig, rig, submit  # noqa: F401 (rig is a fixture)
 from tests.integration.test_paper import lead
 from tests.positions_support import D, EpochFencing, Prices, TrailRules, journal_kinds, manager, open_buy, venue_sl
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -220,3 +228,79 @@ def test_recovery_adopts_haexecs_positions_reports_foreign_ones_and_holds_a_vani
     m.run_once()
     assert "EURUSD" in m.held_symbols and [a[0] for a in alerts] == ["position_vanished"]
     assert row_of(paper, rig.cluster, ours).closed_at is None
+
+
+def test_with_the_real_rules_a_registered_trailing_stop_activates_and_follows(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = open_buy(paper, epoch, "HXREAL1", sl="1.09000")
+    registrar = Registrar(paper._pool, paper, rig.cluster, "paper", "leader", {})
+    manage = {"trailing": {"distance_points": 150, "activation_rr": 1}, "lock": [[0.5, 0.2]]}
+    row, created = registrar.register({"ticket": ticket, "manage": manage})
+    assert created and row.rules["trailing"]["distance_points"] == "150"
+    m = PositionManager(
+        ManagerConfig(rig.cluster, "leader", "paper", max_in_flight=3),
+        EpochFencing(rig.cluster, epoch),
+        rig.pool,
+        paper,
+        prices,
+        RiskLimits(),
+        metrics=PositionMetrics(CollectorRegistry()),
+    )
+    m.start()  # the thread: its first loop, then stopped
+    try:
+        prices.set("EURUSD", "1.10600")  # +0.6 R: the lock moves the stop to +0.2 R
+        wait_for(lambda: venue_sl(paper, ticket) == D("1.10200"), 5, "the profit lock at the venue")
+        prices.set("EURUSD", "1.11000")  # +1 R: trailing 150 points behind
+        wait_for(lambda: venue_sl(paper, ticket) == D("1.10850"), 5, "the trailing stop at the venue")
+    finally:
+        m.stop(timeout_s=2)
+    assert not m.alive
+    kinds = journal_kinds(paper, rig.cluster, ticket)
+    assert kinds[0] == "registered" and "lock" in kinds and kinds[-1] == "trailing"
+    stored = row_of(paper, rig.cluster, ticket)
+    assert stored.trailing_mode_enabled and stored.verified_sl == D("1.10850")
+
+
+def test_64_concurrent_identical_registrations_make_one_row(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = open_buy(paper, epoch, "HXCONC", sl="1.09000")
+    pool = make_pool(rig.pool.conninfo, SessionLimits(5000, "test-reg"), name="test-reg", min_size=8, max_size=16)
+    pool.open(wait=True, timeout=10)
+    registrar = Registrar(pool, paper, rig.cluster, "paper", "leader", {})
+    body = {"ticket": ticket, "manage": {"breakeven": {"at_rr": 1}}}
+    start = threading.Barrier(64)
+
+    def one(_: int) -> bool:
+        start.wait(10)
+        return registrar.register(body)[1]
+
+    try:
+        with ThreadPoolExecutor(64) as workers:
+            created = list(workers.map(one, range(64)))
+        assert created.count(True) == 1
+        with pytest.raises(store.Registered):  # the same ticket with other rules
+            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": 2}}})
+        with pytest.raises(RegistrationError) as bad:
+            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": "x"}}, "extra": 1})
+        assert set(bad.value.errors) == {"manage.breakeven.at_rr", "extra"}
+        with pytest.raises(NoSuchPosition):
+            registrar.register({"ticket": "424242"})
+        assert registrar.unregister(ticket) and not registrar.unregister(ticket)
+        assert venue_sl(paper, ticket) == D("1.09000")  # the stop stays
+    finally:
+        pool.close()
+    with rig.pool.connection() as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM plan_execution_state WHERE cluster = %s AND ticket = %s", (rig.cluster, ticket)
+            ).fetchone()[0]
+            == 1
+        )
+    assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "unregistered"]
