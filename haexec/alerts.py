@@ -65,6 +65,9 @@ SIGNAL_EXPIRED = "signal_expired"
 DUPLICATE_ORDER = "duplicate_order"
 DUPLICATE_ORDER_OPEN = "duplicate_order_open"  # a duplicate whose close or removal keeps failing
 CIRCUIT_OPEN = "circuit_breaker_open"
+# The position manager's (engine.positions.manager emits them through `alert`).
+POSITION_WITHOUT_STOP = "position_without_stop"
+POSITION_VANISHED = "position_vanished"
 KINDS = (
     LEADERSHIP_CHANGE,
     SPLIT_BRAIN,
@@ -74,6 +77,8 @@ KINDS = (
     DUPLICATE_ORDER,
     DUPLICATE_ORDER_OPEN,
     CIRCUIT_OPEN,
+    POSITION_WITHOUT_STOP,
+    POSITION_VANISHED,
 )
 
 # Severities, as in the log lines these alerts accompany.

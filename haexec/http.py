@@ -138,6 +138,9 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             # The feed's age, never a 503 by itself (Replica.market_health says why).
             "market": replica.market_health(),
         }
+        positions = getattr(replica, "positions_health", None)
+        if positions is not None:
+            body["positions"] = positions()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def ready(_: Request) -> Response:
@@ -276,6 +279,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": str(e)}, status_code=400)
         return JSONResponse(quote_json(data.name, tick, spec))
 
+    from haexec.http_trades import trade_routes  # it imports this module's helpers
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -288,6 +293,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/signals", post_signal, methods=["POST"]),
             Route("/signals/{fingerprint}", get_signal),
             Route("/market/{symbol}", market),
+            *trade_routes(replica, body_timeout_s),
         ]
     )
 

@@ -36,6 +36,7 @@ from engine.market.watch import FeedWatch
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
+from haexec.positions import build_manager, build_registrar
 from haexec.settings import Settings
 
 log = logging.getLogger("haexec.replica")
@@ -197,6 +198,12 @@ class Replica:
             reconcile=self._reconcile,
             alert=self.alerts.emit,
         )
+        # The position manager runs on the leader only (started and stopped with leadership);
+        # it reads the market once start() has opened it. Any replica registers trades.
+        self.positions = build_manager(
+            settings, self.coordinator, self.engine_pool, self.broker, None, self.alerts.emit
+        )
+        self.registrar = build_registrar(settings, self.engine_pool, self.broker)
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -221,6 +228,20 @@ class Replica:
         return {
             "executor": self._executor_health(),
             "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
+        }
+
+    def positions_health(self) -> dict[str, Any]:
+        """/health's `positions` detail, never a 503 by itself: a held symbol or a failing
+        loop is alerted CRITICAL where it happens; the supervisor judges the loop."""
+        manager = self.positions
+        if not manager.alive:
+            return {"state": "not leading"}
+        report = manager.last_report
+        return {
+            "state": manager.health(),
+            "managed": report.positions if report else None,
+            "without_sl": report.naked if report else None,
+            "held_symbols": dict(manager.held_symbols),
         }
 
     def market_health(self) -> str:
@@ -312,10 +333,12 @@ class Replica:
     def _started_leading(self, epoch: int) -> None:
         self._leading = (epoch, time.monotonic())
         self.executor.on_started_leading(epoch)
+        self.positions.on_started_leading(epoch)  # its first act: a stop audit of every position
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
         self.executor.on_stopped_leading(epoch, reason)
+        self.positions.on_stopped_leading(epoch, reason)
         self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
         severity = WARNING if reason.startswith("released") else CRITICAL
@@ -352,6 +375,7 @@ class Replica:
         self.market = self._open_market()
         if isinstance(self.broker, PaperBroker) and self.settings.engine.paper_prices == "market":
             self.broker.market = self.market  # before the executor starts: every order is priced
+        self.positions.market = self.market
         try:
             self.coordinator.open(timeout)
             self.engine_pool.open(wait=True, timeout=timeout)
@@ -391,6 +415,7 @@ class Replica:
         """Stop claiming, let an in-flight broker call finish and be recorded, then release."""
         self._ready = False
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
+        self.positions.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
         self._stop_market()  # before the broker: MT5 reads may run on its terminal thread

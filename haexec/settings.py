@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
+from engine.positions.settings import PositionSettings, position_settings
 from engine.risk import RiskLimits
 
 # Election field -> the environment variable that sets it.
@@ -242,6 +244,7 @@ class EngineSettings:
     gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
+    positions: PositionSettings = dataclass_field(default_factory=PositionSettings)  # HAEXEC_SL_DEADLINE_MS, ...
 
     def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
@@ -296,6 +299,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market=market_settings(env),
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
+        positions=position_settings(env),
         **(_gateway(env) if broker == "gateway" else {}),
     )
 

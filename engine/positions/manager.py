@@ -212,13 +212,14 @@ class PositionManager:
     # ---- lifecycle: started on becoming leader, stopped on losing it ----
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
+        """A new term: a fresh thread (a previous term's thread, told to stop, finishes its
+        loop on its own event and never works for this term)."""
+        self._stop.set()
+        self._stop = stop = threading.Event()
         self._first_loop = True  # a new term begins with a stop audit of every position
         if self.cfg.max_in_flight > 1 and self._pool_exec is None:
             self._pool_exec = ThreadPoolExecutor(self.cfg.max_in_flight, thread_name_prefix="haexec-sl")
-        self._thread = threading.Thread(target=self._run, name="haexec-positions", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="haexec-positions", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 0.0) -> None:
@@ -245,9 +246,9 @@ class PositionManager:
             return "held: " + ", ".join(f"{s} ({why})" for s, why in sorted(self.held_symbols.items()))
         return "ok"
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         period_s = self.cfg.period_ms / 1000.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             self.beat()
             try:
                 self.run_once()
@@ -258,7 +259,10 @@ class PositionManager:
             except (*DB_ERRORS, BrokerError) as e:
                 self.last_error = first_line(e)
                 log.error("position manager loop failed: %s", self.last_error)
-            self._stop.wait(period_s)
+            except Exception as e:  # a fault in a loop must not end the guarantee: next loop
+                self.last_error = first_line(e)
+                log.exception("position manager loop fault")
+            stop.wait(period_s)
 
     # ---- one loop ----
 
