@@ -21,7 +21,9 @@ from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
 from engine.positions.settings import PositionSettings, position_settings
+from engine.positions.rules import ManageRules, RulesError, parse_manage
 from engine.risk import RiskLimits
+from engine.signal import BodyTooLarge, DuplicateKey, loads
 
 # Election field -> the environment variable that sets it.
 TIMER_ENV = {
@@ -245,6 +247,8 @@ class EngineSettings:
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
     positions: PositionSettings = dataclass_field(default_factory=PositionSettings)  # HAEXEC_SL_DEADLINE_MS, ...
+    # HAEXEC_MANAGE_DEFAULT: the rules of a position whose signal has no `manage` block.
+    manage_default: ManageRules = ManageRules()
 
     def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
@@ -300,8 +304,31 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
         positions=position_settings(env),
+        manage_default=manage_default(env),
         **(_gateway(env) if broker == "gateway" else {}),
     )
+
+
+def manage_default(env: Mapping[str, str]) -> ManageRules:
+    """HAEXEC_MANAGE_DEFAULT: a `manage` block as JSON, decoded and validated as a signal's
+    is (unset or blank: no rules). Every bad field is named on the one line."""
+    raw = (env.get("HAEXEC_MANAGE_DEFAULT") or "").strip()
+    if not raw:
+        return ManageRules()
+    try:
+        block = loads(raw)
+    except (BodyTooLarge, DuplicateKey) as e:
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", str(e)) from None
+    except (ValueError, RecursionError):
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", 'is not JSON (e.g. {"breakeven": {"at_rr": 1}})') from None
+    try:
+        return parse_manage(block, "manage")
+    except RulesError as e:
+        problems = []
+        for where, problem in e.fields:
+            field = where.removeprefix("manage").lstrip(".")
+            problems.append(f"{field}: {problem}" if field else problem)
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", "; ".join(problems)) from None
 
 
 def _gateway(env: Mapping[str, str]) -> dict[str, str | None]:

@@ -42,7 +42,7 @@ def check(
             relation = "below" if buy else "above"
             return Verdict(False, f"would widen: {new_sl} {relation} {current_sl} for a {side}")
     # The loss if the stop is hit: only a stop on the losing side of entry loses anything.
-    distance = entry - new_sl if buy else new_sl - entry
+    distance = _COST.subtract(entry, new_sl) if buy else _COST.subtract(new_sl, entry)
     loss = _COST.multiply(spec.loss_per_lot(distance), volume) if distance > _ZERO else _ZERO
     if loss > max_loss:
         return Verdict(False, f"loss at the stop {new_sl} would be {loss:f}, above the cap {max_loss:f}")

@@ -45,18 +45,31 @@ def atr(bars: Bars, period: int) -> Decimal | None:
 def swings(bars: Bars, width: int, side: Side) -> list[tuple[int, Decimal]]:
     """Every confirmed swing as (bar open time ms, price), oldest first: lows for a buy's
     stop, highs for a sell's."""
-    closed = bars.closed()
-    # Work on lows, or on negated highs, so one comparison serves both.
-    values = closed.low.tolist() if side is Side.BUY else [-h for h in closed.high.tolist()]
-    found: list[tuple[int, Decimal]] = []
-    for i in range(width, len(values) - width):
-        v = values[i]
-        if all(v < values[j] for j in range(i - width, i)) and all(v <= values[j] for j in range(i + 1, i + width + 1)):
-            found.append((int(closed.time_ms[i]), price(v if side is Side.BUY else -v, closed.digits)))
-    return found
+    closed, values = _extremes(bars, side)
+    return [_swing_at(closed, i, side) for i in range(width, len(values) - width) if _is_swing(values, i, width)]
 
 
 def last_swing(bars: Bars, width: int, side: Side) -> Decimal | None:
-    """The most recent confirmed swing low (buy) or high (sell), or None."""
-    found = swings(bars, width, side)
-    return found[-1][1] if found else None
+    """The most recent confirmed swing low (buy) or high (sell), or None. Searched from the
+    newest bar back, so a recent swing costs a few comparisons, not the whole series."""
+    closed, values = _extremes(bars, side)
+    for i in range(len(values) - width - 1, width - 1, -1):
+        if _is_swing(values, i, width):
+            return _swing_at(closed, i, side)[1]
+    return None
+
+
+def _extremes(bars: Bars, side: Side) -> tuple[Bars, list[int]]:
+    """The closed bars and their lows, or their highs negated, so one comparison serves both."""
+    closed = bars.closed()
+    return closed, closed.low.tolist() if side is Side.BUY else [-h for h in closed.high.tolist()]
+
+
+def _is_swing(values: list[int], i: int, width: int) -> bool:
+    v = values[i]
+    return all(v < values[j] for j in range(i - width, i)) and all(v <= values[j] for j in range(i + 1, i + width + 1))
+
+
+def _swing_at(closed: Bars, i: int, side: Side) -> tuple[int, Decimal]:
+    points = int(closed.low[i]) if side is Side.BUY else int(closed.high[i])
+    return int(closed.time_ms[i]), price(points, closed.digits)

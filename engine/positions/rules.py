@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from common.numbers import ascii_decimal
@@ -484,6 +484,21 @@ def decide(
 ) -> Decision:
     """The stop the rules ask for at `price`, and the new state. Tighten-only: the stop
     returned is current_sl or better for the position."""
+    # In the fixed context: two leaders must compute the same stops whatever their threads'
+    # contexts say.
+    with localcontext(_CTX):
+        return _decide(held, rules, state, price, current_sl, atr, swing)
+
+
+def _decide(
+    held: Held,
+    rules: ManageRules,
+    state: TrailState,
+    price: Decimal,
+    current_sl: Decimal,
+    atr: Decimal | None,
+    swing: Decimal | None,
+) -> Decision:
     buy = held.side is Side.BUY
     sign = _ONE if buy else -_ONE
     risk = held.risk

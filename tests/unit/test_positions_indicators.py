@@ -74,6 +74,7 @@ def test_feeding_bars_one_at_a_time_never_rewrites_a_swing(
     for k in range(1, len(rows) + 1):
         now = swings(bars_of(rows[:k]), width, side)
         assert now[: len(before)] == before
+        assert last_swing(bars_of(rows[:k]), width, side) == (now[-1][1] if now else None)
         assert len(now) - len(before) <= 1  # one new closed bar confirms at most one swing
         # A forming bar (the same rows, the last one unclosed) adds nothing.
         assert swings(bars_of(rows[:k], forming=True), width, side) == swings(bars_of(rows[: k - 1]), width, side)

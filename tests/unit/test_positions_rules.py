@@ -5,7 +5,7 @@ rounding to the point, the never-loosen rule and a failover resume from stored s
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import ROUND_DOWN, Context, Decimal, localcontext
 
 import pytest
 
@@ -321,3 +321,14 @@ def test_trail_state_from_json_defaults_and_refusals() -> None:
     for bad in ({"high_water": 1.1}, {"current_rr": "x"}, {"locks_done": -1}, {"trailing_active": "yes"}):
         with pytest.raises(ValueError, match="trail state"):
             TrailState.from_json(bad)
+
+
+def test_the_callers_decimal_context_does_not_change_a_stop() -> None:
+    rules = parse_manage(
+        {"lock": [[2, 1]], "trailing": {"atr": {"timeframe": "M15", "multiple": "1.37"}, "activation_rr": 1}}
+    )
+    held = Held("6", "X", Side.BUY, D("1.23457"), D("1.22111"), D("1"), D("0.00001"))
+    args = (held, rules, TrailState(), D("1.27777"), held.initial_sl)
+    expected = decide(*args, atr=D("0.0012345678"))
+    with localcontext(Context(prec=3, rounding=ROUND_DOWN)):
+        assert decide(*args, atr=D("0.0012345678")) == expected
