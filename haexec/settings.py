@@ -20,8 +20,8 @@ from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
-from engine.positions.settings import PositionSettings, position_settings
 from engine.positions.rules import ManageRules, RulesError, parse_manage
+from engine.positions.settings import PositionSettings, position_settings
 from engine.risk import RiskLimits
 from engine.signal import BodyTooLarge, DuplicateKey, loads
 
