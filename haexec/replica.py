@@ -276,6 +276,8 @@ class Replica:
         else:
             watched = market.symbols()
         self._watch = FeedWatch(market, watched, self.market_max_age_ms)
+        if watched:  # every tick wakes the position manager (it loops on the leader only)
+            market.subscribe(watched, on_tick=lambda _tick: self.positions.wake())
         self._feed = FeedRunner(market.feed, FEED_INTERVAL_S)
         self._feed.start()
 

@@ -17,6 +17,7 @@ venue process (a later issue).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 
@@ -118,6 +119,17 @@ MODIFY_SQL = (
     " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL AND sl IS NOT DISTINCT FROM %s"
     " AND tp IS NOT DISTINCT FROM %s RETURNING ticket"
 )
+POSITIONS_SQL = (
+    "SELECT ticket, symbol, side, volume, price, sl, tp FROM paper_positions"
+    " WHERE cluster = %s AND ticket = ANY(%s) AND closed_at IS NULL"
+)
+# The stops travel as one JSON array: a manager loop may move hundreds.
+MODIFY_MANY_SQL = """
+UPDATE paper_positions p SET sl = u.sl
+FROM jsonb_to_recordset(%s::jsonb) AS u(ticket bigint, sl numeric, was numeric)
+WHERE p.cluster = %s AND p.ticket = u.ticket AND p.closed_at IS NULL AND p.sl IS NOT DISTINCT FROM u.was
+RETURNING p.ticket
+"""
 # The deal that closed a position (a close, a stop, a take profit or a stop-out), the latest.
 CLOSING_DEAL_SQL = """
 SELECT d.kind, d.volume, d.price, d.pnl, d.at FROM paper_deals d
@@ -128,6 +140,11 @@ WHERE d.cluster = %s AND d.ticket = %s AND d.kind NOT IN ('open', 'modify') ORDE
 MODIFY_REFUSALS = {"stops_level": Refusal.INVALID_STOPS, "freeze_level": Refusal.FROZEN}
 
 DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) VALUES (%s, %s, %s, %s, %s, %s)"
+
+
+def _stops_json(send: list[tuple[str, Decimal, VenuePosition]]) -> str:
+    rows = [{"ticket": int(t), "sl": str(sl), "was": None if p.sl is None else str(p.sl)} for t, sl, p in send]
+    return json.dumps(rows)
 
 
 def _gone(ticket: str) -> OrderResult:
@@ -428,6 +445,43 @@ class PaperBroker:
                 else OrderResult(Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER)
             )
         return OrderResult(Outcome.DONE, ref=ticket)
+
+    def modify_many(self, stops: list[tuple[str, Decimal]], epoch: int) -> dict[str, OrderResult]:
+        """Many positions' stop losses in one fenced transaction (a manager loop's changes):
+        each judged as `modify` judges one, then one statement for every one allowed. A
+        position changed or closed in between is answered as `modify` would (GONE, OTHER)."""
+        answers: dict[str, OrderResult] = {}
+        wanted = {t: sl for t, sl in stops if str(t).isdigit()}
+        answers.update({t: _gone(t) for t, _ in stops if t not in wanted})
+        if not wanted:
+            return answers
+        with self._pool.connection() as conn:
+            rows = conn.execute(POSITIONS_SQL, (self._cluster, [int(t) for t in wanted])).fetchall()
+            held = {str(r[0]): VenuePosition(int(r[0]), r[1], Side(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+            send: list[tuple[str, Decimal, VenuePosition]] = []
+            for ticket, sl in wanted.items():
+                position = held.get(ticket)
+                if position is None:
+                    answers[ticket] = _gone(ticket)
+                elif sl == position.sl:
+                    answers[ticket] = OrderResult(Outcome.DONE, ref=ticket, detail="no change")
+                elif self.market is not None and (refused := self._modify_refusal(self.market, position, sl, None)):
+                    answers[ticket] = refused
+                else:
+                    send.append((ticket, sl, position))
+            if send:
+                with fenced(conn, self._cluster, epoch):
+                    rows = conn.execute(MODIFY_MANY_SQL, (_stops_json(send), self._cluster)).fetchall()
+                done = {str(r[0]) for r in rows}
+                for ticket, _, _ in send:
+                    answers[ticket] = (
+                        OrderResult(Outcome.DONE, ref=ticket)
+                        if ticket in done
+                        else OrderResult(
+                            Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER
+                        )
+                    )
+        return answers
 
     def _modify_refusal(
         self, market: Market, held: VenuePosition, sl: Decimal | None, tp: Decimal | None

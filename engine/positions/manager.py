@@ -46,7 +46,7 @@ from engine.market.base import Bars, MarketDataError, MarketSpec, Tick, Timefram
 from engine.model import Side
 from engine.positions import failsafe, indicators, rules, store
 from engine.positions.metrics import PositionMetrics, default_metrics
-from engine.positions.sender import COOL_OFF_MS, Sender, Sent
+from engine.positions.sender import COOL_OFF_MS, Answer, Item, Sender, Sent
 from engine.risk import RiskLimits, risk_cap
 
 log = logging.getLogger("haexec.engine.positions")
@@ -195,7 +195,7 @@ class PositionManager:
         self._alerted: set[str] = set()  # tickets alerted naked / vanished (once each)
         self._foreign: set[str] = set()  # foreign tickets reported
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
-        self._parsed: dict[str, tuple[str, rules.ManageRules]] = {}
+        self._parsed: dict[str, tuple[dict[str, Any], rules.ManageRules]] = {}
         self._loop_cache: dict[tuple[Any, ...], Decimal | None] = {}  # indicator readings, one loop
         self._account_at = float("-inf")
         self._max_loss: Decimal | None = None
@@ -204,6 +204,7 @@ class PositionManager:
         self._first_loop = True
         self._epoch: int | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool_exec: ThreadPoolExecutor | None = None
         self.last_report: LoopReport | None = None
@@ -217,14 +218,18 @@ class PositionManager:
         self._stop.set()
         self._stop = stop = threading.Event()
         self._first_loop = True  # a new term begins with a stop audit of every position
-        if self.cfg.max_in_flight > 1 and self._pool_exec is None:
-            self._pool_exec = ThreadPoolExecutor(self.cfg.max_in_flight, thread_name_prefix="haexec-sl")
         self._thread = threading.Thread(target=self._run, args=(stop,), name="haexec-positions", daemon=True)
         self._thread.start()
+
+    def wake(self) -> None:
+        """A tick arrived: loop now rather than at the end of the period (a market
+        subscription calls this; any thread)."""
+        self._wake.set()
 
     def stop(self, timeout_s: float = 0.0) -> None:
         """Never waits on the venue by default: the leadership callback calls this."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and timeout_s > 0:
             thread.join(timeout_s)
@@ -262,7 +267,9 @@ class PositionManager:
             except Exception as e:  # a fault in a loop must not end the guarantee: next loop
                 self.last_error = first_line(e)
                 log.exception("position manager loop fault")
-            stop.wait(period_s)
+            # The period is the longest wait; a tick (wake) cuts it short.
+            self._wake.wait(period_s)
+            self._wake.clear()
 
     # ---- one loop ----
 
@@ -321,10 +328,9 @@ class PositionManager:
         return self._max_loss
 
     def _rules_of(self, row: store.Managed) -> rules.ManageRules:
-        key = store.dumps(row.rules)
         cached = self._parsed.get(row.ticket)
-        if cached is None or cached[0] != key:
-            cached = self._parsed[row.ticket] = (key, self._rules.parse(row.rules))
+        if cached is None or cached[0] != row.rules:
+            cached = self._parsed[row.ticket] = (row.rules, self._rules.parse(row.rules))
         return cached[1]
 
     # ---- recovery ----
@@ -565,6 +571,12 @@ class PositionManager:
         todo = sorted((s for s in steps if s.target is not None), key=lambda s: s.urgency)
         todo = [s for s in todo if not self._sender.blocked(s.row.ticket)]
         budget_end = started + self.cfg.budget_ms
+        if self._sender.batches and todo:  # one venue call (and transaction) for the loop's stops
+            self._send_batch(todo, report)
+            self.metrics.open_circuits.set(self._sender.open_circuits())
+            return
+        if self._pool_exec is None and self.cfg.max_in_flight > 1 and len(todo) > 1:
+            self._pool_exec = ThreadPoolExecutor(self.cfg.max_in_flight, thread_name_prefix="haexec-sl")
         if self._pool_exec is None or len(todo) <= 1:
             for s in todo:
                 if self._clock.now_ms() >= budget_end:
@@ -582,12 +594,24 @@ class PositionManager:
                 f.result()
         self.metrics.open_circuits.set(self._sender.open_circuits())
 
-    def _send_one(self, step: _Step, report: LoopReport) -> None:
+    @staticmethod
+    def _item(step: _Step) -> Item:
         assert step.target is not None
-        row = step.row
         point = step.spec.point if step.spec is not None else Decimal(0)
         level = step.spec.stops_level if step.spec is not None else 0
-        answer = self._sender.send(row.ticket, row.side, step.target, step.price, level, point)
+        return Item(step.row.ticket, step.row.side, step.target, step.price, level, point)
+
+    def _send_batch(self, steps: list[_Step], report: LoopReport) -> None:
+        answers = self._sender.send_many([self._item(s) for s in steps])
+        for s in steps:
+            self._answered(s, answers[s.row.ticket], report)
+
+    def _send_one(self, step: _Step, report: LoopReport) -> None:
+        it = self._item(step)
+        self._answered(step, self._sender.send(it.ticket, it.side, it.sl, it.price, it.stops_level, it.point), report)
+
+    def _answered(self, step: _Step, answer: Answer, report: LoopReport) -> None:
+        row = step.row
         if answer.outcome is Sent.SENT:
             step.sent, step.just_sent = answer.sl, True
             report.sent += 1

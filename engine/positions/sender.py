@@ -44,6 +44,18 @@ class Answer:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Item:
+    """One stop to send: the position, the stop, and what a clamp needs."""
+
+    ticket: str
+    side: Side
+    sl: Decimal
+    price: Decimal | None
+    stops_level: int
+    point: Decimal
+
+
 def clamp(side: Side, sl: Decimal, price: Decimal, stops_level_points: int, point: Decimal) -> Decimal:
     """The stop nearest to `sl` that keeps the stops level from the closing price (at least a
     point: a stop at the price itself is on the wrong side)."""
@@ -129,6 +141,58 @@ class Sender:
             sl, result = clamped, self._call(g, ticket, clamped)
         return self._answer(result, sl)
 
+    @property
+    def batches(self) -> bool:
+        """The venue takes a loop's stops in one call (paper: one fenced transaction)."""
+        return hasattr(self._broker, "modify_many")
+
+    def send_many(self, items: list[Item]) -> dict[str, Answer]:
+        """`send` for many positions in one venue call (and one more for the clamped retries)."""
+        answers: dict[str, Answer] = {}
+        allowed = []
+        for it in items:
+            g = self.guard(it.ticket)
+            if not g.breaker.allow() or not g.rate_allows():
+                answers[it.ticket] = Answer(Sent.SKIPPED, None, "circuit open" if g.open else "rate limit")
+            else:
+                allowed.append(it)
+        results = self._call_many([(it.ticket, it.sl) for it in allowed])
+        retry = []
+        for it in allowed:
+            result = results[it.ticket]
+            if result.outcome is Outcome.REJECTED and result.refusal is Refusal.INVALID_STOPS and it.price is not None:
+                clamped = clamp(it.side, it.sl, it.price, it.stops_level, it.point)
+                if clamped != it.sl and self.guard(it.ticket).rate_allows():
+                    retry.append((it.ticket, clamped))
+                    continue
+                answers[it.ticket] = Answer(Sent.FAILED, None, result.detail)
+                continue
+            answers[it.ticket] = self._answer(result, it.sl)
+        if retry:
+            again = self._call_many(retry)
+            for ticket, sl in retry:
+                answers[ticket] = self._answer(again[ticket], sl)
+        return answers
+
+    def _call_many(self, stops: list[tuple[str, Decimal]]) -> dict[str, OrderResult]:
+        if not stops:
+            return {}
+        epoch = self._fence_venue()
+        guards = [self.guard(t) for t, _ in stops]
+        for g in guards:
+            g.called()
+        started = self._clock.now_ms()
+        try:
+            results: dict[str, OrderResult] = self._broker.modify_many(stops, epoch)  # type: ignore[attr-defined]
+        except (EpochSuperseded, NotLeader):
+            raise
+        except BrokerError as e:
+            results = {t: OrderResult(Outcome.UNKNOWN, detail=first_line(e)) for t, _ in stops}
+        took = self._clock.now_ms() - started
+        for (ticket, _), g in zip(stops, guards, strict=True):
+            self._record(g, results[ticket], took)
+        return results
+
     def _call(self, g: Guard, ticket: str, sl: Decimal) -> OrderResult:
         epoch = self._fence_venue()
         g.called()
@@ -138,16 +202,18 @@ class Sender:
         except (EpochSuperseded, NotLeader):
             raise
         except BrokerError as e:
-            g.breaker.record_failure(type(e).__name__)
-            return OrderResult(Outcome.UNKNOWN, detail=first_line(e))
-        took = self._clock.now_ms() - started
+            result = OrderResult(Outcome.UNKNOWN, detail=first_line(e))
+        self._record(g, result, self._clock.now_ms() - started)
+        return result
+
+    @staticmethod
+    def _record(g: Guard, result: OrderResult, took_ms: float) -> None:
         if result.outcome is Outcome.UNKNOWN or (
             result.outcome is Outcome.REJECTED and result.refusal in (Refusal.OTHER, None)
         ):
             g.breaker.record_failure(result.detail or result.outcome.value)
         else:
-            g.breaker.record_success(took)  # slower than 500 ms opens it all the same
-        return result
+            g.breaker.record_success(took_ms)  # slower than 500 ms opens it all the same
 
     @staticmethod
     def _answer(result: OrderResult, sl: Decimal) -> Answer:

@@ -60,15 +60,16 @@ UPDATE plan_execution_state SET managed = false
 WHERE cluster = %s AND account = %s AND ticket = %s AND managed AND closed_at IS NULL RETURNING ticket
 """
 # One statement for every position a loop changed: stops, state and its mirrored columns.
+# The rows travel as one JSON array (a loop may change hundreds: one parameter to encode,
+# not ten arrays of hundreds).
 SAVE_SQL = """
 UPDATE plan_execution_state p SET
     desired_sl = u.desired_sl, sent_sl = u.sent_sl, verified_sl = u.verified_sl, state = u.state,
     trailing_mode_enabled = u.trail_on, current_rr = u.current_rr, high_water = u.high_water,
     volume = u.volume, naked_since = CASE WHEN u.naked THEN COALESCE(p.naked_since, clock_timestamp()) END
-FROM unnest(%(tickets)s::text[], %(desired)s::numeric[], %(sent)s::numeric[], %(verified)s::numeric[],
-            %(states)s::jsonb[], %(trailing)s::boolean[], %(rr)s::numeric[], %(hw)s::numeric[],
-            %(volumes)s::numeric[], %(naked)s::boolean[])
-     AS u(ticket, desired_sl, sent_sl, verified_sl, state, trail_on, current_rr, high_water, volume, naked)
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS u(ticket text, desired_sl numeric, sent_sl numeric, verified_sl numeric,
+                                             state jsonb, trail_on boolean, current_rr numeric, high_water numeric,
+                                             volume numeric, naked boolean)
 WHERE p.cluster = %(cluster)s AND p.account = %(account)s AND p.ticket = u.ticket AND p.closed_at IS NULL
 """
 CLOSE_SQL = """
@@ -77,9 +78,10 @@ WHERE cluster = %s AND account = %s AND ticket = %s AND closed_at IS NULL RETURN
 """
 JOURNAL_SQL = """
 INSERT INTO trade_journal (cluster, ticket, kind, epoch, instance, detail)
-SELECT %(cluster)s, ticket, kind, %(epoch)s, %(instance)s, detail
-FROM unnest(%(tickets)s::text[], %(kinds)s::text[], %(details)s::jsonb[]) WITH ORDINALITY AS j(ticket, kind, detail, n)
-ORDER BY n
+SELECT %(cluster)s, j.ticket, j.kind, %(epoch)s, %(instance)s, j.detail
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS e(row, n),
+     jsonb_to_record(e.row) AS j(ticket text, kind text, detail jsonb)
+ORDER BY e.n
 """
 JOURNAL_READ_SQL = """
 SELECT id, ticket, kind, epoch, instance, detail, at FROM trade_journal
@@ -282,23 +284,22 @@ def save(cur: psycopg.Cursor, cluster: str, account: str, rows: Iterable[Saved])
     rows = list(rows)
     if not rows:
         return
-    cur.execute(
-        SAVE_SQL,
+    payload = [
         {
-            "cluster": cluster,
-            "account": account,
-            "tickets": [r.ticket for r in rows],
-            "desired": [r.desired_sl for r in rows],
-            "sent": [r.sent_sl for r in rows],
-            "verified": [r.verified_sl for r in rows],
-            "states": [dumps(r.state) for r in rows],
-            "trailing": [r.trailing for r in rows],
-            "rr": [r.current_rr for r in rows],
-            "hw": [r.high_water for r in rows],
-            "volumes": [r.volume for r in rows],
-            "naked": [r.naked for r in rows],
-        },
-    )
+            "ticket": r.ticket,
+            "desired_sl": r.desired_sl,
+            "sent_sl": r.sent_sl,
+            "verified_sl": r.verified_sl,
+            "state": r.state,
+            "trail_on": r.trailing,
+            "current_rr": r.current_rr,
+            "high_water": r.high_water,
+            "volume": r.volume,
+            "naked": r.naked,
+        }
+        for r in rows
+    ]
+    cur.execute(SAVE_SQL, {"cluster": cluster, "account": account, "rows": dumps(payload)})
 
 
 def close(
@@ -321,17 +322,8 @@ def close(
 def write_journal(cur: psycopg.Cursor, cluster: str, epoch: int | None, instance: str, entries: list[Entry]) -> None:
     if not entries:
         return
-    cur.execute(
-        JOURNAL_SQL,
-        {
-            "cluster": cluster,
-            "epoch": epoch,
-            "instance": instance,
-            "tickets": [e.ticket for e in entries],
-            "kinds": [e.kind for e in entries],
-            "details": [dumps(e.detail) for e in entries],
-        },
-    )
+    rows = [{"ticket": e.ticket, "kind": e.kind, "detail": e.detail} for e in entries]
+    cur.execute(JOURNAL_SQL, {"cluster": cluster, "epoch": epoch, "instance": instance, "rows": dumps(rows)})
 
 
 def journal(conn: psycopg.Connection, cluster: str, ticket: str) -> list[dict[str, Any]]:

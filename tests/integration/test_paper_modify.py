@@ -71,3 +71,22 @@ def test_a_superseded_epoch_modifies_nothing(rig: Rig, sim: SimSource, priced: P
     with pytest.raises(EpochSuperseded):
         priced.modify(ticket, bid - 5, None, old)
     assert stop_of(priced, ticket) == bid - 10
+
+
+def test_many_stops_in_one_transaction_each_answered_by_meaning(
+    rig: Rig,  # noqa: F811
+    sim: SimSource,  # noqa: F811
+    priced: PaperBroker,  # noqa: F811
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    bid = sim.tick("XAUUSD").bid
+    a, b, c = (gold(priced, epoch, f"HXMANY{i}", bid - 10) for i in range(3))
+    answers = priced.modify_many([(a, bid - 5), (b, bid + 1), (c, bid - 10), ("777777", bid - 5)], epoch)
+    assert answers[a].outcome is Outcome.DONE and stop_of(priced, a) == bid - 5
+    assert answers[b].refusal is Refusal.INVALID_STOPS and stop_of(priced, b) == bid - 10
+    assert answers[c].detail == "no change"
+    assert answers["777777"].refusal is Refusal.GONE
+    lead(rig.pool, rig.cluster, "other")
+    with pytest.raises(EpochSuperseded):
+        priced.modify_many([(a, bid - 4)], epoch)
+    assert stop_of(priced, a) == bid - 5

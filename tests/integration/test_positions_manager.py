@@ -68,6 +68,9 @@ class Scripted(PaperBroker):
             return self.answers.pop(0)
         return super().modify(ticket, sl, tp, epoch)
 
+    def modify_many(self, stops: list[tuple[str, Decimal]], epoch: int) -> dict[str, OrderResult]:
+        return {t: self.modify(t, sl, None, epoch) for t, sl in stops}
+
 
 def scripted(rig: Rig, prices: Prices, *answers: OrderResult) -> Scripted:  # noqa: F811
     broker = Scripted(rig.pool, rig.cluster, "leader", market=prices)  # type: ignore[arg-type]
