@@ -4,7 +4,8 @@ loop      one manager loop (the book, the venue's positions, a tick per symbol, 
           the differences, verify, persist) with 50 and with 500 open positions on 10
           symbols, every symbol's price stepping each loop so stops trail; goal p99 < 100 ms.
 fill      a signal's order booked without its stop (a market-execution venue dropped it),
-          the manager's own thread running at its default period: from the booking's
+          beside the smallest size's book, the manager's own thread running at its
+          default period: from the booking's
           commit to the stop verified in plan_execution_state; goal p99 < 200 ms.
 lock      a position registered with a profit lock at +1 R: from the tick that crosses it
           (the tick wakes the manager, as the market subscription does) to the locked stop
@@ -13,7 +14,7 @@ trailing  one position trailing 150 points behind the best bid, a tick every 250
           sim's rate) for `--ticks` ticks, one loop per tick: how many ticks the venue's
           stop is behind a reference computed from the same ticks; goal at most one.
 
-    python -m bench.positions [--loops 200] [--rounds 100] [--ticks 400]
+    python -m bench.positions [--loops 200] [--rounds 100] [--ticks 400] [--sizes 50,500]
                               [--redis-url URL --database-url URL]
 
 Without URLs it starts its own PostgreSQL (and Redis) (bench/cluster.py). The database must
@@ -208,9 +209,9 @@ def verified(r: Rig, ticket: str) -> bool:
     return row is not None and row.verified_sl is not None
 
 
-def bench_fill(database_url: str, rounds: int) -> list[float]:
+def bench_fill(database_url: str, rounds: int, background: int) -> list[float]:
     with rig(database_url) as r:
-        r.register(r.book(50), TRAIL)
+        r.register(r.book(background), TRAIL)
         m = r.manager()
         m.start()
         try:
@@ -227,9 +228,9 @@ def bench_fill(database_url: str, rounds: int) -> list[float]:
         return out
 
 
-def bench_lock(database_url: str, rounds: int) -> list[float]:
+def bench_lock(database_url: str, rounds: int, background: int) -> list[float]:
     with rig(database_url) as r:
-        r.register(r.book(50), TRAIL)
+        r.register(r.book(background), TRAIL)
         m = r.manager()
         m.start()
         locked = ENTRY + 500 * POINT  # +0.5 R
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loops", type=int, default=200)
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--ticks", type=int, default=400)
+    p.add_argument("--sizes", default="50,500", help="open positions for the loop phase (comma-separated)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--redis-url")
     p.add_argument("--database-url")
@@ -302,12 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.loops < 1 or a.rounds < 1 or a.ticks < 1:
         p.error("--loops, --rounds and --ticks must be >= 1")
     try:
+        sizes = [int(n) for n in a.sizes.split(",")]
+    except ValueError:
+        p.error("--sizes must be comma-separated integers")
+    if not all(1 <= n <= 5000 for n in sizes):
+        p.error("--sizes must be from 1 to 5000")
+    try:
         with Servers(a.redis_url, a.database_url, keep=False) as servers:
             url = servers.database_url
-            for n in (50, 500):
+            for n in sizes:
                 print(f"loop, {n} positions:    {fmt(bench_loop(url, n, a.loops, a.seed))}")
-            print(f"fill -> verified stop:  {fmt(bench_fill(url, a.rounds))}")
-            print(f"crossing tick -> lock:  {fmt(bench_lock(url, a.rounds))}")
+            print(f"fill -> verified stop:  {fmt(bench_fill(url, a.rounds, min(sizes)))}")
+            print(f"crossing tick -> lock:  {fmt(bench_lock(url, a.rounds, min(sizes)))}")
             lags = bench_trailing(url, a.ticks, a.seed)
             print(
                 f"trailing lag, ticks:    median {nearest_rank(lags, 50):.0f}, p99 {nearest_rank(lags, 99):.0f},"
