@@ -194,6 +194,7 @@ class PositionManager:
         self._naked_since: dict[str, float] = {}  # ticket -> monotonic ms first seen without a stop
         self._alerted: set[str] = set()  # tickets alerted naked / vanished (once each)
         self._foreign: set[str] = set()  # foreign tickets reported
+        self._ignored: set[str] = set()  # foreign or unregistered: not looked up again every loop
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
         self._parsed: dict[str, tuple[dict[str, Any], rules.ManageRules]] = {}
         self._loop_cache: dict[tuple[Any, ...], Decimal | None] = {}  # indicator readings, one loop
@@ -285,7 +286,7 @@ class PositionManager:
         venue = self._broker.positions()
         at_venue = {p.ticket: p for p in venue}
         in_book = {r.ticket for r in book}
-        unknown = [p for p in venue if p.ticket not in in_book]
+        unknown = [p for p in venue if p.ticket not in in_book and p.ticket not in self._ignored]
         if unknown:
             book += self._adopt(unknown, audit, report)
         self._vanished([r for r in book if r.ticket not in at_venue], report)
@@ -342,11 +343,13 @@ class PositionManager:
         with self._pool.connection() as conn:
             known = store.known_tickets(conn, cfg.cluster, cfg.account)
             fresh = [p for p in unknown if p.ticket not in known]  # unregistered ones stay unmanaged
+            self._ignored.update(p.ticket for p in unknown if p.ticket in known)
             signals = store.signals_by_tag(conn, cfg.cluster, [p.tag for p in fresh if p.tag])
         adopted: list[store.Managed] = []
         for p in fresh:
             signal = signals.get(p.tag) if p.tag else None
             if signal is None and not cfg.manage_external:
+                self._ignored.add(p.ticket)
                 if p.ticket not in self._foreign:
                     self._foreign.add(p.ticket)
                     log.warning("position %s (%s %s) is not haexec's: reported, not managed", p.ticket, p.symbol, p.tag)
@@ -699,6 +702,7 @@ class PositionManager:
         if now - self._reported_at < self.cfg.reconcile_s * 1000.0:
             return
         self._reported_at = now
+        self._ignored.clear()  # looked at afresh once a reconcile period
         log.info(
             "positions: %d managed, %d without a stop, %d foreign (reported), %d symbols held",
             report.positions,
