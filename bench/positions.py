@@ -4,8 +4,8 @@ loop      one manager loop (the book, the venue's positions, a tick per symbol, 
           the differences, verify, persist) with 50 and with 500 open positions on 10
           symbols, every symbol's price stepping each loop so stops trail; goal p99 < 100 ms.
 fill      a signal's order booked without its stop (a market-execution venue dropped it),
-          beside the smallest size's book, the manager's own thread running at its
-          default period: from the booking's
+          beside the smallest size's book, the manager's own thread running (woken by the
+          booking's notification, as a replica wires it): from the booking's
           commit to the stop verified in plan_execution_state; goal p99 < 200 ms.
 lock      a position registered with a profit lock at +1 R: from the tick that crosses it
           (the tick wakes the manager, as the market subscription does) to the locked stop
@@ -55,6 +55,7 @@ from engine.positions import store
 from engine.positions.manager import ManagerConfig, PositionManager
 from engine.positions.metrics import PositionMetrics
 from engine.positions.registration import canonical_rules
+from engine.positions.wakeup import BookListener
 from engine.risk import RiskLimits
 from engine.signal import order_tag
 
@@ -214,6 +215,8 @@ def bench_fill(database_url: str, rounds: int, background: int) -> list[float]:
         r.register(r.book(background), TRAIL)
         m = r.manager()
         m.start()
+        listener = BookListener(database_url, r.cluster, "bench", m.wake)  # as a replica wires it
+        listener.start()
         try:
             out = []
             for i in range(rounds):
@@ -224,6 +227,7 @@ def bench_fill(database_url: str, rounds: int, background: int) -> list[float]:
                 t0 = time.perf_counter()
                 out.append(wait(f"the stop of {ticket}", partial(verified, r, ticket)) - t0)
         finally:
+            listener.stop()
             m.stop(timeout_s=2)
         return out
 

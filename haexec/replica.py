@@ -33,6 +33,7 @@ from engine.executor import Executor, ExecutorConfig
 from engine.market import FeedUnavailable, Market
 from engine.market.feed import FeedRunner
 from engine.market.watch import FeedWatch
+from engine.positions.wakeup import BookListener
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
@@ -204,6 +205,12 @@ class Replica:
             settings, self.coordinator, self.engine_pool, self.broker, None, self.alerts.emit
         )
         self.registrar = build_registrar(settings, self.engine_pool, self.broker)
+        # A paper booking wakes the manager, so a fill's stop is checked at once.
+        self._book_listener = (
+            BookListener(database_url, election.cluster, election.instance_id, self.positions.wake)
+            if isinstance(self.broker, PaperBroker)
+            else None
+        )
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -402,6 +409,8 @@ class Replica:
         self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
         self.coordinator.start()
         self.executor.start()
+        if self._book_listener is not None:
+            self._book_listener.start()
         self.http.start()
         self._ready = True
         self.coordinator.announce()
@@ -418,6 +427,8 @@ class Replica:
         self._ready = False
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.positions.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
+        if self._book_listener is not None:
+            self._book_listener.stop()
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
         self._stop_market()  # before the broker: MT5 reads may run on its terminal thread
