@@ -213,6 +213,13 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_jsonable, separators=(",", ":"))
 
 
+def activation_of(rules: Mapping[str, Any]) -> Decimal | None:
+    """The trailing activation of a stored (canonical) manage block, mirrored in its column."""
+    trailing = rules.get("trailing")
+    raw = trailing.get("activation_rr") if isinstance(trailing, Mapping) else None
+    return None if raw is None else Decimal(str(raw))
+
+
 def register(
     cur: psycopg.Cursor, cluster: str, account: str, new: NewPosition, journal: tuple[int | None, str, str]
 ) -> tuple[Managed, bool]:
@@ -231,7 +238,7 @@ def register(
         "source": new.source,
         "fingerprint": new.fingerprint,
         "rules": dumps(new.rules),
-        "activation": new.activation_rr,
+        "activation": new.activation_rr if new.activation_rr is not None else activation_of(new.rules),
     }
     row = cur.execute(REGISTER_SQL, params).fetchone()
     if row is None:

@@ -243,7 +243,7 @@ def test_with_the_real_rules_a_registered_trailing_stop_activates_and_follows(
     registrar = Registrar(paper._pool, paper, rig.cluster, "paper", "leader", {})
     manage = {"trailing": {"distance_points": 150, "activation_rr": 1}, "lock": [[0.5, 0.2]]}
     row, created = registrar.register({"ticket": ticket, "manage": manage})
-    assert created and row.rules["trailing"]["distance_points"] == "150"
+    assert created and row.rules["trailing"]["distance_points"] == "150" and row.trailing_activation_rr == 1
     m = PositionManager(
         ManagerConfig(rig.cluster, "leader", "paper", max_in_flight=3),
         EpochFencing(rig.cluster, epoch),
