@@ -243,12 +243,12 @@ class EngineSettings:
     # calls fresh.
     market_max_age_ms: int
     paper_prices: str  # PAPER_PRICES
+    # HAEXEC_MANAGE_DEFAULT: the rules of a position whose signal has no `manage` block.
+    manage_default: ManageRules = ManageRules()
     gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
     positions: PositionSettings = dataclass_field(default_factory=PositionSettings)  # HAEXEC_SL_DEADLINE_MS, ...
-    # HAEXEC_MANAGE_DEFAULT: the rules of a position whose signal has no `manage` block.
-    manage_default: ManageRules = ManageRules()
 
     def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
@@ -295,6 +295,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         sweep_ms=sweep,
         paper_balance=balance,
         risk=RiskLimits.from_env(env),
+        manage_default=manage_default(env),
         mt5_login=_int_in(env, "HAEXEC_MT5_LOGIN", 1, MAX_MT5_ID),
         mt5_password=env.get("HAEXEC_MT5_PASSWORD") or None,
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
@@ -304,7 +305,6 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
         positions=position_settings(env),
-        manage_default=manage_default(env),
         **(_gateway(env) if broker == "gateway" else {}),
     )
 

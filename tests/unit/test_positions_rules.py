@@ -8,6 +8,8 @@ import json
 from decimal import ROUND_DOWN, Context, Decimal, localcontext
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.market.base import Timeframe
 from engine.model import Side
@@ -110,6 +112,10 @@ def test_every_bad_field_is_named_at_once() -> None:
         ({"breakeven": {"at_rr": float("inf")}}, "manage.breakeven.at_rr: must be a finite number"),
         ({"breakeven": {"at_rr": "1e400"}}, "manage.breakeven.at_rr: must be between"),
         ({"trailing": {"activation_rr": 1}}, "manage.trailing: give exactly one of distance_points, atr, swing"),
+        (
+            {"trailing": {"distance_points": 10, "swing": {"timeframe": "M5", "bars": 99}, "activation_rr": 1}},
+            "manage.trailing.swing.bars: must be a whole number 1..50 (got 99)",  # named beside "exactly one"
+        ),
         ({"trailing": {"distance_points": 10}}, "manage.trailing.activation_rr: required"),
         ({"trailing": {"distance_points": 0, "activation_rr": 1}}, "manage.trailing.distance_points: must be > 0"),
         (
@@ -332,3 +338,35 @@ def test_the_callers_decimal_context_does_not_change_a_stop() -> None:
     expected = decide(*args, atr=D("0.0012345678"))
     with localcontext(Context(prec=3, rounding=ROUND_DOWN)):
         assert decide(*args, atr=D("0.0012345678")) == expected
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+near_blocks = st.dictionaries(
+    st.sampled_from(["breakeven", "trailing", "lock", "partial", "x"]),
+    st.one_of(
+        json_values,
+        st.dictionaries(
+            st.sampled_from(["at_rr", "offset_points", "fraction", "activation_rr", "distance_points", "atr", "swing"]),
+            json_values,
+            max_size=4,
+        ),
+        st.lists(st.lists(st.one_of(st.integers(-3, 5), st.text(max_size=3)), max_size=3), max_size=3),
+    ),
+    max_size=4,
+)
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=200)
+@given(st.one_of(json_values, near_blocks))
+def test_any_json_is_refused_in_one_line_per_field_or_reads_back_canonically(block: object) -> None:
+    try:
+        rules = parse_manage(block)
+    except RulesError as exc:
+        assert exc.errors and all("\n" not in e and e.startswith("manage") for e in exc.errors)
+        assert [f"{where}: {problem}" for where, problem in exc.fields] == exc.errors
+        return
+    assert parse_manage(json.loads(json.dumps(rules.to_json()))) == rules

@@ -20,7 +20,7 @@ from engine.positions.rules import Held, TrailState, decide, parse_manage
 
 D = Decimal
 FAST = settings(
-    deadline=None, derandomize=True, database=None, max_examples=300, suppress_health_check=list(HealthCheck)
+    deadline=None, derandomize=True, database=None, max_examples=200, suppress_health_check=list(HealthCheck)
 )
 
 points = st.sampled_from([D("0.00001"), D("0.001"), D("0.01"), D("0.25"), D("1")])
