@@ -29,7 +29,8 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -197,6 +198,7 @@ class PositionManager:
         self._ignored: set[str] = set()  # foreign or unregistered: not looked up again every loop
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
         self._parsed: dict[str, tuple[dict[str, Any], rules.ManageRules]] = {}
+        self._book: dict[str, store.Managed] = {}  # the rows as last read or saved, by ticket
         self._loop_cache: dict[tuple[Any, ...], Decimal | None] = {}  # indicator readings, one loop
         self._account_at = float("-inf")
         self._max_loss: Decimal | None = None
@@ -282,7 +284,8 @@ class PositionManager:
         self._loop_cache = {}
         audit, self._first_loop = self._first_loop, False
         with self._pool.connection() as conn:
-            book = store.load_open(conn, self.cfg.cluster, self.cfg.account)
+            book = store.load_changed(conn, self.cfg.cluster, self.cfg.account, self._book)
+        self._book = {r.ticket: r for r in book}
         venue = self._broker.positions()
         at_venue = {p.ticket: p for p in venue}
         in_book = {r.ticket for r in book}
@@ -694,8 +697,31 @@ class PositionManager:
         if not saved and not entries:
             return
         with self._pool.connection() as conn, self._fencing.fenced(conn) as (cur, fence):
-            store.save(cur, self.cfg.cluster, self.cfg.account, saved)
+            versions = store.save(cur, self.cfg.cluster, self.cfg.account, saved)
             store.write_journal(cur, self.cfg.cluster, fence.epoch, self.cfg.instance_id, entries)
+        self._remember(saved, versions)
+
+    def _remember(self, saved: list[store.Saved], versions: dict[str, datetime]) -> None:
+        """The cached rows as this loop left them (committed), at their new versions, so the
+        next loop need not read them again; as a read would return them (JSON through JSON)."""
+        for new in saved:
+            cached = self._book.pop(new.ticket, None)
+            at = versions.get(new.ticket)
+            if cached is None or at is None:
+                continue  # closed meanwhile, or not cached: the next loop reads it
+            self._book[new.ticket] = replace(
+                cached,
+                desired_sl=new.desired_sl,
+                sent_sl=new.sent_sl,
+                verified_sl=new.verified_sl,
+                state=store.loads(store.dumps(new.state)),
+                trailing_mode_enabled=new.trailing,
+                current_rr=new.current_rr,
+                high_water=new.high_water,
+                volume=new.volume,
+                naked_since=(cached.naked_since or datetime.now(UTC)) if new.naked else None,
+                updated_at=at,
+            )
 
     def _report_now(self, report: LoopReport) -> None:
         now = self._clock.now_ms()

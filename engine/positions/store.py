@@ -47,10 +47,14 @@ SELECT {COLUMNS} FROM plan_execution_state
 WHERE cluster = %(cluster)s AND account = %(account)s AND (%(all)s OR (managed AND closed_at IS NULL))
 ORDER BY id
 """
-# The manager's book: what it must keep protected.
-OPEN_SQL = f"""
+# The book's versions: a loop re-reads in full only the rows someone else changed.
+VERSIONS_SQL = """
+SELECT ticket, updated_at FROM plan_execution_state
+WHERE cluster = %s AND account = %s AND managed AND closed_at IS NULL
+"""
+SOME_SQL = f"""
 SELECT {COLUMNS} FROM plan_execution_state
-WHERE cluster = %s AND account = %s AND managed AND closed_at IS NULL ORDER BY id
+WHERE cluster = %s AND account = %s AND managed AND closed_at IS NULL AND ticket = ANY(%s)
 """
 # Every ticket ever registered that is not closed (managed or not): the manager adopts
 # none of these again.
@@ -71,6 +75,7 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS u(ticket text, desired_sl numeric, s
                                              state jsonb, trail_on boolean, current_rr numeric, high_water numeric,
                                              volume numeric, naked boolean)
 WHERE p.cluster = %(cluster)s AND p.account = %(account)s AND p.ticket = u.ticket AND p.closed_at IS NULL
+RETURNING p.ticket, p.updated_at
 """
 CLOSE_SQL = """
 UPDATE plan_execution_state SET closed_at = COALESCE(%s, clock_timestamp())
@@ -213,6 +218,10 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_jsonable, separators=(",", ":"))
 
 
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
 def activation_of(rules: Mapping[str, Any]) -> Decimal | None:
     """The trailing activation of a stored (canonical) manage block, mirrored in its column."""
     trailing = rules.get("trailing")
@@ -271,8 +280,15 @@ def listing(conn: psycopg.Connection, cluster: str, account: str, include_closed
     return [Managed.of(r) for r in rows]
 
 
-def load_open(conn: psycopg.Connection | psycopg.Cursor, cluster: str, account: str) -> list[Managed]:
-    return [Managed.of(r) for r in conn.execute(OPEN_SQL, (cluster, account)).fetchall()]
+def load_changed(
+    conn: psycopg.Connection | psycopg.Cursor, cluster: str, account: str, cached: Mapping[str, Managed]
+) -> list[Managed]:
+    """The open, managed book, reusing the cached rows whose version (updated_at) is unchanged."""
+    versions = conn.execute(VERSIONS_SQL, (cluster, account)).fetchall()
+    stale = [t for t, at in versions if t not in cached or cached[t].updated_at != at]
+    fresh = {r[0]: Managed.of(r) for r in conn.execute(SOME_SQL, (cluster, account, stale))} if stale else {}
+    book = [fresh.get(t) or cached[t] for t, _ in versions if t in fresh or t not in stale]
+    return sorted(book, key=lambda m: m.ticket)
 
 
 def known_tickets(conn: psycopg.Connection | psycopg.Cursor, cluster: str, account: str) -> set[str]:
@@ -287,10 +303,11 @@ def unregister(cur: psycopg.Cursor, cluster: str, account: str, ticket: str, epo
     return row is not None
 
 
-def save(cur: psycopg.Cursor, cluster: str, account: str, rows: Iterable[Saved]) -> None:
+def save(cur: psycopg.Cursor, cluster: str, account: str, rows: Iterable[Saved]) -> dict[str, datetime]:
+    """Each saved row's new version (updated_at)."""
     rows = list(rows)
     if not rows:
-        return
+        return {}
     payload = [
         {
             "ticket": r.ticket,
@@ -306,7 +323,8 @@ def save(cur: psycopg.Cursor, cluster: str, account: str, rows: Iterable[Saved])
         }
         for r in rows
     ]
-    cur.execute(SAVE_SQL, {"cluster": cluster, "account": account, "rows": dumps(payload)})
+    done = cur.execute(SAVE_SQL, {"cluster": cluster, "account": account, "rows": dumps(payload)}).fetchall()
+    return {t: at for t, at in done}
 
 
 def close(
