@@ -703,7 +703,8 @@ class PositionManager:
 
     def _remember(self, saved: list[store.Saved], versions: dict[str, datetime]) -> None:
         """The cached rows as this loop left them (committed), at their new versions, so the
-        next loop need not read them again; as a read would return them (JSON through JSON)."""
+        next loop need not read them again. The state is as the rules wrote it (JSON values:
+        the rules write every leaf as a string), which is what a read would return."""
         for new in saved:
             cached = self._book.pop(new.ticket, None)
             at = versions.get(new.ticket)
@@ -714,7 +715,7 @@ class PositionManager:
                 desired_sl=new.desired_sl,
                 sent_sl=new.sent_sl,
                 verified_sl=new.verified_sl,
-                state=store.loads(store.dumps(new.state)),
+                state=dict(new.state),
                 trailing_mode_enabled=new.trailing,
                 current_rr=new.current_rr,
                 high_water=new.high_water,

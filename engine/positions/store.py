@@ -218,10 +218,6 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_jsonable, separators=(",", ":"))
 
 
-def loads(text: str) -> Any:
-    return json.loads(text)
-
-
 def activation_of(rules: Mapping[str, Any]) -> Decimal | None:
     """The trailing activation of a stored (canonical) manage block, mirrored in its column."""
     trailing = rules.get("trailing")

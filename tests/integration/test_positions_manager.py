@@ -144,6 +144,11 @@ def test_trailing_sends_only_the_difference_and_a_new_leader_resumes_from_the_st
     prices.set("EURUSD", "1.10100")  # back down: a stop never loosens, nothing to send
     assert first.run_once().sent == 0 and venue_sl(paper, ticket) == D("1.09800")
     assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "trailing", "trailing"]
+    # another writer's change reaches the manager's cached book: unregistered, registered again
+    registrar = Registrar(paper._pool, paper, rig.cluster, "paper", "leader", {}, canonical=lambda obj: dict(obj))
+    assert registrar.unregister(ticket) and first.run_once().positions == 0
+    assert registrar.register({"ticket": ticket, "manage": {"t": 2}})[1] and first.run_once().positions == 1
+    assert first._book[ticket].rules == {"t": 2}
     row = row_of(paper, rig.cluster, ticket)
     assert row.high_water == D("1.10300") and row.trailing_mode_enabled and row.verified_sl == D("1.09800")
 
