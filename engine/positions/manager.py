@@ -195,6 +195,7 @@ class PositionManager:
         self._naked_since: dict[str, float] = {}  # ticket -> monotonic ms first seen without a stop
         self._alerted: set[str] = set()  # tickets alerted naked / vanished (once each)
         self._foreign: set[str] = set()  # foreign tickets reported
+        self._partial_warned: set[str] = set()
         self._ignored: set[str] = set()  # foreign or unregistered: not looked up again every loop
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
         self._parsed: dict[str, tuple[dict[str, Any], rules.ManageRules]] = {}
@@ -500,6 +501,12 @@ class PositionManager:
             atr, swing = self._indicators(manage, row.symbol, row.side)
             decision = self._rules.decide(held, manage, state, step.price, current, atr, swing)
             step.state = decision.state
+            if decision.partial_volume is not None and row.ticket not in self._partial_warned:
+                # The Broker protocol closes whole positions only: the partial is not executed
+                # (the rules record it as done in the state, so it is asked for once).
+                self._partial_warned.add(row.ticket)
+                log.error("position %s: a partial close of %s is not supported: not executed", row.ticket,
+                          decision.partial_volume)  # fmt: skip
             target, why = _tighter(row.side, decision.stop, current) or current, decision.why
         step.desired = target
         if pos.sl is not None and target == pos.sl:
