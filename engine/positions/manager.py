@@ -159,7 +159,7 @@ def _kind(why: tuple[str, ...], was: Decimal | None) -> str:
     return "stop_moved"
 
 
-def _tighter(side: Side, a: Decimal | None, b: Decimal | None) -> Decimal | None:
+def tighter(side: Side, a: Decimal | None, b: Decimal | None) -> Decimal | None:
     if a is None or b is None:
         return a if b is None else b
     return max(a, b) if side is Side.BUY else min(a, b)
@@ -489,8 +489,8 @@ class PositionManager:
         row, pos, spec = step.row, step.pos, step.spec
         # The database wins over a looser stop at the venue; a tighter one there stands (a
         # stop never loosens).
-        floor = _tighter(row.side, row.verified_sl, row.initial_sl if pos.sl is None else None)
-        current = _tighter(row.side, pos.sl, floor)
+        floor = tighter(row.side, row.verified_sl, row.initial_sl if pos.sl is None else None)
+        current = tighter(row.side, pos.sl, floor)
         assert current is not None  # the initial stop at the least
         target: Decimal = current
         why: tuple[str, ...] = ()
@@ -507,7 +507,7 @@ class PositionManager:
                 self._partial_warned.add(row.ticket)
                 log.error("position %s: a partial close of %s is not supported: not executed", row.ticket,
                           decision.partial_volume)  # fmt: skip
-            target, why = _tighter(row.side, decision.stop, current) or current, decision.why
+            target, why = tighter(row.side, decision.stop, current) or current, decision.why
         step.desired = target
         if pos.sl is not None and target == pos.sl:
             return

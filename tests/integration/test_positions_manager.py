@@ -21,6 +21,7 @@ from engine.brokers.paper import PaperBroker
 from engine.positions import store
 from engine.positions.manager import ManagerConfig, PositionManager
 from engine.positions.metrics import PositionMetrics
+from engine.positions.recovery import survey
 from engine.positions.registration import NoSuchPosition, Registrar, RegistrationError
 from engine.risk import RiskLimits
 from tests.integration.test_executor import Rig, rig, submit  # noqa: F401 (rig is a fixture)
@@ -236,6 +237,8 @@ def test_recovery_adopts_haexecs_positions_reports_foreign_ones_and_holds_a_vani
     m.run_once()
     assert "EURUSD" in m.held_symbols and [a[0] for a in alerts] == ["position_vanished"]
     assert row_of(paper, rig.cluster, ours).closed_at is None
+    found = survey(rig.pool, paper, rig.cluster, "paper")  # what `haexec reconcile` reports
+    assert (found.vanished, found.foreign, found.ok) == ([ours], [foreign], False)
 
 
 def test_with_the_real_rules_a_registered_trailing_stop_activates_and_follows(
