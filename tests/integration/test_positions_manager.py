@@ -23,6 +23,7 @@ from engine.positions.manager import ManagerConfig, PositionManager
 from engine.positions.metrics import PositionMetrics
 from engine.positions.recovery import survey
 from engine.positions.registration import NoSuchPosition, Registrar, RegistrationError
+from engine.positions.wakeup import BookListener
 from engine.risk import RiskLimits
 from tests.integration.test_executor import Rig, rig, submit  # noqa: F401 (rig is a fixture)
 from tests.integration.test_paper import lead
@@ -315,3 +316,26 @@ def test_64_concurrent_identical_registrations_make_one_row(
             == 1
         )
     assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "unregistered"]
+
+
+def test_a_paper_booking_wakes_the_manager_and_its_own_stop_changes_do_not(
+    rig: Rig,  # noqa: F811
+    paper: PaperBroker,
+    database_url: str,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    wakes: list[int] = []
+    listener = BookListener(database_url, rig.cluster, "leader", lambda: wakes.append(1))
+    listener.start()
+    try:
+        wait_for(lambda: wakes, 5, "the wake-up on listening")  # for anything booked meanwhile
+        ticket = open_buy(paper, epoch, "HXWAKE1", sl="1.09000")
+        wait_for(lambda: len(wakes) == 2, 5, "the wake-up on a booking")
+        # A stop change notifies too (a position update), before the next booking does, in
+        # commit order: only the booking wakes the manager.
+        assert paper.modify(ticket, D("1.09500"), None, epoch).outcome is Outcome.DONE
+        open_buy(paper, epoch, "HXWAKE2", sl="1.09000")
+        wait_for(lambda: len(wakes) >= 3, 5, "the wake-up on the second booking")
+        assert len(wakes) == 3
+    finally:
+        listener.stop()
