@@ -222,6 +222,8 @@ class PositionManager:
         self._stop.set()
         self._stop = stop = threading.Event()
         self._first_loop = True  # a new term begins with a stop audit of every position
+        # What the last term found is found again (and alerted again) by this one's audit.
+        self.held_symbols, self._alerted, self._book = {}, set(), {}
         self._thread = threading.Thread(target=self._run, args=(stop,), name="haexec-positions", daemon=True)
         self._thread.start()
 
