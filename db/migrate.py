@@ -50,6 +50,8 @@ TABLES = frozenset(
         "paper_venue_cursor",
         "operator_audit",
         "loop_restarts",
+        "plan_execution_state",
+        "trade_journal",
     }
 )
 

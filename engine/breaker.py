@@ -68,6 +68,7 @@ class CircuitBreaker:
         *,
         broker: str = "mt5",
         on_change: Callable[[BreakerState], None] | None = None,
+        gauge: Gauge | None = BROKER_CIRCUIT_OPEN,  # None: no series (a breaker per position counts its own)
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -85,7 +86,9 @@ class CircuitBreaker:
         self._opened_at = 0.0  # when the circuit last opened
         self._trial_at: float | None = None  # when the half-open trial was handed out
         self._trial_owner: int | None = None  # the thread that holds the trial
-        BROKER_CIRCUIT_OPEN.labels(broker=broker).set(0)
+        self._gauge = gauge
+        if gauge is not None:
+            gauge.labels(broker=broker).set(0)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -194,7 +197,8 @@ class CircuitBreaker:
         self._state = state
         if state is BreakerState.CLOSED:
             self._failures = 0
-        BROKER_CIRCUIT_OPEN.labels(broker=self.broker).set(1 if state is BreakerState.OPEN else 0)
+        if self._gauge is not None:
+            self._gauge.labels(broker=self.broker).set(1 if state is BreakerState.OPEN else 0)
         if state is not BreakerState.OPEN:
             log.warning("broker %s circuit %s", self.broker, state.value)
         return state

@@ -67,6 +67,9 @@ DUPLICATE_ORDER_OPEN = "duplicate_order_open"  # a duplicate whose close or remo
 CIRCUIT_OPEN = "circuit_breaker_open"
 LOOP_RESTARTED = "loop_restarted"  # a supervised loop's thread replaced (engine/supervision.py)
 LOOP_FAILED = "loop_failed"  # its restart budget spent: the replica gives up leadership
+# The position manager's (engine.positions.manager emits them through `alert`).
+POSITION_WITHOUT_STOP = "position_without_stop"
+POSITION_VANISHED = "position_vanished"
 KINDS = (
     LEADERSHIP_CHANGE,
     SPLIT_BRAIN,
@@ -78,6 +81,8 @@ KINDS = (
     CIRCUIT_OPEN,
     LOOP_RESTARTED,
     LOOP_FAILED,
+    POSITION_WITHOUT_STOP,
+    POSITION_VANISHED,
 )
 
 # Severities, as in the log lines these alerts accompany.

@@ -214,7 +214,9 @@ def cmd_broker(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
     from engine.brokers.base import BrokerError
+    from engine.positions.recovery import survey
     from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
+    from haexec.positions import account_of
 
     with _pool(args, env) as (pool, cfg):
         try:
@@ -222,10 +224,16 @@ def cmd_reconcile(args: argparse.Namespace, env: dict[str, str]) -> int:
             report = reconcile(
                 pool, broker, cfg.election.cluster, f"cli:{getpass.getuser()}", None, 3 * RECONCILE_TIMEOUT_MS
             )
+            positions = survey(pool, broker, cfg.election.cluster, account_of(cfg))
         except BrokerError as e:
             raise CommandError(f"broker {cfg.engine.broker}: {e}") from None
-        _print({**asdict(report), "ok": report.ok}, args.json, lambda: json.dumps(asdict(report), indent=2))
-    return 0 if report.ok else EXIT_FAILED
+        out = {
+            **asdict(report),
+            "ok": report.ok and positions.ok,
+            "managed_positions": {**asdict(positions), "ok": positions.ok},
+        }
+        _print(out, args.json, lambda: json.dumps(out, indent=2))
+    return 0 if report.ok and positions.ok else EXIT_FAILED
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

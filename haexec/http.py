@@ -65,6 +65,8 @@ class ReplicaState(Protocol):
 
     def loops(self) -> dict[str, dict[str, object]]: ...
 
+    def positions_health(self) -> dict[str, Any]: ...
+
     def kill_switch(self) -> dict[str, Any] | None: ...
 
     # The replica's market data (None until it is open) and the oldest tick it serves.
@@ -160,6 +162,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             # The feed's age, never a 503 by itself (Replica.market_health says why).
             "market": replica.market_health(),
             "loops": replica.loops(),
+            # The position manager's view, never a 503 by itself (Replica.positions_health).
+            "positions": replica.positions_health(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -330,6 +334,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": "database unavailable"}, status_code=503)
         return JSONResponse(found)
 
+    from haexec.http_trades import trade_routes  # it imports this module's helpers
+
     return Starlette(
         middleware=[Middleware(ErrorIds)],
         routes=[
@@ -345,6 +351,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/market/{symbol}", market),
             Route("/account", account),
             Route("/positions", positions),
+            *trade_routes(replica, body_timeout_s),
         ],
     )
 

@@ -36,6 +36,7 @@ from engine.loop_restarts import PgRestartLog
 from engine.market import FeedUnavailable, Market
 from engine.market.feed import FeedRunner
 from engine.market.watch import FeedWatch
+from engine.positions.wakeup import BookListener
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from engine.supervision import Supervisor
 from haexec.alerts import (
@@ -51,6 +52,7 @@ from haexec.alerts import (
     on_breaker_change,
 )
 from haexec.http import HttpServer, build_app
+from haexec.positions import build_manager, build_registrar
 from haexec.settings import Settings
 
 log = logging.getLogger("haexec.replica")
@@ -246,6 +248,22 @@ class Replica:
         executor.beat = self.supervisor.register(
             "executor", executor_period_ms(settings), executor.restart, alive=lambda: executor.alive
         )
+        # The position manager runs on the leader only (started and stopped with leadership);
+        # it reads the market once start() has opened it. Any replica registers trades.
+        self.positions = build_manager(
+            settings, self.coordinator, self.engine_pool, self.broker, None, self.alerts.emit
+        )
+        manager = self.positions
+        manager.beat = self.supervisor.register(
+            "positions", max(1000, manager.cfg.period_ms), manager.start, alive=lambda: manager.alive, leader_only=True
+        )
+        self.registrar = build_registrar(settings, self.engine_pool, self.broker)
+        # A paper booking wakes the manager, so a fill's stop is checked at once.
+        self._book_listener = (
+            BookListener(database_url, election.cluster, election.instance_id, self.positions.wake)
+            if isinstance(self.broker, PaperBroker)
+            else None
+        )
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -288,6 +306,20 @@ class Replica:
         self.coordinator.reconsider()  # a leader releases now, so a healthy replica takes over
         self.coordinator.announce()  # and its registry entry says it is not healthy
 
+    def positions_health(self) -> dict[str, Any]:
+        """/health's `positions` detail, never a 503 by itself: a held symbol or a failing
+        loop is alerted CRITICAL where it happens; the supervisor judges the loop."""
+        manager = self.positions
+        if not manager.alive:
+            return {"state": "not leading"}
+        report = manager.last_report
+        return {
+            "state": manager.health(),
+            "managed": report.positions if report else None,
+            "without_sl": report.naked if report else None,
+            "held_symbols": dict(manager.held_symbols),
+        }
+
     def market_health(self) -> str:
         """The feed as /health shows it: `ok`, `stale: EURUSD tick 12.3 s old`, `unavailable:
         ...`. Shown on every replica and never a 503 by itself: the feed is the same for all
@@ -320,6 +352,8 @@ class Replica:
         else:
             watched = market.symbols()
         self._watch = FeedWatch(market, watched, self.market_max_age_ms)
+        if watched:  # every tick wakes the position manager (it loops on the leader only)
+            market.subscribe(watched, on_tick=lambda _tick: self.positions.wake())
         feed = self._feed = FeedRunner(market.feed, FEED_INTERVAL_S)
         period_ms = feed_period_ms(self.settings)
         feed.beat = self.supervisor.register("feed", period_ms, feed.restart, alive=lambda: feed.alive)
@@ -392,11 +426,13 @@ class Replica:
         self._leading = (epoch, time.monotonic())
         self.supervisor.set_leading(True)
         self.executor.on_started_leading(epoch)
+        self.positions.on_started_leading(epoch)  # its first act: a stop audit of every position
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
         self.supervisor.set_leading(False)
         self.executor.on_stopped_leading(epoch, reason)
+        self.positions.on_stopped_leading(epoch, reason)
         self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
         severity = WARNING if reason.startswith("released") else CRITICAL
@@ -445,6 +481,7 @@ class Replica:
         self.market = self._open_market()
         if isinstance(self.broker, PaperBroker) and self.settings.engine.paper_prices == "market":
             self.broker.market = self.market  # before the executor starts: every order is priced
+        self.positions.market = self.market
         try:
             self.coordinator.open(timeout)
             self.engine_pool.open(wait=True, timeout=timeout)
@@ -473,6 +510,8 @@ class Replica:
         if missing:
             raise StartupError(f"loop {', '.join(missing)}: no first heartbeat within {timeout:g}s")
         self.coordinator.start()
+        if self._book_listener is not None:
+            self._book_listener.start()
         self.supervisor.start()
         self.http.start()
         self._ready = True
@@ -490,6 +529,9 @@ class Replica:
         self._ready = False
         self.supervisor.stop()  # first: a loop being stopped is not a loop to restart
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
+        self.positions.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
+        if self._book_listener is not None:
+            self._book_listener.stop()
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
         self._stop_market()  # before the broker: MT5 reads may run on its terminal thread

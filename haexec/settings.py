@@ -20,6 +20,7 @@ from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
 from engine.positions.rules import ManageRules, RulesError, parse_manage
+from engine.positions.settings import PositionSettings, position_settings
 from engine.risk import RiskLimits
 from engine.signal import BodyTooLarge, DuplicateKey, loads
 from engine.venue.settings import VenueSettings, venue_settings
@@ -250,6 +251,7 @@ class EngineSettings:
     gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
+    positions: PositionSettings = field(default_factory=PositionSettings)  # HAEXEC_SL_DEADLINE_MS, ...
 
     def __repr__(self) -> str:  # never print the MT5 password or the gateway token
         return f"EngineSettings(broker={self.broker!r}, deadline={self.broker_deadline_ms})"
@@ -306,6 +308,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
         venue=venue_settings(env) if broker == "paper" else VenueSettings(),
+        positions=position_settings(env),
         **(_gateway(env) if broker == "gateway" else {}),
     )
 

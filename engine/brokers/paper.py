@@ -19,6 +19,7 @@ leverage. Marking and matching belong to the venue process.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 
@@ -38,15 +39,18 @@ from engine.brokers.base import (
     Position,
     PositionDiff,
     Quote,
+    Refusal,
     SymbolSpec,
     SymbolUnavailable,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.market.base import FeedUnavailable, MarketDataError, StaleData, TradeMode, UnknownSymbol
 from engine.market.service import Market
 from engine.model import OrderType, Side
 from engine.venue import ledger, rules
 from engine.venue.model import Kind
+from engine.venue.model import Position as VenuePosition
 from engine.venue.model import Quote as VenueQuote
 from engine.venue.pnl import Contract
 from engine.venue.settings import VenueSettings
@@ -109,7 +113,45 @@ MARK_FRESH_MS = 2000
 
 _PAPER_QUOTE = Quote(SymbolSpec(contract_size=Decimal(1)))
 
+POSITION_SQL = (
+    "SELECT symbol, side, volume, price, sl, tp FROM paper_positions"
+    " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL"
+)
+MODIFY_SQL = (
+    "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp)"
+    " WHERE cluster = %s AND ticket = %s AND closed_at IS NULL AND sl IS NOT DISTINCT FROM %s"
+    " AND tp IS NOT DISTINCT FROM %s RETURNING ticket"
+)
+POSITIONS_SQL = (
+    "SELECT ticket, symbol, side, volume, price, sl, tp FROM paper_positions"
+    " WHERE cluster = %s AND ticket = ANY(%s) AND closed_at IS NULL"
+)
+# The stops travel as one JSON array: a manager loop may move hundreds.
+MODIFY_MANY_SQL = """
+UPDATE paper_positions p SET sl = u.sl
+FROM jsonb_to_recordset(%s::jsonb) AS u(ticket bigint, sl numeric, was numeric)
+WHERE p.cluster = %s AND p.ticket = u.ticket AND p.closed_at IS NULL AND p.sl IS NOT DISTINCT FROM u.was
+RETURNING p.ticket
+"""
+# The deal that closed a position (a close, a stop, a take profit or a stop-out), the latest.
+CLOSING_DEAL_SQL = """
+SELECT d.kind, d.volume, d.price, d.pnl, d.at FROM paper_deals d
+JOIN paper_positions p ON p.cluster = d.cluster AND p.ticket = d.ticket AND p.closed_at IS NOT NULL
+WHERE d.cluster = %s AND d.ticket = %s AND d.kind NOT IN ('open', 'modify') ORDER BY d.id DESC LIMIT 1
+"""
+# The venue's rules by what their refusal means to a caller.
+MODIFY_REFUSALS = {"stops_level": Refusal.INVALID_STOPS, "freeze_level": Refusal.FROZEN}
+
 DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) VALUES (%s, %s, %s, %s, %s, %s)"
+
+
+def _stops_json(send: list[tuple[str, Decimal, VenuePosition]]) -> str:
+    rows = [{"ticket": int(t), "sl": str(sl), "was": None if p.sl is None else str(p.sl)} for t, sl, p in send]
+    return json.dumps(rows)
+
+
+def _gone(ticket: str) -> OrderResult:
+    return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}", refusal=Refusal.GONE)
 
 
 class PaperBroker:
@@ -419,17 +461,102 @@ class PaperBroker:
         }
 
     def modify(self, ticket: str, sl: Decimal | None, tp: Decimal | None, epoch: int | None = None) -> OrderResult:
-        """Change an open position's stops (None keeps one). Fenced when an epoch is given."""
+        """Change an open position's stops (None keeps one), fenced when an epoch is given.
+        A refusal says what it means (`Refusal`): GONE for no open position; with a market,
+        INVALID_STOPS for a stop on the wrong side of the closing price or within the
+        symbol's stops level, FROZEN when the position's stops are within its freeze level,
+        OTHER when there is no fresh price to judge by. A change to what it has already is DONE."""
+        if not str(ticket).isdigit():
+            return _gone(ticket)
         with self._pool.connection() as conn:
+            row = conn.execute(POSITION_SQL, (self._cluster, int(ticket))).fetchone()
+            if row is None:
+                return _gone(ticket)
+            held = VenuePosition(int(ticket), row[0], Side(row[1]), row[2], row[3], row[4], row[5])
+            if (sl is None or sl == held.sl) and (tp is None or tp == held.tp):
+                return OrderResult(Outcome.DONE, ref=ticket, detail="no change")
+            if self.market is not None:
+                refused = self._modify_refusal(self.market, held, sl, tp)
+                if refused is not None:
+                    return refused
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
-                row = conn.execute(
-                    "UPDATE paper_positions SET sl = COALESCE(%s, sl), tp = COALESCE(%s, tp) "
-                    "WHERE cluster = %s AND ticket = %s AND closed_at IS NULL RETURNING ticket",
-                    (sl, tp, self._cluster, int(ticket)),
-                ).fetchone()
-        if row is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                # Only the row as judged: a stop-out or another modify in between is judged again
+                # by the caller (GONE, or a fresh read next time), never overwritten blind.
+                done = conn.execute(MODIFY_SQL, (sl, tp, self._cluster, int(ticket), held.sl, held.tp)).fetchone()
+        if done is None:
+            return (
+                _gone(ticket)
+                if self._closed(ticket)
+                else OrderResult(Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER)
+            )
         return OrderResult(Outcome.DONE, ref=ticket)
+
+    def modify_many(self, stops: list[tuple[str, Decimal]], epoch: int) -> dict[str, OrderResult]:
+        """Many positions' stop losses in one fenced transaction (a manager loop's changes):
+        each judged as `modify` judges one, then one statement for every one allowed. A
+        position changed or closed in between is answered as `modify` would (GONE, OTHER)."""
+        answers: dict[str, OrderResult] = {}
+        wanted = {t: sl for t, sl in stops if str(t).isdigit()}
+        answers.update({t: _gone(t) for t, _ in stops if t not in wanted})
+        if not wanted:
+            return answers
+        with self._pool.connection() as conn:
+            rows = conn.execute(POSITIONS_SQL, (self._cluster, [int(t) for t in wanted])).fetchall()
+            held = {str(r[0]): VenuePosition(int(r[0]), r[1], Side(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+            send: list[tuple[str, Decimal, VenuePosition]] = []
+            for ticket, sl in wanted.items():
+                position = held.get(ticket)
+                if position is None:
+                    answers[ticket] = _gone(ticket)
+                elif sl == position.sl:
+                    answers[ticket] = OrderResult(Outcome.DONE, ref=ticket, detail="no change")
+                elif self.market is not None and (refused := self._modify_refusal(self.market, position, sl, None)):
+                    answers[ticket] = refused
+                else:
+                    send.append((ticket, sl, position))
+            if send:
+                with fenced(conn, self._cluster, epoch):
+                    rows = conn.execute(MODIFY_MANY_SQL, (_stops_json(send), self._cluster)).fetchall()
+                done = {str(r[0]) for r in rows}
+                for ticket, _, _ in send:
+                    answers[ticket] = (
+                        OrderResult(Outcome.DONE, ref=ticket)
+                        if ticket in done
+                        else OrderResult(
+                            Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER
+                        )
+                    )
+        return answers
+
+    def _modify_refusal(
+        self, market: Market, held: VenuePosition, sl: Decimal | None, tp: Decimal | None
+    ) -> OrderResult | None:
+        try:
+            tick = market.tick(held.symbol, max_age_ms=self.max_quote_age_ms)
+            contract = Contract.of(market.spec(held.symbol), self._currency)
+        except MarketDataError as e:
+            return OrderResult(
+                Outcome.REJECTED, detail=f"no fresh price to judge the stops by: {first_line(e)}", refusal=Refusal.OTHER
+            )
+        # Market hours are the venue process's to enforce (it has them); here the stop rules.
+        refused = rules.check_modify(contract, VenueQuote.of(tick), held, sl, tp, open_market=True)
+        if refused is None:
+            return None
+        meaning = MODIFY_REFUSALS.get(refused.rule, Refusal.OTHER)
+        return OrderResult(Outcome.REJECTED, detail=str(refused), refusal=meaning)
+
+    def _closed(self, ticket: str) -> bool:
+        with self._pool.connection() as conn:
+            return conn.execute(POSITION_SQL, (self._cluster, int(ticket))).fetchone() is None
+
+    def closing_deal(self, ticket: str) -> ClosingDeal | None:
+        """How a position that is no longer open closed (its last closing deal), or None when
+        the venue has no such deal (never open, or still open)."""
+        if not str(ticket).isdigit():
+            return None
+        with self._pool.connection() as conn:
+            row = conn.execute(CLOSING_DEAL_SQL, (self._cluster, int(ticket))).fetchone()
+        return None if row is None else ClosingDeal(ticket, row[0], row[1], row[2], row[3], row[4])
 
     def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
         """Cancel a pending order. Fenced when an epoch is given."""
@@ -441,7 +568,7 @@ class PaperBroker:
                     (self._cluster, int(ticket)),
                 ).fetchone()
         if row is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}")
+            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}", refusal=Refusal.GONE)
         return OrderResult(Outcome.DONE, ref=ticket)
 
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
@@ -458,29 +585,33 @@ class PaperBroker:
                     (self._cluster, int(ticket)),
                 ).fetchone()
                 if row is None:
-                    return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                    return _gone(ticket)
                 conn.execute(DEAL_SQL, (self._cluster, int(ticket), "close", row[0], row[1], 0))
         return OrderResult(Outcome.DONE, ref=ticket, price=row[1])
 
     def _close_at_market(self, market: Market, ticket: str, epoch: int | None) -> OrderResult:
         if not str(ticket).isdigit():
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+            return _gone(ticket)
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT symbol FROM paper_positions WHERE cluster = %s AND ticket = %s AND closed_at IS NULL",
                 (self._cluster, int(ticket)),
             ).fetchone()
             if row is None:
-                return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+                return _gone(ticket)
             try:
                 tick = market.tick(row[0], max_age_ms=self.max_quote_age_ms)
                 contract = Contract.of(market.spec(row[0]), self._currency)
             except MarketDataError as e:  # a close is never made at a price that is not there
-                return OrderResult(Outcome.REJECTED, detail=f"no fresh price to close {ticket}: {first_line(e)}")
+                return OrderResult(
+                    Outcome.REJECTED,
+                    detail=f"no fresh price to close {ticket}: {first_line(e)}",
+                    refusal=Refusal.OTHER,
+                )
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
                 with conn.cursor() as cur:
                     closed = ledger.close_position(cur, self._cluster, int(ticket), VenueQuote.of(tick), contract)
         if closed is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no open position {ticket}")
+            return _gone(ticket)
         match, _balance = closed
         return OrderResult(Outcome.DONE, ref=ticket, detail=f"closed, P&L {match.pnl}", price=match.price)

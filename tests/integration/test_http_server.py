@@ -68,6 +68,9 @@ class StubReplica:
     def loops(self) -> dict[str, dict[str, object]]:
         return {}
 
+    def positions_health(self) -> dict[str, Any]:
+        return {"state": "not leading"}
+
     def market_health(self) -> str:
         return "ok"
 

@@ -86,8 +86,10 @@ def test_start_up_reconciles_and_waits_for_the_loops(make: type[Replica]) -> Non
     r.start()
     assert r.ready
     states = r.loops()
-    assert set(states) == {"executor", "feed"}
-    assert all(s["state"] == "ok" and s["heartbeat_age_s"] is not None for s in states.values())
+    assert set(states) == {"executor", "feed", "positions"}
+    assert all(states[n]["state"] == "ok" and states[n]["heartbeat_age_s"] is not None for n in ("executor", "feed"))
+    # The position manager is leader-only: registered, it beats once this replica leads.
+    assert states["positions"]["heartbeat_age_s"] is None
 
 
 class Recorder:
