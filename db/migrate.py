@@ -48,6 +48,9 @@ TABLES = frozenset(
         "market_replay_cursor",
         "paper_marks",
         "paper_venue_cursor",
+        "trade_plans",
+        "pattern_history",
+        "news_events",
     }
 )
 
