@@ -33,6 +33,7 @@ from engine.executor import Executor, ExecutorConfig
 from engine.market import FeedUnavailable, Market
 from engine.market.feed import FeedRunner
 from engine.market.watch import FeedWatch
+from engine.plans.runner import PlanRunner, RunnerConfig
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
 from haexec.http import HttpServer, build_app
@@ -197,6 +198,10 @@ class Replica:
             reconcile=self._reconcile,
             alert=self.alerts.emit,
         )
+        # Conditional trade plans: evaluated and executed by the leader only (engine/plans).
+        self.plans = PlanRunner(
+            RunnerConfig(election.cluster, election.instance_id), self.coordinator, self.engine_pool
+        )
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -312,10 +317,12 @@ class Replica:
     def _started_leading(self, epoch: int) -> None:
         self._leading = (epoch, time.monotonic())
         self.executor.on_started_leading(epoch)
+        self.plans.on_started_leading(epoch)
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
         self.executor.on_stopped_leading(epoch, reason)
+        self.plans.on_stopped_leading(epoch, reason)
         self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
         severity = WARNING if reason.startswith("released") else CRITICAL
@@ -376,6 +383,7 @@ class Replica:
         self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
         self.coordinator.start()
         self.executor.start()
+        self.plans.start(self.market)
         self.http.start()
         self._ready = True
         self.coordinator.announce()
@@ -391,6 +399,7 @@ class Replica:
         """Stop claiming, let an in-flight broker call finish and be recorded, then release."""
         self._ready = False
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
+        self.plans.stop()
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
         self._stop_market()  # before the broker: MT5 reads may run on its terminal thread

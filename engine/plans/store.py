@@ -334,3 +334,36 @@ def import_news(conn: psycopg.Connection, events: list[tuple[datetime, str, str,
 
 def news_between(conn: psycopg.Connection, from_ms: int, to_ms: int) -> list[NewsEvent]:
     return [NewsEvent(int(r[0]), r[1], r[2], r[3]) for r in conn.execute(NEWS_BETWEEN_SQL, (from_ms, to_ms))]
+
+
+# Cancelled or expired plans that have a signal: the CAS makes this impossible, and the
+# monitoring checks it stays so (haexec_plan_executions_after_cancel).
+AFTER_CANCEL_SQL = """
+SELECT count(*) FROM trade_plans p
+JOIN signals s ON s.cluster = p.cluster AND s.source = 'plan' AND split_part(s.signal_id, ':', 1) = p.plan_id
+WHERE p.cluster = %s AND p.status IN ('cancelled', 'expired')
+"""
+
+PENDING_KEYS_SQL = """
+SELECT plan_id, revision, expires_at FROM trade_plans
+WHERE cluster = %s AND status = 'pending' ORDER BY id
+"""
+
+PLANS_BY_ID_SQL = (
+    "SELECT plan_id, revision, plan FROM trade_plans WHERE cluster = %s AND plan_id = ANY(%s) AND status = 'pending'"
+)
+
+
+def executions_after_cancel(conn: psycopg.Connection, cluster: str) -> int:
+    row = conn.execute(AFTER_CANCEL_SQL, (cluster,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def pending_keys(conn: psycopg.Connection, cluster: str) -> dict[str, tuple[int, datetime | None]]:
+    """plan_id -> (revision, expires_at) of every pending plan: what the leader compares with
+    what it holds, to load only new and edited plans."""
+    return {r[0]: (int(r[1]), r[2]) for r in conn.execute(PENDING_KEYS_SQL, (cluster,))}
+
+
+def plans_by_id(conn: psycopg.Connection, cluster: str, plan_ids: list[str]) -> list[Pending]:
+    return [Pending(r[0], int(r[1]), r[2]) for r in conn.execute(PLANS_BY_ID_SQL, (cluster, plan_ids))]

@@ -1,0 +1,381 @@
+"""The leader's plan loop: on its own thread, working only while this replica leads.
+
+Each round: load new and edited pending plans (by revision), expire those past due, and
+evaluate the plans marked since the last round (a bar close of a (symbol, timeframe) they
+read, a tick of a symbol a price condition reads, a plan new or edited, and every plan at
+least every `full_every_ms` as a backstop), all on one RoundSnapshot, so each series is read
+once per round whatever the number of plans. A plan that holds executes in its own
+transaction fenced by the epoch (store.execute); the reason vectors and the confirmed
+patterns of the round are written in one more fenced transaction.
+
+On becoming leader (recovery): expire what is past due, check pattern_history (its size, any
+row confirmed in the future, the retention cleanup) and that no cancelled or expired plan has
+a signal. (plan_execution_state belongs to the positions work; its validation against the
+plans is wired by whoever merges both.)
+
+For a supervisor: `period_ms` is the longest a healthy loop goes between beats, and `beat`
+(given at construction) is called after every round that completed, leader or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg_pool import ConnectionPool
+
+from common.errors import first_line
+from coordinator.fencing import EpochSuperseded, NotLeader
+from engine.executor import Fencing
+from engine.market.base import Bars, Tick, Timeframe
+from engine.market.feed import Subscription
+from engine.market.service import Market
+from engine.plans import store
+from engine.plans.conditions.base import NewsEvent, Pattern, Truth
+from engine.plans.evaluator import Evaluation, LeafResult, PlanIndex, RoundSnapshot, evaluate, lookbacks
+from engine.plans.metrics import PlanMetrics, default_metrics
+from engine.plans.model import Plan, PlanValidationError, parse_plan
+
+log = logging.getLogger("haexec.plans")
+
+DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    cluster: str
+    instance_id: str
+    period_ms: int = 1000  # reload, expiry and the longest wait between rounds
+    full_every_ms: int = 30_000  # every plan is evaluated at least this often
+    audit_every_ms: int = 60_000  # pattern_history size, executions after cancel
+    pattern_keep_s: int = 30 * 86_400  # pattern_history retention
+
+
+@dataclass
+class Held:
+    revision: int
+    plan: Plan
+    expires_ms: int | None
+    evaluated_ms: float = float("-inf")
+    written: str = ""  # the last reason written, without its times
+
+
+@dataclass
+class RoundStats:
+    evaluated: int = 0
+    executed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class PlanRunner:
+    def __init__(
+        self,
+        cfg: RunnerConfig,
+        fencing: Fencing,
+        pool: ConnectionPool,
+        *,
+        metrics: PlanMetrics | None = None,
+        beat: Callable[[], None] | None = None,
+        monotonic_ms: Callable[[], float] = lambda: time.monotonic() * 1000,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.cfg = cfg
+        self.fencing = fencing
+        self.pool = pool
+        self.metrics = metrics or default_metrics()
+        self.beat = beat or (lambda: None)
+        self._now = monotonic_ms
+        self._wall = wall_ms  # expiry is wall time, as the database's statement_timestamp()
+        self.market: Market | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # the index and the marks, shared with the feed's thread
+        self._thread = threading.Thread(target=self._loop, name="haexec-plans", daemon=True)
+        self._leading: int | None = None
+        self._recover = False
+        self._held: dict[str, Held] = {}
+        self._index = PlanIndex()
+        self._marked: set[str] = set()
+        self._lookback: dict[tuple[str, Timeframe], int] = {}
+        self._sub: Subscription | None = None
+        self._watching: tuple[frozenset[str], frozenset[Timeframe]] = (frozenset(), frozenset())
+        self._next_sync_ms = 0.0
+        self._next_audit_ms = 0.0
+        self.last_round: RoundStats = RoundStats()
+
+    @property
+    def period_ms(self) -> int:
+        return self.cfg.period_ms
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- life cycle ----
+
+    def start(self, market: Market) -> None:
+        self.market = market
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        self._drop()
+
+    def on_started_leading(self, epoch: int) -> None:
+        self._leading = epoch
+        self._recover = True
+        self._wake.set()
+
+    def on_stopped_leading(self, epoch: int, reason: str) -> None:
+        self._leading = None
+        self._wake.set()
+
+    # ---- market events (the feed's thread) ----
+
+    def _on_bar(self, bars: Bars) -> None:
+        with self._lock:
+            self._marked |= self._index.on_bar(bars.symbol, bars.timeframe)
+        self._wake.set()
+
+    def _on_tick(self, tick: Tick) -> None:
+        with self._lock:
+            hit = self._index.on_tick(tick.symbol)
+            self._marked |= hit
+        if hit:
+            self._wake.set()
+
+    # ---- the loop ----
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.period_ms / 1000)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if self._leading is None:
+                self._drop()
+                self.beat()
+                continue
+            try:
+                self.run_round()
+            except (EpochSuperseded, NotLeader) as exc:
+                log.warning("plans: no longer leading: %s", first_line(exc))
+                self._drop()
+                continue
+            except DB_ERRORS as exc:
+                log.warning("plans: database: %s", first_line(exc))
+                continue
+            except Exception:
+                log.exception("plans: round failed")
+                continue
+            self.beat()
+
+    def run_round(self) -> RoundStats:
+        """One round, on the caller's thread (the loop's, or a test's)."""
+        assert self.market is not None, "start(market) first"
+        started = time.perf_counter()
+        now = self._now()
+        if self._recover:
+            self._recovery()
+            self._recover = False
+            self._next_sync_ms = 0.0
+        if now >= self._next_sync_ms:
+            self._sync()
+            self._next_sync_ms = now + self.cfg.period_ms
+        if now >= self._next_audit_ms:
+            self._audit()
+            self._next_audit_ms = now + self.cfg.audit_every_ms
+        wall = self._wall()
+        if any(h.expires_ms is not None and h.expires_ms <= wall for h in self._held.values()):
+            self._expire()
+        with self._lock:
+            marked, self._marked = self._marked, set()
+        due = {pid for pid, h in self._held.items() if now - h.evaluated_ms >= self.cfg.full_every_ms}
+        stats = self._evaluate(sorted((marked | due) & self._held.keys()), self.market.source.now_ms(), now)
+        stats.seconds = time.perf_counter() - started
+        self.metrics.round_seconds.observe(stats.seconds)
+        self.last_round = stats
+        return stats
+
+    def _recovery(self) -> None:
+        with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, fence):
+            expired = store.expire_due(cur, self.cfg.cluster)
+            removed = store.cleanup_patterns(cur, self.cfg.cluster, self.cfg.pattern_keep_s)
+        with self.pool.connection() as conn:
+            rows, suspect = store.count_patterns(conn, self.cfg.cluster)
+        if suspect:
+            log.error("plans: %d pattern_history rows confirmed in the future: a clock or detector fault", suspect)
+        log.info(
+            "plans: recovery at epoch %s: %d expired, %d old patterns removed, %d patterns kept",
+            fence.epoch,
+            len(expired),
+            removed,
+            rows,
+        )
+        self._next_audit_ms = 0.0
+
+    def _audit(self) -> None:
+        with self.pool.connection() as conn:
+            after = store.executions_after_cancel(conn, self.cfg.cluster)
+            rows, _ = store.count_patterns(conn, self.cfg.cluster)
+        self.metrics.after_cancel.set(after)
+        self.metrics.patterns.set(rows)
+        if after:
+            log.critical("plans: %d cancelled or expired plans have a signal", after)
+
+    def _sync(self) -> None:
+        """Hold exactly the pending plans at their current revision."""
+        with self.pool.connection() as conn:
+            keys = store.pending_keys(conn, self.cfg.cluster)
+            changed = [
+                pid for pid, (rev, _) in keys.items() if pid not in self._held or self._held[pid].revision != rev
+            ]
+            loaded = store.plans_by_id(conn, self.cfg.cluster, changed) if changed else []
+        with self._lock:
+            for pid in [p for p in self._held if p not in keys]:
+                del self._held[pid]
+                self._index.remove(pid)
+            for pid, held in self._held.items():
+                held.expires_ms = _ms(keys[pid][1])
+            for row in loaded:
+                try:
+                    _, plan = parse_plan(row.plan, row.plan_id)
+                except PlanValidationError as exc:  # a stored plan always parsed once: a compatibility bug
+                    log.error("plans: stored plan %s revision %d no longer loads: %s", row.plan_id, row.revision, exc)
+                    continue
+                self._held[row.plan_id] = Held(row.revision, plan, _ms(keys[row.plan_id][1]))
+                self._index.add(row.plan_id, plan.needs())
+                self._marked.add(row.plan_id)
+            self._lookback = lookbacks(h.plan for h in self._held.values())
+        self.metrics.active.set(len(self._held))
+        self._watch()
+
+    def _watch(self) -> None:
+        """Subscribe to the bar closes and ticks the held plans read (known symbols only: a
+        plan on a symbol the source lacks is UNKNOWN, which the evaluation says)."""
+        assert self.market is not None
+        with self._lock:
+            symbols = frozenset(self._index.symbols())
+            timeframes = frozenset(self._index.timeframes())
+        if (symbols, timeframes) == self._watching:
+            return
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        self._watching = (symbols, timeframes)
+        known = symbols & set(self.market.symbols())
+        if known:
+            ordered = sorted(timeframes, key=lambda t: t.value) or [Timeframe.M1]
+            tfs: list[Timeframe | str] = list(ordered)
+            self._sub = self.market.subscribe(sorted(known), on_tick=self._on_tick, on_bar=self._on_bar, timeframes=tfs)
+
+    def _expire(self) -> None:
+        with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):
+            expired = store.expire_due(cur, self.cfg.cluster)
+        with self._lock:
+            for pid in expired:
+                self._held.pop(pid, None)
+                self._index.remove(pid)
+        for pid in expired:
+            log.info("plans: %s expired before its conditions held", pid)
+
+    def _news(self, from_ms: int, to_ms: int) -> list[NewsEvent]:
+        with self.pool.connection() as conn:
+            return store.news_between(conn, from_ms, to_ms)
+
+    def _observe(self, leaf: LeafResult) -> None:
+        self.metrics.checks.labels(leaf.type, leaf.truth.value).inc()
+        self.metrics.check_seconds.observe(leaf.seconds)
+        if leaf.detail.startswith("check failed"):
+            self.metrics.failures.labels(leaf.type).inc()
+        if leaf.seconds > 0.5:
+            log.warning("plans: condition %s (%s) took %.0f ms", leaf.path, leaf.type, leaf.seconds * 1000)
+
+    def _evaluate(self, plan_ids: list[str], market_ms: int, now: float) -> RoundStats:
+        assert self.market is not None
+        stats = RoundStats()
+        if not plan_ids:
+            return stats
+        snap = RoundSnapshot(self.market, market_ms, self._news, lookback=dict(self._lookback))
+        reasons: list[tuple[str, int, dict[str, Any]]] = []
+        patterns: list[Pattern] = []
+        for pid in plan_ids:
+            held = self._held.get(pid)
+            if held is None:
+                continue
+            ev = evaluate(held.plan, snap, self._observe)
+            held.evaluated_ms = now
+            stats.evaluated += 1
+            patterns.extend(ev.patterns)
+            if ev.truth is Truth.TRUE and self._execute(pid, held, ev):
+                stats.executed.append(pid)
+                continue
+            reason = ev.reason()
+            shown = json.dumps(_without_times(reason), sort_keys=True)
+            if shown != held.written:
+                held.written = shown
+                reasons.append((pid, held.revision, reason))
+        self.metrics.data.labels("miss").inc(snap.reads)
+        self.metrics.data.labels("hit").inc(snap.requests - snap.reads)
+        if reasons or patterns:
+            with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):
+                store.record_reasons(cur, self.cfg.cluster, reasons)
+                store.record_patterns(cur, self.cfg.cluster, patterns)
+        return stats
+
+    def _execute(self, pid: str, held: Held, ev: Evaluation) -> bool:
+        with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, fence):
+            fp = store.execute(
+                conn,
+                cur,
+                self.cfg.cluster,
+                self.cfg.instance_id,
+                fence.epoch,
+                pid,
+                held.revision,
+                held.plan,
+                ev.reason(),
+            )
+        with self._lock:
+            self._held.pop(pid, None)
+            self._index.remove(pid)
+        if fp is None:
+            log.info("plans: %s revision %d held but was no longer pending at that revision", pid, held.revision)
+            return False
+        self.metrics.executions.inc()
+        log.info("plans: %s revision %d executed as signal %s", pid, held.revision, fp[:16])
+        return True
+
+    def _drop(self) -> None:
+        """Forget everything a term held: a new term loads it again from the database."""
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        with self._lock:
+            self._held.clear()
+            self._index = PlanIndex()
+            self._marked.clear()
+            self._watching = (frozenset(), frozenset())
+        self.metrics.active.set(0)
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _without_times(reason: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "result": reason["result"],
+        "conditions": [{k: v for k, v in c.items() if k != "age_ms"} for c in reason["conditions"]],
+    }

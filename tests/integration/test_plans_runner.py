@@ -1,0 +1,137 @@
+"""The leader's plan loop on real PostgreSQL over the sim: a plan that holds executes once,
+one that does not keeps its reason vector, a bar close marks only the plans reading it,
+expiry, recovery on becoming leader, and nothing done without the epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from db.session import SessionLimits, make_pool
+from db.urls import libpq_url
+from engine.market.sim import SimSource
+from engine.plans import store
+from engine.plans.metrics import PlanMetrics
+from engine.plans.model import parse_plan
+from engine.plans.runner import PlanRunner, RunnerConfig
+from tests.market_support import MarketClock, market_over
+from tests.plans_support import StaticFencing, set_leader
+
+T0 = 1_796_000_000_000  # a Thursday in 2026, 18:13 UTC
+ORDER = {"symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.01", "price": "1.1", "sl": "1.09"}
+
+
+@dataclass
+class Rig:
+    cluster: str
+    conn: psycopg.Connection
+    runner: PlanRunner
+    clock: MarketClock
+    fencing: StaticFencing
+
+    def add(self, plan_id: str, **extra: Any) -> None:
+        store.create(self.conn, self.cluster, "r1", plan_id, parse_plan({**ORDER, **extra})[1])
+
+    def status(self, plan_id: str) -> str:
+        row = store.show(self.conn, self.cluster, plan_id)
+        assert row is not None
+        return str(row["status"])
+
+
+@pytest.fixture
+def rig(database_url: str, cluster: str) -> Iterator[Rig]:
+    pool = make_pool(database_url, SessionLimits(2000, "test-plans"), name="test-plans", max_size=2)
+    pool.open(wait=True, timeout=10)
+    clock = MarketClock(T0)
+    market = market_over(SimSource(seed=1, symbols=["EURUSD", "DXY"], clock=clock))
+    fencing = StaticFencing(cluster, 5)
+    mono = [0.0]
+    runner = PlanRunner(
+        RunnerConfig(cluster, "leader", period_ms=0),
+        fencing,
+        pool,
+        metrics=PlanMetrics(CollectorRegistry()),
+        monotonic_ms=lambda: mono[0],
+    )
+    runner.market = market
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        set_leader(conn, cluster, 5)
+        yield Rig(cluster, conn, runner, clock, fencing)
+    runner.stop()
+    pool.close()
+
+
+def test_plans_that_hold_execute_once_and_the_others_explain_why(rig: Rig) -> None:
+    rig.add("now")  # no conditions: a pending order
+    rig.add("empty", conditions={"all": []})
+    rig.add("above", conditions={"type": "price_above", "symbol": "EURUSD", "level": "0.5"})
+    rig.add("never", conditions={"all": [{"type": "price_above", "symbol": "EURUSD", "level": "5"}]})
+    rig.add("nowhere", conditions={"type": "holds_above", "symbol": "NOPE", "timeframe": "M5", "level": "1", "bars": 2})
+    rig.runner.on_started_leading(5)
+    stats = rig.runner.run_round()
+    assert sorted(stats.executed) == ["above", "empty", "now"] and stats.evaluated == 5
+    assert [rig.status(p) for p in ("now", "empty", "above", "never", "nowhere")] == [
+        "executing",
+        "executing",
+        "executing",
+        "pending",
+        "pending",
+    ]
+    signals = rig.conn.execute(
+        "SELECT signal_id FROM signals WHERE cluster = %s ORDER BY signal_id", (rig.cluster,)
+    ).fetchall()
+    assert [s[0] for s in signals] == ["above:1", "empty:1", "now:1"]
+    never = store.show(rig.conn, rig.cluster, "never")
+    assert never is not None and never["reason"]["result"] == "false"
+    (leaf,) = never["reason"]["conditions"]
+    assert leaf["path"] == "conditions.all[0]" and leaf["threshold"] == "5" and leaf["age_ms"] is not None
+    nowhere = store.show(rig.conn, rig.cluster, "nowhere")
+    assert nowhere is not None and nowhere["reason"]["result"] == "unknown"
+    assert "NOPE" in nowhere["reason"]["conditions"][0]["detail"]
+    assert rig.runner.run_round().evaluated == 0  # nothing marked, nothing new
+    assert rig.conn.execute("SELECT count(*) FROM signals WHERE cluster = %s", (rig.cluster,)).fetchone() == (3,)
+
+
+def test_a_bar_close_marks_only_the_plans_reading_it(rig: Rig) -> None:
+    rig.add("m1", conditions={"type": "holds_above", "symbol": "EURUSD", "timeframe": "M1", "level": "5", "bars": 1})
+    rig.add("m15", conditions={"type": "holds_above", "symbol": "EURUSD", "timeframe": "M15", "level": "5", "bars": 1})
+    rig.add("dxy", conditions={"type": "holds_above", "symbol": "DXY", "timeframe": "M1", "level": "500", "bars": 1})
+    rig.runner.on_started_leading(5)
+    assert rig.runner.run_round().evaluated == 3
+    assert rig.runner.market is not None
+    rig.clock.ms += 60_000 - T0 % 60_000 + 1  # the M1 bar closes, the M15 does not (18:14)
+    rig.runner.market.pump()
+    marked = rig.runner.run_round()
+    assert marked.evaluated == 2  # m1 and dxy, not m15
+
+
+def test_expiry_recovery_and_the_fence(rig: Rig) -> None:
+    rig.add(
+        "late", conditions={"type": "price_above", "symbol": "EURUSD", "level": "5"}, expires_at="2099-01-01T00:00:00Z"
+    )
+    rig.add("gone", expires_at="2099-01-01T00:00:00Z")
+    rig.conn.execute(
+        "UPDATE trade_plans SET expires_at = now() - interval '1 s' WHERE cluster = %s AND plan_id = 'gone'",
+        (rig.cluster,),
+    )
+    # another replica led meanwhile: this one's epoch 5 writes nothing
+    set_leader(rig.conn, rig.cluster, 6, "other")
+    rig.runner.on_started_leading(5)
+    with pytest.raises(Exception, match="superseded"):
+        rig.runner.run_round()
+    assert rig.status("gone") == "pending"
+    set_leader(rig.conn, rig.cluster, 5)
+    rig.runner.run_round()  # recovery runs again: it had not completed
+    assert rig.status("gone") == "expired" and rig.status("late") == "pending"
+    rig.conn.execute(
+        "UPDATE trade_plans SET expires_at = now() - interval '1 s' WHERE cluster = %s AND plan_id = 'late'",
+        (rig.cluster,),
+    )
+    rig.runner.run_round()
+    assert rig.status("late") == "expired"
+    assert rig.conn.execute("SELECT count(*) FROM signals WHERE cluster = %s", (rig.cluster,)).fetchone() == (0,)
