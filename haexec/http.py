@@ -276,8 +276,11 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": str(e)}, status_code=400)
         return JSONResponse(quote_json(data.name, tick, spec))
 
+    from haexec.http_plans import plan_routes  # here: it builds on this module's helpers
+
     return Starlette(
         routes=[
+            *plan_routes(replica, body_timeout_s),
             Route("/health", health),
             Route("/ready", ready),
             Route("/leader", leader),
