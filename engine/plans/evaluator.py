@@ -217,7 +217,9 @@ def lookbacks(plans: Iterable[Plan]) -> dict[tuple[str, Timeframe], int]:
     out: dict[tuple[str, Timeframe], int] = {}
     for plan in plans:
         for leaf in plan.leaves():
-            count = getattr(leaf.condition, "lookback", lambda: DEFAULT_LOOKBACK)()
+            # A family says how many closed bars it reads with an int `lookback` (an attribute
+            # or a property); one that does not is given DEFAULT_LOOKBACK.
+            count = getattr(leaf.condition, "lookback", DEFAULT_LOOKBACK)
             for symbol, tf in leaf.condition.needs():
                 if tf is not None:
                     out[(symbol, tf)] = max(out.get((symbol, tf), 0), int(count))

@@ -72,6 +72,7 @@ class ChangePct:
     def needs(self) -> list[tuple[str, Timeframe | None]]:
         return [(self.symbol, self.timeframe)]
 
+    @property
     def lookback(self) -> int:
         return self.window_bars + 1
 
@@ -150,6 +151,7 @@ class Correlation:
     def needs(self) -> list[tuple[str, Timeframe | None]]:
         return [(self.symbol, self.timeframe), (self.other, self.timeframe)]
 
+    @property
     def lookback(self) -> int:
         return self.bars + 1
 

@@ -112,6 +112,7 @@ class Crosses:
     def needs(self) -> list[tuple[str, Timeframe | None]]:
         return [(self.symbol, self.timeframe)]
 
+    @property
     def lookback(self) -> int:
         return 2
 
@@ -175,6 +176,7 @@ class Holds:
     def needs(self) -> list[tuple[str, Timeframe | None]]:
         return [(self.symbol, self.timeframe)]
 
+    @property
     def lookback(self) -> int:
         return self.bars
 
