@@ -58,3 +58,6 @@ class SignalIntent:
     expires_at: datetime | None = None
     ts: datetime | None = None  # the producer's timestamp, part of the fingerprint
     meta: dict[str, Any] = field(default_factory=dict)  # kept, never fingerprinted
+    # The position's management rules, in their canonical JSON (engine.positions.rules
+    # ManageRules.to_json); None: none given, the cluster default applies; {}: none at all.
+    manage: dict[str, Any] | None = None

@@ -23,6 +23,7 @@ from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from typing import Any
 
 from engine.model import OrderType, Side, SignalIntent
+from engine.positions.rules import RulesError, parse_manage
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -55,6 +56,7 @@ FIELDS = frozenset(
         "expires_at",
         "ts",
         "meta",
+        "manage",
     }
 )
 
@@ -182,6 +184,7 @@ def parse_signal(body: object) -> SignalIntent:
     expires_at = field("expires_at", _timestamp, False)
     ts = field("ts", _timestamp, False)
     meta = field("meta", _meta, False)
+    manage = _manage(body.get("manage"), errors)
 
     # Exactly one sizing rule. Presence is judged on the raw body, so an invalid value given
     # alongside the other one still reports "both" (joined to its own problem, one line).
@@ -221,7 +224,21 @@ def parse_signal(body: object) -> SignalIntent:
         expires_at=expires_at,
         ts=ts,
         meta=meta if meta is not None else {},
+        manage=manage,
     )
+
+
+def _manage(value: object, errors: dict[str, str]) -> dict[str, Any] | None:
+    """The `manage` block in its canonical form; each bad field in it is named on its own
+    (`manage.trailing.activation_rr`), like a top-level field."""
+    if value is None:
+        return None
+    try:
+        return parse_manage(value, "manage").to_json()
+    except RulesError as exc:
+        for where, problem in exc.fields:
+            errors[where] = f"{errors[where]}; {problem}" if where in errors else problem
+        return None
 
 
 def _side_message(relation: str, side: Side, level: Decimal, price: Decimal) -> str:
@@ -523,9 +540,10 @@ def _canon_time(moment: datetime) -> str:
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond:06d}Z"
 
 
-def _dumps(obj: dict[str, str]) -> str:
-    # Sorted keys, no whitespace, UTF-8 (not \u escapes). With string-only values this is
-    # exactly RFC 8785 (JCS), so producers may use any JCS library to reproduce it.
+def _dumps(obj: dict[str, Any]) -> str:
+    # Sorted keys, no whitespace, UTF-8 (not \u escapes). With string-only leaves (the
+    # manage block's are strings too) this is exactly RFC 8785 (JCS), so producers may use
+    # any JCS library to reproduce it.
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -535,8 +553,10 @@ def _sha256(text: str) -> str:
 
 def canonical_intent_json(intent: SignalIntent) -> str:
     """The canonical trade intent: what is hashed when there is no signal_id, and always for
-    intent_digest. Absent optionals are omitted; signal_id and meta never appear."""
-    fields: dict[str, str] = {
+    intent_digest. Absent optionals are omitted; signal_id and meta never appear. `manage`
+    appears only when given, so every signal without one keeps the fingerprint it had
+    before the block existed."""
+    fields: dict[str, Any] = {
         "source": intent.source,
         "symbol": intent.symbol,
         "side": str(intent.side),
@@ -554,6 +574,8 @@ def canonical_intent_json(intent: SignalIntent) -> str:
         fields["expires_at"] = _canon_time(intent.expires_at)
     if intent.ts is not None:
         fields["ts"] = _canon_time(intent.ts)
+    if intent.manage is not None:
+        fields["manage"] = intent.manage
     return _dumps(fields)
 
 
@@ -597,7 +619,8 @@ _PAYLOAD_TIMES = ("expires_at", "ts")
 
 def canonical_payload(intent: SignalIntent) -> dict[str, Any]:
     """The intent as a JSON-serialisable dict for storage (jsonb): every field present (null
-    when absent), decimals as canonical strings, times as canonical UTC strings, meta as is.
+    when absent), decimals as canonical strings, times as canonical UTC strings, meta as is;
+    `manage` (canonical) only when given, so a payload without one is what it always was.
     It is also a valid signal body: parse_signal(canonical_payload(i)) == i."""
     payload: dict[str, Any] = {
         "source": intent.source,
@@ -613,6 +636,8 @@ def canonical_payload(intent: SignalIntent) -> dict[str, Any]:
         value = getattr(intent, name)
         payload[name] = None if value is None else _canon_time(value)
     payload["meta"] = copy.deepcopy(intent.meta)
+    if intent.manage is not None:
+        payload["manage"] = copy.deepcopy(intent.manage)
     return payload
 
 
@@ -639,6 +664,9 @@ def intent_from_payload(payload: Mapping[str, Any]) -> SignalIntent:
         if price is None or sl is None:
             raise ValueError("price and sl are required")
         signal_id = payload.get("signal_id")
+        manage = payload.get("manage")
+        if manage is not None and not isinstance(manage, Mapping):
+            raise ValueError("manage is not an object")
         return SignalIntent(
             source=str(payload["source"]),
             symbol=str(payload["symbol"]),
@@ -653,6 +681,7 @@ def intent_from_payload(payload: Mapping[str, Any]) -> SignalIntent:
             expires_at=moment("expires_at"),
             ts=moment("ts"),
             meta=copy.deepcopy(dict(payload.get("meta") or {})),
+            manage=None if manage is None else copy.deepcopy(dict(manage)),
         )
     except (KeyError, TypeError, InvalidOperation) as exc:
         raise ValueError(f"not a stored signal payload: {exc!r}") from exc

@@ -19,7 +19,9 @@ from coordinator.config import MAX_TIMER_MS, ElectionConfig
 from coordinator.redis_url import parse_redis_url
 from db.urls import is_postgres_url
 from engine.market.settings import MarketSettings, market_settings
+from engine.positions.rules import ManageRules, RulesError, parse_manage
 from engine.risk import RiskLimits
+from engine.signal import BodyTooLarge, DuplicateKey, loads
 
 # Election field -> the environment variable that sets it.
 TIMER_ENV = {
@@ -239,6 +241,8 @@ class EngineSettings:
     # calls fresh.
     market_max_age_ms: int
     paper_prices: str  # PAPER_PRICES
+    # HAEXEC_MANAGE_DEFAULT: the rules of a position whose signal has no `manage` block.
+    manage_default: ManageRules = ManageRules()
     gateway_url: str | None = None  # HAEXEC_BROKER=gateway: the fenced MT5 gateway
     gateway_token: str | None = None
     gateway_ca: str | None = None  # a CA bundle for an https gateway (default: the system's)
@@ -288,6 +292,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         sweep_ms=sweep,
         paper_balance=balance,
         risk=RiskLimits.from_env(env),
+        manage_default=manage_default(env),
         mt5_login=_int_in(env, "HAEXEC_MT5_LOGIN", 1, MAX_MT5_ID),
         mt5_password=env.get("HAEXEC_MT5_PASSWORD") or None,
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
@@ -298,6 +303,28 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         paper_prices=prices,
         **(_gateway(env) if broker == "gateway" else {}),
     )
+
+
+def manage_default(env: Mapping[str, str]) -> ManageRules:
+    """HAEXEC_MANAGE_DEFAULT: a `manage` block as JSON, decoded and validated as a signal's
+    is (unset or blank: no rules). Every bad field is named on the one line."""
+    raw = (env.get("HAEXEC_MANAGE_DEFAULT") or "").strip()
+    if not raw:
+        return ManageRules()
+    try:
+        block = loads(raw)
+    except (BodyTooLarge, DuplicateKey) as e:
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", str(e)) from None
+    except (ValueError, RecursionError):
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", 'is not JSON (e.g. {"breakeven": {"at_rr": 1}})') from None
+    try:
+        return parse_manage(block, "manage")
+    except RulesError as e:
+        problems = []
+        for where, problem in e.fields:
+            field = where.removeprefix("manage").lstrip(".")
+            problems.append(f"{field}: {problem}" if field else problem)
+        raise ConfigError("HAEXEC_MANAGE_DEFAULT", "; ".join(problems)) from None
 
 
 def _gateway(env: Mapping[str, str]) -> dict[str, str | None]:

@@ -162,6 +162,19 @@ def test_a_key_given_twice_is_422_naming_it(serve: Serve) -> None:
     assert replica.switchovers == []
 
 
+def test_a_bad_manage_block_is_422_naming_each_bad_field(serve: Serve) -> None:
+    server = serve(StubReplica())
+    body = {"source": "s", "symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.1"}
+    body |= {"price": "1.1", "sl": "1", "manage": {"trailing": {"distance_points": 0}, "lock": [[2, 3]]}}
+    status, answer = request(server.port, "POST", "/signals", json.dumps(body).encode(), auth())
+    assert status == 422, answer
+    assert answer["errors"] == {
+        "manage.trailing.activation_rr": "required",
+        "manage.trailing.distance_points": "must be > 0 (got 0)",
+        "manage.lock[0]": "lock 3 R must be below its at 2 R",
+    }
+
+
 def test_an_oversized_switchover_body_is_413_and_switches_nothing(serve: Serve) -> None:
     replica = StubReplica()
     server = serve(replica)
