@@ -41,7 +41,7 @@ MAX_LEAVES = 64
 # The signal fields a plan fills itself: the user gives neither.
 _FILLED = frozenset({"source", "signal_id"})
 ORDER_FIELDS = SIGNAL_FIELDS - _FILLED - {"expires_at"}
-PLAN_FIELDS = ORDER_FIELDS | {"schema_version", "plan_id", "conditions", "expires_at", "manage"}
+PLAN_FIELDS = ORDER_FIELDS | {"schema_version", "plan_id", "conditions", "expires_at"}
 _OPERATORS = ("all", "any", "not")
 
 
@@ -77,8 +77,12 @@ class Plan:
     order: dict[str, Any]  # the signal's fields in their canonical stored form
     conditions: Tree | None
     expires_at: datetime | None
-    manage: dict[str, Any] | None
     expires_text: str | None = None  # expires_at in the signal's canonical form
+
+    @property
+    def manage(self) -> dict[str, Any] | None:
+        """The position rules the signal carries (engine.positions.rules), canonical."""
+        return self.order.get("manage")
 
     def leaves(self) -> Iterator[Leaf]:
         if self.conditions is not None:
@@ -95,8 +99,6 @@ class Plan:
         body["signal_id"] = f"{plan_id}:{revision}"
         if self.expires_text is not None:
             body["expires_at"] = self.expires_text
-        if self.manage is not None:
-            body["manage"] = self.manage
         return body
 
     def to_json(self) -> dict[str, Any]:
@@ -107,8 +109,6 @@ class Plan:
             out["expires_at"] = self.expires_text
         if self.conditions is not None:
             out["conditions"] = tree_json(self.conditions)
-        if self.manage is not None:
-            out["manage"] = self.manage
         return out
 
 
@@ -157,17 +157,11 @@ def parse_plan(body: object, plan_id: str | None = None) -> tuple[str | None, Pl
         else:
             plan_id = given_id
 
-    manage = body.get("manage")
-    if manage is not None and not isinstance(manage, Mapping):
-        errors["manage"] = "must be a JSON object"
-
     # The order through the signal's own validation, as the signal it will become.
     probe = {k: v for k, v in body.items() if k in ORDER_FIELDS}
     probe.update(source=PLAN_SOURCE, signal_id=f"{plan_id or 'p'}:1")
     if body.get("expires_at") is not None:
         probe["expires_at"] = body["expires_at"]
-    if isinstance(manage, Mapping):
-        probe["manage"] = manage
     intent = None
     try:
         intent = parse_signal(probe)
@@ -189,8 +183,7 @@ def parse_plan(body: object, plan_id: str | None = None) -> tuple[str | None, Pl
 
     payload = canonical_payload(intent)
     order = {k: v for k, v in payload.items() if k in ORDER_FIELDS and v is not None and v != {}}
-    manage_json = dict(manage) if isinstance(manage, Mapping) else None
-    return plan_id, Plan(version, order, tree, intent.expires_at, manage_json, payload["expires_at"])
+    return plan_id, Plan(version, order, tree, intent.expires_at, payload["expires_at"])
 
 
 def _parse_tree(obj: object, path: str, depth: int, counter: list[int]) -> Tree:

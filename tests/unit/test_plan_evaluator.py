@@ -46,7 +46,7 @@ def leaf(answer: Truth, optional: bool = False, guard: bool = False) -> Leaf:
 
 
 def plan(tree: Leaf | Node | None) -> Plan:
-    return Plan(1, {}, tree, None, None)
+    return Plan(1, {}, tree, None)
 
 
 def run(tree: Leaf | Node | None) -> Truth:

@@ -97,3 +97,13 @@ def test_the_order_is_validated_as_a_signal() -> None:
     # the same rules and messages as POST /signals
     assert errors({**ORDER, "sl": "1.2"})["sl"].startswith("must be below price for a buy")
     assert "risk_pct" in errors({**ORDER, "risk_pct": "1"})
+
+
+def test_the_manage_block_goes_into_the_signal_as_the_signal_path_reads_it() -> None:
+    manage = {"breakeven": {"at_rr": 1}, "trailing": {"distance_points": 150, "activation_rr": 1.5}}
+    pid, plan = parse_plan({**ORDER, "plan_id": "m", "manage": manage})
+    intent = parse_signal(plan.signal_body(pid or "", 1))
+    assert intent.manage == plan.manage and plan.manage is not None and "trailing" in plan.manage
+    assert parse_plan(plan.to_json(), pid)[1] == plan
+    bad = errors({**ORDER, "manage": {"trailing": {"distance_points": -1}, "colour": 1}})
+    assert bad and all(k.startswith("manage") for k in bad), bad
