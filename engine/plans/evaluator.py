@@ -166,6 +166,7 @@ class RoundSnapshot:
     reads: int = 0  # source reads (misses of the round's cache)
     requests: int = 0
     _bars: dict[tuple[str, Timeframe], tuple[Bars | MarketDataError, int]] = field(default_factory=dict)
+    _tails: dict[tuple[str, Timeframe, int], tuple[Bars, Bars]] = field(default_factory=dict)
     _ticks: dict[str, Tick | MarketDataError] = field(default_factory=dict)
     _news: dict[tuple[int, int], list[NewsEvent]] = field(default_factory=dict)
 
@@ -184,7 +185,12 @@ class RoundSnapshot:
         bars = got[0]
         if isinstance(bars, MarketDataError):
             raise bars
-        return bars.tail(count)
+        # Plans ask for the same few lengths: one tail each, its Decimal columns computed once.
+        tail = self._tails.get((symbol, timeframe, count))
+        if tail is None or tail[0] is not bars:
+            tail = (bars, bars.tail(count))
+            self._tails[(symbol, timeframe, count)] = tail
+        return tail[1]
 
     def tick(self, symbol: str) -> Tick:
         self.requests += 1
