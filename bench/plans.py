@@ -234,7 +234,7 @@ def run(n_plans: int, minutes: int, database_url: str | None, seed: int) -> Resu
                 market.pump()  # the bar closes: marks the plans reading them
                 stats = runner.run_round()
                 if minute % 2 == 1 and stats.executed:
-                    result.signal_ms.append((time.perf_counter() - started) * 1000)
+                    result.signal_ms.append((stats.committed_at[0] - started) * 1000)
                 # A full round of every active plan on one snapshot, each plan timed.
                 snap = RoundSnapshot(market, source.now_ms(), lookback=dict(lookback))
                 t0 = time.perf_counter()

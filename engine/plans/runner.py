@@ -72,6 +72,7 @@ class Held:
 class RoundStats:
     evaluated: int = 0
     executed: list[str] = field(default_factory=list)
+    committed_at: list[float] = field(default_factory=list)  # perf_counter() at each execution's commit
     seconds: float = 0.0
 
 
@@ -320,6 +321,7 @@ class PlanRunner:
             patterns.extend(ev.patterns)
             if ev.truth is Truth.TRUE and self._execute(pid, held, ev):
                 stats.executed.append(pid)
+                stats.committed_at.append(time.perf_counter())
                 continue
             reason = ev.reason()
             shown = json.dumps(_without_times(reason), sort_keys=True)
