@@ -47,6 +47,7 @@ from engine.plans.model import Plan, PlanValidationError, parse_plan
 log = logging.getLogger("haexec.plans")
 
 DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+REASON_EVERY_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Held:
     plan: Plan
     expires_ms: int | None
     evaluated_ms: float = float("-inf")
-    written: str = ""  # the last reason written, without its times
+    written: str = ""  # the values of the last reason written
+    written_ms: float = float("-inf")
 
 
 @dataclass
@@ -323,10 +325,12 @@ class PlanRunner:
                 stats.executed.append(pid)
                 stats.committed_at.append(time.perf_counter())
                 continue
+            # Written when a value changed, else at most every REASON_EVERY_MS: a price plan is
+            # evaluated on every tick, and its measured price alone is not worth a write.
             reason = ev.reason()
-            shown = json.dumps(_without_times(reason), sort_keys=True)
-            if shown != held.written:
-                held.written = shown
+            values = json.dumps(_values(reason), sort_keys=True)
+            if values != held.written or now - held.written_ms >= REASON_EVERY_MS:
+                held.written, held.written_ms = values, now
                 reasons.append((pid, held.revision, reason))
         self.metrics.data.labels("miss").inc(snap.reads)
         self.metrics.data.labels("hit").inc(snap.requests - snap.reads)
@@ -376,8 +380,6 @@ def _ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
-def _without_times(reason: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "result": reason["result"],
-        "conditions": [{k: v for k, v in c.items() if k != "age_ms"} for c in reason["conditions"]],
-    }
+def _values(reason: dict[str, Any]) -> list[Any]:
+    """What a reason says, without what it measured: each condition's value as used."""
+    return [reason["result"], *((c["path"], c["value"], c["effective"]) for c in reason["conditions"])]
