@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.market.base import Timeframe
+from engine.model import SignalIntent
 from engine.plans.conditions.base import Condition, ConditionError
 from engine.plans.conditions.registry import parse_condition
 from engine.signal import FIELDS as SIGNAL_FIELDS
@@ -100,6 +101,10 @@ class Plan:
         if self.expires_text is not None:
             body["expires_at"] = self.expires_text
         return body
+
+    def signal_intent(self, plan_id: str, revision: int) -> SignalIntent:
+        """The signal, validated now (SignalValidationError if today's rules refuse it)."""
+        return parse_signal(self.signal_body(plan_id, revision))
 
     def to_json(self) -> dict[str, Any]:
         """The stored form: parse_plan(plan.to_json()) is the same plan, every condition's

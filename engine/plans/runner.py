@@ -43,6 +43,7 @@ from engine.plans.conditions.base import NewsEvent, Pattern, Truth
 from engine.plans.evaluator import Evaluation, LeafResult, PlanIndex, RoundSnapshot, evaluate, lookbacks
 from engine.plans.metrics import PlanMetrics, default_metrics
 from engine.plans.model import Plan, PlanValidationError, parse_plan
+from engine.signal import SignalValidationError
 
 log = logging.getLogger("haexec.plans")
 
@@ -107,6 +108,9 @@ class PlanRunner:
         self._held: dict[str, Held] = {}
         self._index = PlanIndex()
         self._marked: set[str] = set()
+        # plan_id -> revision that cannot run here (a stored plan that no longer loads, a
+        # signal the intake now refuses): logged once, skipped until the plan is edited.
+        self._broken: dict[str, int] = {}
         self._lookback: dict[tuple[str, Timeframe], int] = {}
         self._sub: Subscription | None = None
         self._watching: tuple[frozenset[str], frozenset[Timeframe]] = (frozenset(), frozenset())
@@ -242,7 +246,9 @@ class PlanRunner:
         with self.pool.connection() as conn:
             keys = store.pending_keys(conn, self.cfg.cluster)
             changed = [
-                pid for pid, (rev, _) in keys.items() if pid not in self._held or self._held[pid].revision != rev
+                pid
+                for pid, (rev, _) in keys.items()
+                if (pid not in self._held or self._held[pid].revision != rev) and self._broken.get(pid) != rev
             ]
             loaded = store.plans_by_id(conn, self.cfg.cluster, changed) if changed else []
         with self._lock:
@@ -256,6 +262,7 @@ class PlanRunner:
                     _, plan = parse_plan(row.plan, row.plan_id)
                 except PlanValidationError as exc:  # a stored plan always parsed once: a compatibility bug
                     log.error("plans: stored plan %s revision %d no longer loads: %s", row.plan_id, row.revision, exc)
+                    self._broken[row.plan_id] = row.revision
                     continue
                 self._held[row.plan_id] = Held(row.revision, plan, _ms(keys[row.plan_id][1]))
                 self._index.add(row.plan_id, plan.needs())
@@ -341,6 +348,15 @@ class PlanRunner:
         return stats
 
     def _execute(self, pid: str, held: Held, ev: Evaluation) -> bool:
+        try:
+            held.plan.signal_intent(pid, held.revision)
+        except SignalValidationError as exc:  # rules tightened since the plan was stored
+            log.error("plans: %s revision %d held, but its signal is refused: %s", pid, held.revision, exc)
+            self._broken[pid] = held.revision
+            with self._lock:
+                self._held.pop(pid, None)
+                self._index.remove(pid)
+            return False
         with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, fence):
             fp = store.execute(
                 conn,

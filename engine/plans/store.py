@@ -25,7 +25,7 @@ from engine import intake
 from engine.market.base import utc
 from engine.plans.conditions.base import NewsEvent, Pattern
 from engine.plans.model import Plan
-from engine.signal import fingerprint, parse_signal
+from engine.signal import fingerprint
 from engine.store import _jsonable
 
 CREATE_SQL = """
@@ -247,7 +247,7 @@ def execute(
     """pending -> executing and the plan's signal inserted, in the caller's transaction fenced
     by `epoch` (`Fencing.fenced(conn)`): the signal's fingerprint, or None when the CAS lost
     (cancelled, edited, expired or executed meanwhile) and nothing was written."""
-    intent = parse_signal(plan.signal_body(plan_id, revision))
+    intent = plan.signal_intent(plan_id, revision)
     fp = fingerprint(intent)
     row = cur.execute(
         EXECUTE_SQL,

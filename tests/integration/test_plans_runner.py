@@ -135,3 +135,16 @@ def test_expiry_recovery_and_the_fence(rig: Rig) -> None:
     rig.runner.run_round()
     assert rig.status("late") == "expired"
     assert rig.conn.execute("SELECT count(*) FROM signals WHERE cluster = %s", (rig.cluster,)).fetchone() == (0,)
+
+
+def test_a_plan_whose_signal_is_now_refused_is_skipped_not_retried(rig: Rig) -> None:
+    rig.add("ok")
+    rig.add("bad")
+    # what a later release's tighter rule would do: the stored plan's signal no longer validates
+    rig.conn.execute(
+        "UPDATE trade_plans SET plan = plan || '{\"sl\": \"9\"}' WHERE cluster = %s AND plan_id = 'bad'", (rig.cluster,)
+    )
+    rig.runner.on_started_leading(5)
+    stats = rig.runner.run_round()
+    assert stats.executed == ["ok"] and rig.status("bad") == "pending"
+    assert rig.runner.run_round().evaluated == 0  # not loaded again until it is edited
