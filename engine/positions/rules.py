@@ -317,26 +317,31 @@ def _trailing(value: object, path: str, errors: Errors) -> Trailing | None:
     if block.ok and len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
         errors.append((path, f"give exactly one of distance_points, atr, swing{got}"))
+    # Every mode given is read, so its own bad fields are named even beside another mode.
+    distance = block.field("distance_points", _positive, required=False)
+    atr = _atr(block.obj["atr"], f"{path}.atr", activation, errors) if block.has("atr") else None
+    swing = _swing(block.obj["swing"], f"{path}.swing", activation, errors) if block.has("swing") else None
+    if len(given) != 1 or activation is None:
         return None
-    if not given:
-        return None
-    mode = given[0]
-    if mode == "distance_points":
-        distance = block.field("distance_points", _positive)
-        if activation is None or distance is None:
-            return None
+    if distance is not None:
         return Trailing(activation_rr=activation, distance_points=distance)
-    if mode == "atr":
-        atr = _Block(block.obj["atr"], f"{path}.atr", ("timeframe", "period", "multiple"), errors)
-        timeframe = atr.field("timeframe", _timeframe)
-        period = atr.field("period", _whole(1, MAX_ATR_PERIOD), required=False, default=14)
-        multiple = atr.field("multiple", _positive)
-        if activation is None or timeframe is None or period is None or multiple is None:
-            return None
-        return Trailing(activation_rr=activation, atr_multiple=multiple, atr_timeframe=timeframe, atr_period=period)
-    swing = _Block(block.obj["swing"], f"{path}.swing", ("timeframe", "bars"), errors)
-    timeframe = swing.field("timeframe", _timeframe)
-    bars = swing.field("bars", _whole(1, MAX_SWING_BARS), required=False, default=2)
+    return atr or swing
+
+
+def _atr(value: object, path: str, activation: Decimal | None, errors: Errors) -> Trailing | None:
+    block = _Block(value, path, ("timeframe", "period", "multiple"), errors)
+    timeframe = block.field("timeframe", _timeframe)
+    period = block.field("period", _whole(1, MAX_ATR_PERIOD), required=False, default=14)
+    multiple = block.field("multiple", _positive)
+    if activation is None or timeframe is None or period is None or multiple is None:
+        return None
+    return Trailing(activation_rr=activation, atr_multiple=multiple, atr_timeframe=timeframe, atr_period=period)
+
+
+def _swing(value: object, path: str, activation: Decimal | None, errors: Errors) -> Trailing | None:
+    block = _Block(value, path, ("timeframe", "bars"), errors)
+    timeframe = block.field("timeframe", _timeframe)
+    bars = block.field("bars", _whole(1, MAX_SWING_BARS), required=False, default=2)
     if activation is None or timeframe is None or bars is None:
         return None
     return Trailing(activation_rr=activation, swing_timeframe=timeframe, swing_bars=bars)

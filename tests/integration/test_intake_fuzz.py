@@ -15,6 +15,8 @@ from starlette.testclient import TestClient
 from coordinator.config import ElectionConfig
 from coordinator.service import Coordinator
 from db.session import SessionLimits, make_pool
+from engine.positions.rules import parse_manage
+from engine.signal import intent_from_payload, parse_signal
 from haexec.http import MAX_BODY_BYTES, build_app
 
 TOKEN = "s3cret-token"
@@ -130,3 +132,21 @@ def test_answers_for_each_kind_of_bad_request(client: tuple) -> None:
     assert c.get("/signals/" + "0" * 64).status_code == 404
     assert c.post("/signals", json={**GOOD, "price": 1.1, "sl": 1.0}, headers=AUTH).status_code == 202
     assert count(pool, cluster) == 2
+
+
+def test_a_manage_block_is_stored_read_back_and_part_of_the_trade(client: tuple) -> None:
+    c, pool, cluster = client
+    manage = {"breakeven": {"at_rr": 1}, "trailing": {"distance_points": 150, "activation_rr": 1.5}}
+    body = {**GOOD, "signal_id": "managed", "manage": manage}
+    first = c.post("/signals", json=body, headers=AUTH)
+    assert first.status_code == 202, first.text
+    assert c.post("/signals", json=body, headers=AUTH).status_code == 200
+    other = c.post("/signals", json={**body, "manage": {"breakeven": {"at_rr": 2}}}, headers=AUTH)
+    assert other.status_code == 409  # the same id with other rules is another trade
+    with pool.connection() as conn:
+        (payload,) = conn.execute(
+            "SELECT payload FROM signals WHERE cluster = %s AND fingerprint = %s",
+            (cluster, first.json()["fingerprint"]),
+        ).fetchone()
+    assert intent_from_payload(payload) == parse_signal(body)  # through jsonb and back
+    assert parse_manage(payload["manage"]) == parse_manage(manage)

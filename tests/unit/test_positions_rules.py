@@ -112,6 +112,10 @@ def test_every_bad_field_is_named_at_once() -> None:
         ({"breakeven": {"at_rr": float("inf")}}, "manage.breakeven.at_rr: must be a finite number"),
         ({"breakeven": {"at_rr": "1e400"}}, "manage.breakeven.at_rr: must be between"),
         ({"trailing": {"activation_rr": 1}}, "manage.trailing: give exactly one of distance_points, atr, swing"),
+        (
+            {"trailing": {"distance_points": 10, "swing": {"timeframe": "M5", "bars": 99}, "activation_rr": 1}},
+            "manage.trailing.swing.bars: must be a whole number 1..50 (got 99)",  # named beside "exactly one"
+        ),
         ({"trailing": {"distance_points": 10}}, "manage.trailing.activation_rr: required"),
         ({"trailing": {"distance_points": 0, "activation_rr": 1}}, "manage.trailing.distance_points: must be > 0"),
         (
