@@ -110,11 +110,17 @@ def _node(tree: Tree, snapshot: Snapshot, out: list[LeafResult], patterns: list[
 def _leaf(leaf: Leaf, snapshot: Snapshot, out: list[LeafResult], patterns: list[Pattern]) -> str:
     cond = leaf.condition
     started = time.perf_counter()
-    try:
-        reading = cond.evaluate(snapshot)
-    except Exception as exc:  # a family's bug must not stop every other plan; it is UNKNOWN
-        log.exception("plan condition %s (%s) failed", leaf.path, cond.type)
-        reading = Reading.unknown(f"check failed: {type(exc).__name__}: {exc}")
+    memo: dict[Any, Reading] | None = getattr(snapshot, "readings", None)
+    shared = memo is not None and _stateless(cond)
+    reading = memo.get(cond) if memo is not None and shared else None
+    if reading is None:
+        try:
+            reading = cond.evaluate(snapshot)
+        except Exception as exc:  # a family's bug must not stop every other plan; it is UNKNOWN
+            log.exception("plan condition %s (%s) failed", leaf.path, cond.type)
+            reading = Reading.unknown(f"check failed: {type(exc).__name__}: {exc}")
+        if memo is not None and shared:
+            memo[cond] = reading
     seconds = time.perf_counter() - started
     effective = reading.truth.value
     if reading.truth is Truth.UNKNOWN:
@@ -142,6 +148,14 @@ def _leaf(leaf: Leaf, snapshot: Snapshot, out: list[LeafResult], patterns: list[
     return effective
 
 
+def _stateless(cond: Any) -> bool:
+    """A frozen dataclass is a pure function of the snapshot, so plans holding an equal one
+    share its reading within a round; a condition that keeps state (not frozen) is evaluated
+    for each plan, as its state requires."""
+    params = getattr(cond, "__dataclass_params__", None)
+    return bool(params is not None and params.frozen)
+
+
 class MarketReader(Protocol):
     """What the snapshot needs of engine.market.Market (Market is one)."""
 
@@ -166,6 +180,7 @@ class RoundSnapshot:
     reads: int = 0  # source reads (misses of the round's cache)
     requests: int = 0
     _bars: dict[tuple[str, Timeframe], tuple[Bars | MarketDataError, int]] = field(default_factory=dict)
+    readings: dict[Any, Reading] = field(default_factory=dict)  # equal stateless conditions, read once
     _tails: dict[tuple[str, Timeframe, int], tuple[Bars, Bars]] = field(default_factory=dict)
     _ticks: dict[str, Tick | MarketDataError] = field(default_factory=dict)
     _news: dict[tuple[int, int], list[NewsEvent]] = field(default_factory=dict)

@@ -143,3 +143,57 @@ def test_index_marks_only_affected_plans() -> None:
     assert idx.on_tick("DXY") == set() and idx.on_bar("GBPUSD", Timeframe.M5) == {"a"}
     idx.remove("b")
     assert idx.on_bar("EURUSD", Timeframe.M15) == set() and len(idx) == 1
+
+
+@dataclass(frozen=True)
+class Counted:
+    calls: list[int]
+    guard: ClassVar[bool] = False
+    type: ClassVar[str] = "counted"
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Counted)
+
+    def needs(self) -> list[tuple[str, Timeframe | None]]:
+        return []
+
+    def evaluate(self, snapshot: Snapshot) -> Reading:
+        self.calls.append(1)
+        return Reading(T, "ok")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "counted"}
+
+
+@dataclass(eq=False)
+class Stateful:
+    calls: list[int]
+    guard: ClassVar[bool] = False
+    type: ClassVar[str] = "stateful"
+
+    def needs(self) -> list[tuple[str, Timeframe | None]]:
+        return []
+
+    def evaluate(self, snapshot: Snapshot) -> Reading:
+        self.calls.append(1)
+        return Reading(T, "ok")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "stateful"}
+
+
+def test_equal_stateless_conditions_are_read_once_a_round_stateful_ones_each_time() -> None:
+    calls: list[int] = []
+    twins = [plan(Leaf(Counted(calls), False, "c")) for _ in range(3)]
+    snap = RoundSnapshot(CountingMarket(), T0)
+    assert {evaluate(p, snap).truth for p in twins} == {T} and len(calls) == 1
+    evaluate(twins[0], RoundSnapshot(CountingMarket(), T0))  # a new round reads again
+    assert len(calls) == 2
+    own: list[int] = []
+    one = Stateful(own)
+    for _ in range(3):
+        evaluate(plan(Leaf(one, False, "c")), snap)
+    assert len(own) == 3
