@@ -243,7 +243,7 @@ def run(n_plans: int, minutes: int, database_url: str | None, seed: int) -> Resu
                     evaluate(plan, snap)
                     result.evaluation_ms.append((time.perf_counter() - t) * 1000)
                 result.round_ms.append((time.perf_counter() - t0) * 1000)
-                shared_requests += snap.requests
+                shared_requests += snap.requests + snap.shared_readings
                 shared_reads += snap.reads
                 # One symbol's three timeframes, as a multi-timeframe plan reads them.
                 t = time.perf_counter()

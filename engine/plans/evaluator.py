@@ -113,6 +113,8 @@ def _leaf(leaf: Leaf, snapshot: Snapshot, out: list[LeafResult], patterns: list[
     memo: dict[Any, Reading] | None = getattr(snapshot, "readings", None)
     shared = memo is not None and _stateless(cond)
     reading = memo.get(cond) if memo is not None and shared else None
+    if reading is not None and isinstance(snapshot, RoundSnapshot):
+        snapshot.shared_readings += 1
     if reading is None:
         try:
             reading = cond.evaluate(snapshot)
@@ -179,6 +181,7 @@ class RoundSnapshot:
     lookback: dict[tuple[str, Timeframe], int] = field(default_factory=dict)
     reads: int = 0  # source reads (misses of the round's cache)
     requests: int = 0
+    shared_readings: int = 0  # conditions answered from an equal condition's reading
     _bars: dict[tuple[str, Timeframe], tuple[Bars | MarketDataError, int]] = field(default_factory=dict)
     readings: dict[Any, Reading] = field(default_factory=dict)  # equal stateless conditions, read once
     _tails: dict[tuple[str, Timeframe, int], tuple[Bars, Bars]] = field(default_factory=dict)

@@ -340,7 +340,7 @@ class PlanRunner:
                 held.written, held.written_ms = values, now
                 reasons.append((pid, held.revision, reason))
         self.metrics.data.labels("miss").inc(snap.reads)
-        self.metrics.data.labels("hit").inc(snap.requests - snap.reads)
+        self.metrics.data.labels("hit").inc(snap.requests - snap.reads + snap.shared_readings)
         if reasons or patterns:
             with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):
                 store.record_reasons(cur, self.cfg.cluster, reasons)
