@@ -34,3 +34,10 @@ def test_the_rules_read_only_exposed_metrics() -> None:
         "haexec_plans"  # the group's name
     }
     assert used <= exposed, used - exposed
+
+
+def test_every_alert_has_its_runbook_section() -> None:
+    readme = (PROM.parent / "README.md").read_text()
+    headings = {h.lower() for h in re.findall(r"^### (\w+)", readme, re.M)}
+    for name, anchor in re.findall(r"- alert: (\w+).*?ops/README\.md#([a-z]+)", RULES.read_text(), re.S):
+        assert anchor == name.lower() and anchor in headings, name
