@@ -40,7 +40,7 @@ from engine.market.feed import Subscription
 from engine.market.service import Market
 from engine.plans import store
 from engine.plans.conditions.base import NewsEvent, Pattern, Truth
-from engine.plans.evaluator import Evaluation, LeafResult, PlanIndex, RoundSnapshot, evaluate, lookbacks
+from engine.plans.evaluator import SKIPPED, Evaluation, LeafResult, PlanIndex, RoundSnapshot, evaluate, lookbacks
 from engine.plans.metrics import PlanMetrics, default_metrics
 from engine.plans.model import Plan, PlanValidationError, parse_plan
 from engine.signal import SignalValidationError
@@ -69,6 +69,11 @@ class Held:
     evaluated_ms: float = float("-inf")
     written: str = ""  # the values of the last reason written
     written_ms: float = float("-inf")
+    unmet: int = 0  # conditions not TRUE at the last evaluation (0 before the first)
+    size: int = field(init=False)  # how many conditions
+
+    def __post_init__(self) -> None:
+        self.size = sum(1 for _ in self.plan.leaves())
 
 
 @dataclass
@@ -209,7 +214,10 @@ class PlanRunner:
         with self._lock:
             marked, self._marked = self._marked, set()
         due = {pid for pid, h in self._held.items() if now - h.evaluated_ms >= self.cfg.full_every_ms}
-        stats = self._evaluate(sorted((marked | due) & self._held.keys()), self.market.source.now_ms(), now)
+        # Closest to firing first (fewest conditions short of TRUE at the last evaluation, then
+        # fewest conditions): a plan about to fire does not wait behind the round's others.
+        todo = sorted((marked | due) & self._held.keys(), key=lambda p: (self._held[p].unmet, self._held[p].size, p))
+        stats = self._evaluate(todo, self.market.source.now_ms(), now)
         stats.seconds = time.perf_counter() - started
         self.metrics.round_seconds.observe(stats.seconds)
         self.last_round = stats
@@ -326,6 +334,7 @@ class PlanRunner:
                 continue
             ev = evaluate(held.plan, snap, self._observe)
             held.evaluated_ms = now
+            held.unmet = sum(1 for r in ev.leaves if r.effective not in ("true", SKIPPED))
             stats.evaluated += 1
             patterns.extend(ev.patterns)
             if ev.truth is Truth.TRUE and self._execute(pid, held, ev):
