@@ -148,3 +148,11 @@ def test_a_plan_whose_signal_is_now_refused_is_skipped_not_retried(rig: Rig) -> 
     stats = rig.runner.run_round()
     assert stats.executed == ["ok"] and rig.status("bad") == "pending"
     assert rig.runner.run_round().evaluated == 0  # not loaded again until it is edited
+
+
+def test_the_plans_closest_to_firing_go_first(rig: Rig) -> None:
+    above = {"type": "price_above", "symbol": "EURUSD", "level": "0.5"}
+    rig.add("a-two", conditions={"all": [above, above]})
+    rig.add("b-one", conditions=above)
+    rig.runner.on_started_leading(5)
+    assert rig.runner.run_round().executed == ["b-one", "a-two"]
