@@ -278,11 +278,8 @@ class PlanIndex:
     def on_tick(self, symbol: str) -> set[str]:
         return set(self._by_need.get((symbol, None), ()))
 
-    def symbols(self) -> set[str]:
-        return {s for s, _ in self._by_need}
-
-    def timeframes(self) -> set[Timeframe]:
-        return {tf for _, tf in self._by_need if tf is not None}
+    def needs(self) -> set[tuple[str, Timeframe | None]]:
+        return set(self._by_need)
 
     def __len__(self) -> int:
         return len(self._needs)

@@ -117,8 +117,8 @@ class PlanRunner:
         # signal the intake now refuses): logged once, skipped until the plan is edited.
         self._broken: dict[str, int] = {}
         self._lookback: dict[tuple[str, Timeframe], int] = {}
-        self._sub: Subscription | None = None
-        self._watching: tuple[frozenset[str], frozenset[Timeframe]] = (frozenset(), frozenset())
+        self._subs: list[Subscription] = []
+        self._watching: frozenset[tuple[str, Timeframe | None]] = frozenset()
         self._next_sync_ms = 0.0
         self._next_audit_ms = 0.0
         self.last_round: RoundStats = RoundStats()
@@ -280,23 +280,30 @@ class PlanRunner:
         self._watch()
 
     def _watch(self) -> None:
-        """Subscribe to the bar closes and ticks the held plans read (known symbols only: a
-        plan on a symbol the source lacks is UNKNOWN, which the evaluation says)."""
+        """Subscribe to the bar closes and ticks the held plans read: bars of the symbols with
+        a bar condition, ticks of those with a price condition (known symbols only: a plan on
+        a symbol the source lacks is UNKNOWN, which the evaluation says)."""
         assert self.market is not None
         with self._lock:
-            symbols = frozenset(self._index.symbols())
-            timeframes = frozenset(self._index.timeframes())
-        if (symbols, timeframes) == self._watching:
+            needs = frozenset(self._index.needs())
+        if needs == self._watching:
             return
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-        self._watching = (symbols, timeframes)
-        known = symbols & set(self.market.symbols())
-        if known:
-            ordered = sorted(timeframes, key=lambda t: t.value) or [Timeframe.M1]
+        self._unsubscribe()
+        self._watching = needs
+        known = set(self.market.symbols())
+        bar_symbols = sorted({s for s, tf in needs if tf is not None} & known)
+        tick_symbols = sorted({s for s, tf in needs if tf is None} & known)
+        if bar_symbols:
+            ordered = sorted({tf for _, tf in needs if tf is not None}, key=lambda t: t.value)
             tfs: list[Timeframe | str] = list(ordered)
-            self._sub = self.market.subscribe(sorted(known), on_tick=self._on_tick, on_bar=self._on_bar, timeframes=tfs)
+            self._subs.append(self.market.subscribe(bar_symbols, on_bar=self._on_bar, timeframes=tfs))
+        if tick_symbols:
+            self._subs.append(self.market.subscribe(tick_symbols, on_tick=self._on_tick))
+
+    def _unsubscribe(self) -> None:
+        for sub in self._subs:
+            sub.close()
+        self._subs.clear()
 
     def _expire(self) -> None:
         with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):
@@ -390,14 +397,12 @@ class PlanRunner:
 
     def _drop(self) -> None:
         """Forget everything a term held: a new term loads it again from the database."""
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+        self._unsubscribe()
         with self._lock:
             self._held.clear()
             self._index = PlanIndex()
             self._marked.clear()
-            self._watching = (frozenset(), frozenset())
+            self._watching = frozenset()
         self.metrics.active.set(0)
 
 

@@ -103,6 +103,8 @@ def test_a_bar_close_marks_only_the_plans_reading_it(rig: Rig) -> None:
     rig.add("dxy", conditions={"type": "holds_above", "symbol": "DXY", "timeframe": "M1", "level": "500", "bars": 1})
     rig.runner.on_started_leading(5)
     assert rig.runner.run_round().evaluated == 3
+    # bar conditions only: the feed is asked for no ticks on the plans' behalf
+    assert rig.runner._subs and all(sub.on_tick is None for sub in rig.runner._subs)
     assert rig.runner.market is not None
     rig.clock.ms += 60_000 - T0 % 60_000 + 1  # the M1 bar closes, the M15 does not (18:14)
     rig.runner.market.pump()
