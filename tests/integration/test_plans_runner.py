@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
@@ -14,11 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from db.session import SessionLimits, make_pool
 from db.urls import libpq_url
+from engine.market.base import Timeframe
 from engine.market.sim import SimSource
 from engine.plans import store
+from engine.plans.conditions.base import Pattern, Reading, Snapshot, Truth
 from engine.plans.metrics import PlanMetrics
-from engine.plans.model import parse_plan
-from engine.plans.runner import PlanRunner, RunnerConfig
+from engine.plans.model import Leaf, Plan, parse_plan
+from engine.plans.runner import Held, PlanRunner, RunnerConfig
 from tests.market_support import MarketClock, market_over
 from tests.plans_support import StaticFencing, set_leader
 
@@ -158,3 +160,40 @@ def test_the_plans_closest_to_firing_go_first(rig: Rig) -> None:
     rig.add("b-one", conditions=above)
     rig.runner.on_started_leading(5)
     assert rig.runner.run_round().executed == ["b-one", "a-two"]
+
+
+@dataclass(frozen=True)
+class Confirms:
+    """A detector that confirms the same pattern at every evaluation (as one does while the
+    bar that confirmed it is the newest)."""
+
+    guard: ClassVar[bool] = False
+    type: ClassVar[str] = "confirms"
+
+    def needs(self) -> list[tuple[str, Timeframe | None]]:
+        return [("EURUSD", Timeframe.M5)]
+
+    def evaluate(self, snapshot: Snapshot) -> Reading:
+        found = Pattern("EURUSD", Timeframe.M5, "bos_up", T0 - 600_000, T0 - 300_000, {"level": "1.1"})
+        return Reading(Truth.FALSE, "bos_up seen, not enough", patterns=(found,))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "confirms"}
+
+
+def test_confirmed_patterns_are_recorded_once(rig: Rig) -> None:
+    plan = Plan(1, parse_plan(ORDER)[1].order, Leaf(Confirms(), False, "conditions"), None)
+    for pid in ("p1", "p2"):  # two plans seeing the same pattern
+        store.create(rig.conn, rig.cluster, "r1", pid, plan)
+    rig.runner.on_started_leading(5)
+    rig.runner.run_round()  # the stored plans do not load here (no such type): hold them by hand
+    for pid in ("p1", "p2"):
+        rig.runner._held[pid] = Held(1, plan, None)
+        rig.runner._index.add(pid, plan.needs())
+    for _ in range(2):
+        rig.runner._marked |= {"p1", "p2"}
+        assert rig.runner.run_round().evaluated == 2
+    rows = rig.conn.execute(
+        "SELECT symbol, timeframe, kind, params FROM pattern_history WHERE cluster = %s", (rig.cluster,)
+    ).fetchall()
+    assert rows == [("EURUSD", "M5", "bos_up", {"level": "1.1"})]
