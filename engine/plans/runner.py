@@ -13,8 +13,9 @@ row confirmed in the future, the retention cleanup) and that no cancelled or exp
 a signal. (plan_execution_state belongs to the positions work; its validation against the
 plans is wired by whoever merges both.)
 
-For a supervisor: `period_ms` is the longest a healthy loop goes between beats, and `beat`
-(given at construction) is called after every round that completed, leader or not.
+For a supervisor (engine/supervision.py on h/loops): `period_ms` is the longest a healthy loop
+goes between beats, `beat` (given at construction, or assigned) is called after every round
+that completed, leader or not, `alive` and `restart` as the supervisor asks.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class PlanRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the index and the marks, shared with the feed's thread
-        self._thread = threading.Thread(target=self._loop, name="haexec-plans", daemon=True)
+        self._generation = 0  # a restart's new thread is the next generation; the old one exits
+        self._thread = self._new_thread()
         self._leading: int | None = None
         self._recover = False
         self._held: dict[str, Held] = {}
@@ -136,6 +138,19 @@ class PlanRunner:
     def start(self, market: Market) -> None:
         self.market = market
         self._thread.start()
+
+    def restart(self) -> None:
+        """A new thread for a loop that stopped beating (a supervisor's call). The old one, if
+        it is stuck, exits at its next step; whatever it does before is fenced by the epoch
+        and every plan's move is a compare-and-set, so it cannot execute a plan twice. The
+        new thread recovers as a new leader does (everything reloaded from the database)."""
+        self._generation += 1
+        self._recover = self._leading is not None
+        self._thread = self._new_thread()
+        self._thread.start()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._loop, args=(self._generation,), name="haexec-plans", daemon=True)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
@@ -169,11 +184,11 @@ class PlanRunner:
 
     # ---- the loop ----
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, generation: int) -> None:
+        while not self._stop.is_set() and generation == self._generation:
             self._wake.wait(self.cfg.period_ms / 1000)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or generation != self._generation:
                 break
             if self._leading is None:
                 self._drop()

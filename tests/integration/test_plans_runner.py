@@ -4,6 +4,7 @@ expiry, recovery on becoming leader, and nothing done without the epoch."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from engine.plans.model import Leaf, Plan, parse_plan
 from engine.plans.runner import Held, PlanRunner, RunnerConfig
 from tests.market_support import MarketClock, market_over
 from tests.plans_support import StaticFencing, set_leader
+from tests.support import wait_for
 
 T0 = 1_796_000_000_000  # a Thursday in 2026, 18:13 UTC
 ORDER = {"symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.01", "price": "1.1", "sl": "1.09"}
@@ -197,3 +199,27 @@ def test_confirmed_patterns_are_recorded_once(rig: Rig) -> None:
         "SELECT symbol, timeframe, kind, params FROM pattern_history WHERE cluster = %s", (rig.cluster,)
     ).fetchall()
     assert rows == [("EURUSD", "M5", "bos_up", {"level": "1.1"})]
+
+
+def test_restart_replaces_the_thread_and_the_old_one_exits(rig: Rig) -> None:
+    beats: list[str] = []
+    runner = PlanRunner(
+        RunnerConfig(rig.cluster, "leader", period_ms=20),
+        rig.fencing,
+        rig.runner.pool,
+        metrics=PlanMetrics(CollectorRegistry()),
+        beat=lambda: beats.append(threading.current_thread().name),
+    )
+    assert rig.runner.market is not None
+    runner.start(rig.runner.market)
+    try:
+        wait_for(lambda: len(beats) >= 2, 5, "the loop beats while following")
+        old = runner._thread
+        runner.restart()
+        wait_for(lambda: not old.is_alive(), 5, "the old thread exits")
+        count = len(beats)
+        wait_for(lambda: len(beats) > count, 5, "the new thread beats")
+        assert runner.alive and runner._thread is not old
+    finally:
+        runner.stop()
+    assert not runner.alive
