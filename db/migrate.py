@@ -52,6 +52,9 @@ TABLES = frozenset(
         "loop_restarts",
         "plan_execution_state",
         "trade_journal",
+        "trade_plans",
+        "pattern_history",
+        "news_events",
     }
 )
 

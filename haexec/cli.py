@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     from haexec import cli_trades
 
     cli_trades.add_commands(sub, common)
+    from haexec import cli_plans
+
+    cli_plans.add_commands(sub, common)
     from haexec.drill.cli import add_commands as add_drill
 
     add_drill(sub, common)

@@ -334,11 +334,13 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             return JSONResponse({"error": "database unavailable"}, status_code=503)
         return JSONResponse(found)
 
+    from haexec.http_plans import plan_routes  # here: it builds on this module's helpers
     from haexec.http_trades import trade_routes  # it imports this module's helpers
 
     return Starlette(
         middleware=[Middleware(ErrorIds)],
         routes=[
+            *plan_routes(replica, body_timeout_s),
             Route("/health", health),
             Route("/ready", ready),
             Route("/leader", leader),
@@ -352,6 +354,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/account", account),
             Route("/positions", positions),
             *trade_routes(replica, body_timeout_s),
+            *plan_routes(replica, body_timeout_s),
         ],
     )
 

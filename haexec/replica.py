@@ -36,6 +36,7 @@ from engine.loop_restarts import PgRestartLog
 from engine.market import FeedUnavailable, Market
 from engine.market.feed import FeedRunner
 from engine.market.watch import FeedWatch
+from engine.plans.runner import PlanRunner, RunnerConfig
 from engine.positions.wakeup import BookListener
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
 from engine.supervision import Supervisor
@@ -264,6 +265,12 @@ class Replica:
             if isinstance(self.broker, PaperBroker)
             else None
         )
+        # Conditional trade plans: evaluated and executed by the leader only (engine/plans).
+        self.plans = PlanRunner(
+            RunnerConfig(election.cluster, election.instance_id), self.coordinator, self.engine_pool
+        )
+        plans = self.plans
+        plans.beat = self.supervisor.register("plans", plans.period_ms, plans.restart, alive=lambda: plans.alive)
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -427,12 +434,14 @@ class Replica:
         self.supervisor.set_leading(True)
         self.executor.on_started_leading(epoch)
         self.positions.on_started_leading(epoch)  # its first act: a stop audit of every position
+        self.plans.on_started_leading(epoch)
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
         self.supervisor.set_leading(False)
         self.executor.on_stopped_leading(epoch, reason)
         self.positions.on_stopped_leading(epoch, reason)
+        self.plans.on_stopped_leading(epoch, reason)
         self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
         severity = WARNING if reason.startswith("released") else CRITICAL
@@ -506,6 +515,7 @@ class Replica:
         self._reconcile_at_start(timeout)  # after the port is ours: a taken port says so first
         self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
         self.executor.start()  # before the election: a follower's executor only reads
+        self.plans.start(self.market)  # it beats as a follower too (it only evaluates as leader)
         missing = self.supervisor.wait_first_beats(timeout)
         if missing:
             raise StartupError(f"loop {', '.join(missing)}: no first heartbeat within {timeout:g}s")
@@ -532,6 +542,7 @@ class Replica:
         self.positions.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         if self._book_listener is not None:
             self._book_listener.stop()
+        self.plans.stop()
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out
         self._stop_market()  # before the broker: MT5 reads may run on its terminal thread

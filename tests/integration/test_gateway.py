@@ -146,7 +146,14 @@ def test_every_call_needs_the_token_but_health_and_metrics(gateways: Start, clus
 def test_reads_answer_decimal_strings(gateways: Start) -> None:
     gw = gateways()
     account = gw.get("/v1/account").json()["account"]
-    assert account == {"balance": "10000.0", "equity": "10000.0", "currency": "USD", "daily_pnl": "0"}
+    assert account == {
+        "balance": "10000.0",
+        "equity": "10000.0",
+        "currency": "USD",
+        "daily_pnl": "0",
+        "margin": "0.0",
+        "free_margin": "10000.0",
+    }
     quote = gw.get("/v1/quote", symbol="EURUSD").json()["quote"]
     assert quote["bid"] == "1.1" and quote["spec"]["tick_size"] == "0.00001"
     assert gw.get("/v1/quote", symbol="NOPE").status_code == 404
