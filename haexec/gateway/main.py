@@ -35,6 +35,7 @@ from haexec.alerts import Alerts, AlertSink
 from haexec.gateway import settings as gateway_settings
 from haexec.gateway.app import build_app
 from haexec.gateway.journal import Journal, JournalError
+from haexec.gateway.market import market_routes, market_source
 from haexec.gateway.metrics import GatewayMetrics
 from haexec.gateway.promise import Promise, PromiseFileError, PromiseKeeper, Unconfirmed
 from haexec.gateway.service import Gateway, probe
@@ -186,9 +187,9 @@ def _start(cfg: gateway_settings.GatewaySettings, alerts: Alerts, running: Runni
         }
 
     try:
-        http = HttpServer(
-            build_app(gateway, cfg.token, cfg.http_limits, info), cfg.host, cfg.port, cfg.http_limits, tls=cfg.tls
-        )
+        app = build_app(gateway, cfg.token, cfg.http_limits, info)
+        app.router.routes.extend(market_routes(market_source(broker, cfg.deadline_ms), cfg.token, metrics))
+        http = HttpServer(app, cfg.host, cfg.port, cfg.http_limits, tls=cfg.tls)
     except OSError as e:
         raise StartupError(str(e)) from None
     http.start()

@@ -797,6 +797,14 @@ def symbol_info(t: FakeTerminal, symbol: str) -> Any:
 
 
 @_api()
+def symbols_get(t: FakeTerminal, group: str | None = None) -> Any:
+    """Every symbol's symbol_info (the group filter is not modelled)."""
+    found = tuple(symbol_info.__wrapped__(t, name) for name in t.symbols)
+    t.error = _OK
+    return found
+
+
+@_api()
 def symbol_select(t: FakeTerminal, symbol: str, enable: bool = True) -> bool:
     if symbol not in t.symbols:
         t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
@@ -1226,6 +1234,12 @@ def _control(cmd: dict[str, Any]) -> Any:
         setattr(t, cmd["field"], cmd["value"])
     elif op == "set_tick":
         t.set_tick(cmd["symbol"], cmd["bid"], cmd["ask"])
+    elif op == "add_rates":
+        t.add_rates(cmd["symbol"], cmd["timeframe"], [tuple(r) for r in cmd["rows"]])
+    elif op == "add_ticks":
+        t.add_ticks(cmd["symbol"], [tuple(r) for r in cmd["rows"]])
+    elif op == "fail_next":
+        t.fail_next(cmd["function"], cmd["code"], cmd["text"])
     elif op == "add_position":
         t.add_position(**cmd["fields"])
     elif op == "state":

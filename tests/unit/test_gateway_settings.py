@@ -50,6 +50,18 @@ def test_a_replica_with_a_bad_gateway_setting_names_it(env: dict[str, str], vari
     assert error(settings.load, {**REPLICA, **env}).startswith(f"{variable}: ")
 
 
+def test_market_data_through_the_gateway_takes_the_same_url_token_and_ca() -> None:
+    market_only = {"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_BROKER": "paper", "HAEXEC_MARKET": "gateway"}
+    s = settings.load({**market_only, "HAEXEC_GATEWAY_URL": "http://gw:8790", "HAEXEC_GATEWAY_TOKEN": "t0k"})
+    assert s.engine.market.source == "gateway" and s.engine.gateway_url == "http://gw:8790"
+    assert s.engine.gateway_token == "t0k" and "t0k" not in repr(s.engine)
+    assert error(settings.load, {**market_only, "HAEXEC_GATEWAY_URL": "http://gw:8790"}).startswith(
+        "HAEXEC_GATEWAY_TOKEN: is required with HAEXEC_BROKER=gateway or HAEXEC_MARKET=gateway"
+    )
+    assert error(settings.load, market_only).startswith("HAEXEC_GATEWAY_URL: ")
+    assert settings.load({**market_only, "HAEXEC_MARKET": "sim"}).engine.gateway_url is None
+
+
 def test_the_gateway_defaults() -> None:
     g = gateway_settings.load(GATEWAY)
     assert (g.host, g.port, g.scheme) == ("127.0.0.1", 8790, "http")

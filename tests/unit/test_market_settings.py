@@ -35,7 +35,7 @@ def test_replay_mt5_speed_seed_symbols(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"HAEXEC_MARKET": "paper"}, "HAEXEC_MARKET: must be one of sim, replay:PATH, mt5 (got 'paper')"),
+        ({"HAEXEC_MARKET": "paper"}, "HAEXEC_MARKET: must be one of sim, replay:PATH, mt5, gateway (got 'paper')"),
         ({"HAEXEC_MARKET": "replay:"}, "HAEXEC_MARKET: replay needs a file: replay:PATH"),
         ({"HAEXEC_MARKET": "replay:/nonexistent.csv"}, "HAEXEC_MARKET: replay file '/nonexistent.csv' does not exist"),
         ({"HAEXEC_MARKET_SPEED": "0"}, "HAEXEC_MARKET_SPEED: must be > 0 and <= 1,000,000, or max (got '0')"),
