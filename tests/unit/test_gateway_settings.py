@@ -66,7 +66,7 @@ def test_the_gateway_defaults() -> None:
     g = gateway_settings.load(GATEWAY)
     assert (g.host, g.port, g.scheme) == ("127.0.0.1", 8790, "http")
     assert g.deadline_ms == 1000 and g.cluster == "default" and g.state_dir == Path(".haexec-gateway")
-    assert not g.exposed_in_plaintext
+    assert not g.exposed_in_plaintext and g.journal_days == 30
     assert "s3cret-token" not in repr(g)
 
 
@@ -83,6 +83,8 @@ def test_the_gateway_defaults() -> None:
         ({"HAEXEC_GATEWAY_TLS_CERT": "/no/c.pem", "HAEXEC_GATEWAY_TLS_KEY": "/no/k.pem"}, "HAEXEC_GATEWAY_TLS_CERT"),
         ({"HAEXEC_GATEWAY_DEADLINE_MS": "0"}, "HAEXEC_GATEWAY_DEADLINE_MS"),
         ({"HAEXEC_GATEWAY_PROBE_MS": "5"}, "HAEXEC_GATEWAY_PROBE_MS"),
+        ({"HAEXEC_GATEWAY_JOURNAL_DAYS": "0"}, "HAEXEC_GATEWAY_JOURNAL_DAYS"),
+        ({"HAEXEC_GATEWAY_JOURNAL_DAYS": "36501"}, "HAEXEC_GATEWAY_JOURNAL_DAYS"),
         ({"HAEXEC_CLUSTER": "a:b"}, "HAEXEC_CLUSTER"),
         ({"HAEXEC_MT5_LOGIN": "me"}, "HAEXEC_MT5_LOGIN"),
     ],
