@@ -71,3 +71,10 @@ def test_open_source_builds_what_the_settings_name(tmp_path: Path) -> None:
 
     mt5 = open_source(market_settings({"HAEXEC_MARKET": "mt5"}), mt5_run=lambda what, job, t: job(fake_mt5))
     assert isinstance(mt5, MT5Source)
+
+
+def test_open_source_refuses_the_gateway_it_cannot_reach() -> None:
+    from engine.market import BadInput, open_source
+
+    with pytest.raises(BadInput, match="gateway source"):
+        open_source(market_settings({"HAEXEC_MARKET": "gateway"}))  # the venue's path: exit 2 there
