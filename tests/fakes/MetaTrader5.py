@@ -1252,6 +1252,7 @@ def _control(cmd: dict[str, Any]) -> Any:
                 "entered": t.entered.is_set(),
                 "returned": t.returned.is_set(),
                 "initialized": t.initialized,
+                "threads": {fn: sorted({th for f, th in t.call_log if f == fn}) for fn in t.calls},
             }
     else:
         raise ValueError(f"unknown control op {op!r}")

@@ -138,6 +138,8 @@ def test_a_repeated_parameter_is_400_and_the_token_is_required(gw: GatewayProces
     assert r.status_code == 400 and r.json()["field"] == "symbol"
     assert httpx.get(gw.base + "/v1/market/tick?symbol=EURUSD").status_code == 401
     assert gw.get("/v1/market/spec", symbol="NOPE").status_code == 404
+    with pytest.raises(FeedUnavailable, match="HTTP 401"):
+        GatewaySource(gw.base, "not-the-token").tick("EURUSD")
 
 
 def test_a_terminal_call_past_its_deadline_is_503_then_busy_then_back(

@@ -66,7 +66,9 @@ def test_a_lost_ipc_link_is_initialized_and_logged_in_again_with_backoff(gw: Gat
     refused_while_down(gw, cluster_name, 2)
     assert gw.metric("haexec_gateway_refusals_total", reason="terminal_disconnected") >= 1
     back_and_sending(gw, cluster_name, 2)
-    assert gw.control.state()["calls"]["initialize"] == before + 4  # three refused, the fourth logged in
+    state = gw.control.state()
+    assert state["calls"]["initialize"] == before + 4  # three refused, the fourth logged in
+    assert state["threads"]["initialize"] == ["mt5-terminal-770077"]  # the one worker: never beside a call
     log = gw.log()
     assert "MT5 terminal connection lost" in log and "MT5 reconnect attempt 3 failed" in log
     assert "reconnected after" in log and "s3cret" not in log
