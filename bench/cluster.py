@@ -28,8 +28,8 @@ import redis
 
 from db import migrate
 from db.urls import libpq_url, redact
+from embedded import PostgresServer, RedisServer
 from haexec.drill.cluster import wait_until as drill_wait_until
-from haexec.embedded import PostgresServer, RedisServer
 
 T = TypeVar("T")
 

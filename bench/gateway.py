@@ -8,7 +8,8 @@ commits around order_send. So the difference is what the gateway costs, and with
 terminal (whose order_send takes milliseconds to a trade server) it is the part that stays.
 
 Calls, alternated direct / gateway so both see the same machine: `quote` (a read: symbol
-info and tick) and `send` (a market order, a new tag each). Reported: p50 / p99 / max per
+info and tick), `send` (a market order, a new tag each) and `modify` (that position's stop
+moved with one TRADE_ACTION_SLTP: what the position manager pays per stop update). Reported: p50 / p99 / max per
 path and the difference of the p50s and of the p99s.
 """
 
@@ -43,6 +44,8 @@ from haexec.drill.cluster import free_port
 FAKES = REPO / "tests" / "fakes"
 TOKEN = "bench-gateway-token"
 LOGIN, PASSWORD, SERVER, MAGIC = 5012345, "s3cret-Pa55", "FakeBroker-Demo", 770077
+CALLS = ("quote", "send", "modify")
+MOVED_SL = Decimal("1.0960")  # each send's stop (1.0950) tightened
 
 
 def _order(n: int, epoch: int) -> OrderRequest:
@@ -133,7 +136,7 @@ def run(calls: int, warmup: int, servers: Servers) -> dict[str, Any]:
         gateway = GatewayBroker(base, TOKEN, cluster, "bench", 3000)
         gateway.connect()
         paths: dict[str, Broker] = {"direct": direct, "gateway": gateway}
-        samples: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in ("quote", "send")}
+        samples: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in CALLS}
         n = 0
         for i in range(warmup + calls):
             for path, broker in paths.items():
@@ -142,9 +145,13 @@ def run(calls: int, warmup: int, servers: Servers) -> dict[str, Any]:
                 s, result = _timed(functools.partial(broker.send, _order(n, 1)))
                 if result.outcome is not Outcome.DONE:
                     raise BenchError(f"{path} send: {result}")
+                m, moved = _timed(functools.partial(broker.modify, result.ref, MOVED_SL, None, 1))
+                if moved.outcome is not Outcome.DONE or moved.detail == "no change":
+                    raise BenchError(f"{path} modify: {moved}")
                 if i >= warmup:
                     samples["quote"][path].append(q)
                     samples["send"][path].append(s)
+                    samples["modify"][path].append(m)
         out: dict[str, Any] = {"calls": calls, "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]}
         for call, by_path in samples.items():
             d, g = _summary(by_path["direct"]), _summary(by_path["gateway"])
@@ -167,7 +174,7 @@ def run(calls: int, warmup: int, servers: Servers) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     print(f"{result['calls']} calls per path, {result['cpus']} CPUs, load {result['loadavg']:.2f}")
     print(f"{'call':<6} {'path':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for call in ("quote", "send"):
+    for call in CALLS:
         for path in ("direct", "gateway"):
             s = result[call][f"{path}_ms"]
             print(f"{call:<6} {path:<8} {s['p50']:>8.3f} {s['p99']:>8.3f} {s['max']:>8.3f}")

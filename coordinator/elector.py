@@ -91,8 +91,12 @@ class Elector:
         on_started_leading: OnStarted | None = None,
         on_stopped_leading: OnStopped | None = None,
         rng: random.Random | None = None,
+        may_lead: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        # False while this replica must not lead (a supervised loop failed): a leader
+        # releases at its next step, a follower claims nothing until it turns True again.
+        self._may_lead = may_lead or (lambda: True)
         self._lease = lease
         self._epochs = epochs
         self._clock = clock
@@ -189,6 +193,12 @@ class Elector:
             if handover is not None and self._leading is not None:
                 self.release(Reason.SWITCHOVER, handoff_to=handover[0])
                 return float(self.cfg.cooldown_ms)
+            if not self._may_lead():
+                if self._leading is not None:
+                    self.release(Reason.LOOP_FAILED)
+                elif self._unrecorded:
+                    self._try_flush_unrecorded()
+                return float(self.cfg.renew_ms)
             if self._leading is not None:
                 return self._lead()
             return self._follow()

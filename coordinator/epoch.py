@@ -115,6 +115,7 @@ class Reason(enum.StrEnum):
     SWITCHOVER = "released:switchover"
     DB_UNREACHABLE = "released:db_unreachable"
     CLAIM_TOO_LATE = "released:claim_too_late"
+    LOOP_FAILED = "released:loop_failed"
     LEASE_EXPIRED = "lost:lease_expired"
     RENEW_DEADLINE = "lost:renew_deadline"
     TOKEN_MISMATCH = "lost:token_mismatch"

@@ -45,6 +45,7 @@ class Coordinator:
         on_started_leading: OnStarted | None = None,
         on_stopped_leading: OnStopped | None = None,
         describe: Callable[[], dict[str, Any]] | None = None,
+        may_lead: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self._clock = clock
@@ -67,6 +68,7 @@ class Coordinator:
             clock=clock,
             on_started_leading=self._started_leading,
             on_stopped_leading=self._stopped_leading,
+            may_lead=may_lead,
         )
         self._describe_extra = describe or (lambda: {})
         self._view_lock = threading.Lock()
@@ -126,6 +128,11 @@ class Coordinator:
         """Switchover: release on the election thread, naming `target` (or no one). False when
         this replica is not leading."""
         return self.elector.request_handover(target)
+
+    def reconsider(self) -> None:
+        """`may_lead` changed: the election thread looks again now (a leader that may no
+        longer lead releases at once instead of at its next renewal)."""
+        self.elector.wake()
 
     # ---- for the engine ----
 

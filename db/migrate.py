@@ -48,6 +48,8 @@ TABLES = frozenset(
         "market_replay_cursor",
         "paper_marks",
         "paper_venue_cursor",
+        "operator_audit",
+        "loop_restarts",
     }
 )
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from common.timefmt import iso_utc
-from engine import metrics
+from engine import audit, metrics
 
 READ_SQL = "SELECT halted, reason, actor, at FROM controls WHERE cluster = %s"
 WRITE_SQL = """
@@ -56,4 +56,7 @@ def read(conn: psycopg.Connection | psycopg.Cursor, cluster: str) -> KillSwitch:
 
 
 def write(conn: psycopg.Connection, cluster: str, halted: bool, reason: str | None, actor: str) -> None:
-    conn.execute(WRITE_SQL, (cluster, halted, reason, actor))
+    """Halt or resume, and its operator audit row, in one transaction."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(WRITE_SQL, (cluster, halted, reason, actor))
+        audit.record(cur, cluster, "halt" if halted else "resume", actor, reason)

@@ -138,7 +138,13 @@ class Executor:
         self._unsent: dict[int, set[int]] = {}  # epoch -> signal ids
         self._unrecorded: list[tuple[int, list[store.Settlement]]] = []
         self._db = DbHealth(time.monotonic())  # replaced whole, never mutated: see db_health
-        self._thread = threading.Thread(target=self._run, name="haexec-executor", daemon=True)
+        # The supervisor's heartbeat (engine/supervision.py), called at every step of a sweep.
+        self.beat: Callable[[], None] = lambda: None
+        # Which sweeping thread is the current one: restart() moves it on, and a thread of an
+        # earlier generation (abandoned while stuck) stops at its next step.
+        self._generation = 0
+        self._mine = threading.local()
+        self._thread = self._sweeper()
         self._listener = threading.Thread(target=self._listen, name="haexec-listen", daemon=True)
 
     # ---- lifecycle (leadership callbacks only wake; the work is on this thread) ----
@@ -151,7 +157,30 @@ class Executor:
         """Stop claiming; an in-flight broker call finishes (up to its deadline) and is recorded."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():  # never started: a start-up that failed before it
+            self._thread.join(timeout_s)
+
+    def restart(self) -> None:
+        """Replace the sweeping thread (the supervisor found it silent or dead). A thread stuck
+        in a call is abandoned, not killed: it cannot sweep beside its successor (the busy
+        lock), stops claiming or sending at its next step (`_retired`), and what it may still
+        do at a venue is fenced by its epoch like any paused leader's."""
+        old = self._thread
+        self._generation += 1
+        if old.is_alive():
+            old.name = f"{old.name}-abandoned"
+            log.error("executor: thread %s abandoned (stuck); a new one takes over", old.name)
+        self._thread = self._sweeper()
+        self._thread.start()
+
+    def _sweeper(self) -> threading.Thread:
+        generation = self._generation
+        return threading.Thread(target=self._run, args=(generation,), name="haexec-executor", daemon=True)
+
+    def _retired(self) -> bool:
+        """Stopping, or this thread was replaced by restart(). A thread that is no sweeper (a
+        test calling a sweep) is never retired."""
+        return self._stop.is_set() or getattr(self._mine, "generation", self._generation) != self._generation
 
     def quiesce(self, timeout_s: float) -> bool:
         """Stop claiming and wait until the work in hand is done (or handed back)."""
@@ -210,15 +239,19 @@ class Executor:
 
     # ---- the loop ----
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, generation: int) -> None:
+        self._mine.generation = generation
+        while not self._retired():
+            self.beat()
             self._wake.wait(self.cfg.sweep_ms / 1000.0)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._retired():
                 break
             if self._paused.is_set():
                 continue
             with self._busy:
+                if self._retired():  # replaced while it waited for a stuck predecessor
+                    break
                 self._sweep()
 
     def _sweep(self) -> None:
@@ -229,7 +262,9 @@ class Executor:
                 log.warning("executor: database: %s", first_line(e))
                 self._db = self._db.failed(first_line(e))
                 return
+        self.beat()  # between the steps of a sweep, each bounded by one call's deadline
         self._sample_controls()
+        self.beat()
         try:
             fence = self._coord.fence()
         except NotLeader:
@@ -245,7 +280,9 @@ class Executor:
             if housekeeping:  # on the timer, not on every NOTIFY: keeps a lone signal's path short
                 self._housekept_at = now
                 self._expire()
+                self.beat()
                 self._resolve_unsettled(fence.epoch)
+                self.beat()
                 self._scan_duplicates(fence.epoch)
             self._drain()
         except NotLeader:
@@ -276,8 +313,10 @@ class Executor:
     def _take_office(self, epoch: int) -> None:
         """Before the first claim under a new epoch: reconcile with the broker (bounded)."""
         if self._reconcile is not None:
+            self.beat()
             try:
                 self._reconcile(epoch)
+                self.beat()
             except Exception as e:  # a failed reconciliation is reported, never blocks trading forever
                 log.error("reconciliation at epoch %d failed: %s", epoch, e)
 
@@ -308,7 +347,8 @@ class Executor:
             self._alert("signal_expired", "error", f"signal {fp} expired before execution", fingerprint=fp)
 
     def _drain(self) -> None:
-        while not (self._stop.is_set() or self._paused.is_set()):
+        while not (self._retired() or self._paused.is_set()):
+            self.beat()
             if not self._breaker.allow():
                 return  # signals wait while the broker's circuit is open; they are not failed
             with self._pool.connection() as conn:
@@ -333,6 +373,7 @@ class Executor:
         venue unreachable) propagates: the batch goes back, nothing is refused for it."""
         out: dict[str, Quote | SymbolUnavailable] = {}
         for symbol in sorted(symbols):
+            self.beat()
             try:
                 out[symbol] = self._broker.quote(symbol)
             except SymbolUnavailable as e:
@@ -363,7 +404,9 @@ class Executor:
         intents = [(c, intent_from_payload(c.payload)) for c in claimed]
         try:
             account = self._broker.account()
+            self.beat()
             exposure = self._exposure()
+            self.beat()
             quotes = self._quotes({i.symbol for _, i in intents})
         except BrokerError as e:
             # Nothing was sent: give the whole batch back, never leave it in doubt.
@@ -413,13 +456,14 @@ class Executor:
         # Any other venue: one order at a time, each after its own hand-back, lease, kill
         # switch and expiry check.
         for i, order in enumerate(orders):
+            self.beat()
             if i and self._must_hand_back():
                 self._requeue([sid for sid, _ in orders[i:]], epoch, HANDED_BACK)
                 return
             self._place([order], epoch, sent)
 
     def _must_hand_back(self) -> bool:
-        return self._stop.is_set() or self._paused.is_set() or not self._breaker.allow()
+        return self._retired() or self._paused.is_set() or not self._breaker.allow()
 
     @staticmethod
     def _rejection(signal: int, error: str) -> store.Settlement:
@@ -533,7 +577,8 @@ class Executor:
             pending = store.unsettled(conn, self.cfg.cluster, epoch, self.cfg.broker_deadline_ms)
         held = 0
         for u in pending:
-            if self._stop.is_set():
+            self.beat()
+            if self._retired():
                 return
             try:
                 held += self._resolve(u, epoch)

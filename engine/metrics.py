@@ -16,3 +16,8 @@ DUPLICATES = Counter("haexec_duplicate_orders_total", "Orders found twice under 
 
 for _outcome in ("executed", "rejected", "failed", "in_doubt", "expired"):
     SIGNALS.labels(_outcome)
+
+# Supervised loops (engine/supervision.py), one series per loop name.
+LOOP_RESTARTS = Counter("haexec_loop_restarts_total", "Supervised loops restarted (no heartbeat, or died)", ["loop"])
+LOOP_HEARTBEAT_AGE = Gauge("haexec_loop_heartbeat_age_seconds", "Since a supervised loop's last heartbeat", ["loop"])
+LOOP_FAILED = Gauge("haexec_loop_failed", "1 while a supervised loop is failed (its restart budget spent)", ["loop"])

@@ -65,6 +65,8 @@ SIGNAL_EXPIRED = "signal_expired"
 DUPLICATE_ORDER = "duplicate_order"
 DUPLICATE_ORDER_OPEN = "duplicate_order_open"  # a duplicate whose close or removal keeps failing
 CIRCUIT_OPEN = "circuit_breaker_open"
+LOOP_RESTARTED = "loop_restarted"  # a supervised loop's thread replaced (engine/supervision.py)
+LOOP_FAILED = "loop_failed"  # its restart budget spent: the replica gives up leadership
 KINDS = (
     LEADERSHIP_CHANGE,
     SPLIT_BRAIN,
@@ -74,6 +76,8 @@ KINDS = (
     DUPLICATE_ORDER,
     DUPLICATE_ORDER_OPEN,
     CIRCUIT_OPEN,
+    LOOP_RESTARTED,
+    LOOP_FAILED,
 )
 
 # Severities, as in the log lines these alerts accompany.

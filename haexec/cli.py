@@ -182,7 +182,9 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     known = {r.get("instance_id") for r in before.replicas}
     if args.to is not None and args.to not in known:
         raise CommandError(f"unknown replica {args.to!r} (known: {', '.join(sorted(map(str, known)))})")
-    body = json.dumps({"to": args.to}).encode()
+    import getpass
+
+    body = json.dumps({"to": args.to, "reason": args.reason, "actor": f"cli:{getpass.getuser()}"}).encode()
     headers = {"Content-Type": "application/json"}
     token = os.environ.get("HAEXEC_API_TOKEN")
     if token:
@@ -380,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("switchover", parents=[common], help="graceful handover to another replica")
     sw.add_argument("--to", help="the instance to hand over to (default: whoever is first)")
     sw.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the new leader")
+    sw.add_argument("--reason", help="why (kept in the operator audit)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_switchover)
     hist = sub.add_parser("history", parents=[common], help="latest leadership changes")

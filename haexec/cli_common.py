@@ -55,7 +55,7 @@ def store_urls(args: argparse.Namespace) -> tuple[str, str]:
     if not cfg.embedded:
         assert cfg.redis_url and cfg.database_url
         return cfg.redis_url, cfg.database_url
-    from haexec.embedded import running_servers
+    from embedded import running_servers
 
     servers = running_servers(cfg.state_dir)
     if servers is None:
@@ -107,7 +107,7 @@ def database_url(args: argparse.Namespace) -> str:
     cfg = settings_mod.load(env_with(args))
     if cfg.database_url:
         return cfg.database_url
-    from haexec.embedded import EmbeddedError, ensure_servers
+    from embedded import EmbeddedError, ensure_servers
 
     try:
         return ensure_servers(cfg.state_dir).database_url

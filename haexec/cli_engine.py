@@ -1,4 +1,4 @@
-"""`haexec signal|broker|halt|resume|reconcile`: the operator's side of the signal pipeline.
+"""`haexec signal|broker|halt|resume|reconcile|audit`: the operator's side of the signal pipeline.
 They talk to PostgreSQL (and the broker) directly, so they work with no replica up."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from engine import controls, intake, store
+from engine import audit, controls, intake, store
 from engine.brokers.base import Broker
 from engine.model import SignalStatus
 from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalValidationError, loads
@@ -134,7 +134,10 @@ def _resolve(args: argparse.Namespace, pool: ConnectionPool, cluster: str) -> in
             target, detail, ref = SignalStatus.CANCELLED, f"cancelled: {why}", None
         else:
             target, detail, ref = SignalStatus.RECEIVED, f"re-execute requested: {why}", None
-        store.settle_held(cur, signal, status, epoch, target, actor, actor, detail, ref=ref)
+        if store.settle_held(cur, signal, status, epoch, target, actor, actor, detail, ref=ref):
+            audit.record(
+                cur, cluster, "resolve", actor, args.reason, {"fingerprint": fingerprint, "to": target, "ticket": ref}
+            )
     print(f"{fingerprint} {target}")
     return 0
 
@@ -145,6 +148,34 @@ def cmd_control(args: argparse.Namespace, env: dict[str, str]) -> int:
     with _pool(args, env) as (pool, cfg), pool.connection() as conn:
         controls.write(conn, cfg.election.cluster, halted, getattr(args, "reason", None), actor)
     print(f"cluster {cfg.election.cluster}: {'halted' if halted else 'trading'}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, env: dict[str, str]) -> int:
+    with _pool(args, env) as (pool, cfg), pool.connection() as conn:
+        cluster = cfg.election.cluster
+        if args.audit_command == "verify":
+            verdict = audit.verify(conn, cluster)
+            if not verdict.intact:
+                raise CommandError(
+                    f"audit chain of cluster {cluster!r} broken at entry {verdict.broken_id}: {verdict.problem}"
+                )
+            print(f"audit chain intact: {verdict.entries} entries")
+            return 0
+        entries = [e.as_dict() for e in audit.latest(conn, cluster, args.limit)]
+    _print(
+        entries,
+        args.json,
+        lambda: (
+            "\n".join(
+                f"{e['id']:>6}  {e['at']}  {e['action']:<10} {e['actor']}"
+                + (f": {e['reason']}" if e["reason"] else "")
+                + (f" {json.dumps(e['detail'], sort_keys=True)}" if e["detail"] else "")
+                for e in entries
+            )
+            or "no audit entries"
+        ),
+    )
     return 0
 
 
@@ -235,6 +266,13 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     halt.set_defaults(engine_func=cmd_control)
     resume = sub.add_parser("resume", parents=[common], help="lift the kill switch")
     resume.set_defaults(engine_func=cmd_control)
+    aud = sub.add_parser("audit", help="the operator audit: who halted, resumed, resolved, switched over, and why")
+    audsub = aud.add_subparsers(dest="audit_command", required=True)
+    audsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 naming the first broken entry")
+    alist = audsub.add_parser("list", parents=[common], help="the latest entries, newest first")
+    alist.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=50, help=f"at most this many (1..{MAX_LIMIT})")
+    alist.add_argument("--json", action="store_true")
+    aud.set_defaults(engine_func=cmd_audit)
     rec = sub.add_parser("reconcile", parents=[common], help="compare broker positions with the database")
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(engine_func=cmd_reconcile)

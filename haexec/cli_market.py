@@ -33,7 +33,7 @@ def _database_url(cfg: Settings) -> str | None:
     (never started for this)."""
     if cfg.database_url:
         return cfg.database_url
-    from haexec.embedded import running_servers
+    from embedded import running_servers
 
     servers = running_servers(cfg.state_dir)
     return servers.database_url if servers is not None else None

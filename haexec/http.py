@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import re
+import secrets
 import socket
 import threading
 from contextlib import aclosing
@@ -20,9 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from common.errors import first_line
@@ -35,6 +39,8 @@ from engine.signal import MAX_BODY_BYTES, BodyTooLarge, DuplicateKey, SignalVali
 from haexec import book
 from haexec.marketdata import quote_json
 from haexec.settings import HttpLimits
+
+log = logging.getLogger("haexec.http")
 
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 # ASCII only: str.isdigit() and int() also take other scripts' digits ("１０" is 10 to int()).
@@ -57,6 +63,8 @@ class ReplicaState(Protocol):
 
     def health_extra(self) -> dict[str, str]: ...
 
+    def loops(self) -> dict[str, dict[str, object]]: ...
+
     def kill_switch(self) -> dict[str, Any] | None: ...
 
     # The replica's market data (None until it is open) and the oldest tick it serves.
@@ -66,7 +74,7 @@ class ReplicaState(Protocol):
 
     def market_health(self) -> str: ...
 
-    def switchover(self, target: str | None) -> tuple[bool, str]: ...
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]: ...
 
 
 def _authorized(request: Request, token: str | None) -> bool:
@@ -79,6 +87,14 @@ def _authorized(request: Request, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode("latin-1"), token.strip().encode("utf-8")
     )
+
+
+def _actor(request: Request, claimed: str | None) -> str:
+    """Who an operator action over HTTP is recorded as: the client's address (the API token
+    is shared, so it names no one), after what the client says it is (the CLI sends
+    cli:<user>), which is a claim, not an identity."""
+    where = f"http:{request.client.host}" if request.client else "http:unknown"
+    return f"{claimed[:200]} via {where}" if claimed else where
 
 
 class BodyRefused(Exception):
@@ -132,6 +148,8 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
     async def health(_: Request) -> Response:
         parts = await run_in_threadpool(coord.probe)
         parts.update(replica.health_extra())
+        # Not ready (starting, or stopping) is a 503 too: a load balancer must not send to it.
+        parts["ready"] = "ok" if replica.ready else "not ready"
         ok = all(v == "ok" for v in parts.values())
         # A halt is an operator's decision, not a fault: shown, never a 503 by itself.
         body = {
@@ -141,6 +159,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             "kill_switch": replica.kill_switch(),
             # The feed's age, never a 503 by itself (Replica.market_health says why).
             "market": replica.market_health(),
+            "loops": replica.loops(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -182,7 +201,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             raw = await _read_body(request, body_timeout_s)
         except BodyRefused as e:  # never "no target": a body cut short must not switch leaders
             return e.response
-        target = None
+        target = reason = claimed = None
         if raw:
             try:
                 body = loads(raw)
@@ -190,11 +209,18 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
                 return JSONResponse({"error": f"body: {e}"}, status_code=422)
             except (ValueError, RecursionError):
                 return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
-            if not isinstance(body, dict) or not isinstance(body.get("to", ""), str | None):
-                return JSONResponse({"error": 'body must be {"to": "<instance id>"}'}, status_code=400)
+            if not isinstance(body, dict) or not all(
+                isinstance(body.get(k, ""), str | None) for k in ("to", "reason", "actor")
+            ):
+                return JSONResponse(
+                    {"error": 'body must be {"to": "<instance id>", "reason": "<why>", "actor": "<who>"}'},
+                    status_code=400,
+                )
             target = body.get("to") or None
+            reason = body.get("reason") or None
+            claimed = body.get("actor") or None
         epoch = coord.epoch
-        ok, message = await run_in_threadpool(replica.switchover, target)
+        ok, message = await run_in_threadpool(replica.switchover, target, _actor(request, claimed), reason)
         if not ok:
             return JSONResponse({"error": message}, status_code=409)
         return JSONResponse(
@@ -305,6 +331,7 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         return JSONResponse(found)
 
     return Starlette(
+        middleware=[Middleware(ErrorIds)],
         routes=[
             Route("/health", health),
             Route("/ready", ready),
@@ -318,8 +345,36 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
             Route("/market/{symbol}", market),
             Route("/account", account),
             Route("/positions", positions),
-        ]
+        ],
     )
+
+
+class ErrorIds:
+    """An unexpected fault in a route is a 500 whose body carries an error id, never a
+    traceback; the traceback is logged under the same id, so an operator can find it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            error_id = secrets.token_hex(8)
+            log.exception("internal error %s on %s %s", error_id, scope.get("method"), scope.get("path"))
+            if not started:  # else the answer is half sent: uvicorn closes the connection
+                body = {"error": "internal error", "error_id": error_id}
+                await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 MAX_SYMBOL = 64  # MT5 names are at most 31 characters; anything longer is nobody's symbol
@@ -483,4 +538,7 @@ class HttpServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=3)
+        if self._thread.is_alive():
+            self._thread.join(timeout=3)
+        else:  # never served (a start-up that failed after binding): just let the port go
+            self._sock.close()

@@ -9,6 +9,7 @@ replay file or symbol list that cannot be used). It never serves half-started.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -26,15 +27,29 @@ from coordinator.service import Coordinator
 from db import migrate
 from db.session import SessionLimits, make_pool
 from db.urls import redact
+from engine import audit
 from engine.breaker import BreakerState, CircuitBreaker
 from engine.brokers.base import Broker, BrokerError, BrokerUnavailable
 from engine.brokers.paper import PaperBroker
 from engine.executor import Executor, ExecutorConfig
+from engine.loop_restarts import PgRestartLog
 from engine.market import FeedUnavailable, Market
 from engine.market.feed import FeedRunner
 from engine.market.watch import FeedWatch
 from engine.reconcile import RECONCILE_TIMEOUT_MS, reconcile
-from haexec.alerts import CRITICAL, INFO, LEADERSHIP_CHANGE, SPLIT_BRAIN, WARNING, Alerts, NullSink, on_breaker_change
+from engine.supervision import Supervisor
+from haexec.alerts import (
+    CRITICAL,
+    INFO,
+    LEADERSHIP_CHANGE,
+    LOOP_FAILED,
+    LOOP_RESTARTED,
+    SPLIT_BRAIN,
+    WARNING,
+    Alerts,
+    NullSink,
+    on_breaker_change,
+)
 from haexec.http import HttpServer, build_app
 from haexec.settings import Settings
 
@@ -50,7 +65,7 @@ def resolve_urls(settings: Settings) -> tuple[str, str]:
     if not settings.embedded:
         assert settings.redis_url and settings.database_url
         return settings.redis_url, settings.database_url
-    from haexec.embedded import EmbeddedError, ensure_servers
+    from embedded import EmbeddedError, ensure_servers
 
     try:
         servers = ensure_servers(settings.state_dir)
@@ -111,6 +126,28 @@ def _retrying(timeout_s: float, *errors: type[BaseException]) -> Retrying:
 # per watched symbol on the terminal's one thread, which orders share.
 FEED_INTERVAL_S = 0.25
 
+# Test-only fault (tests/drills/test_loop_failover.py): the named supervised loop crashes at
+# every heartbeat while this replica leads. Never set it in production.
+TEST_LOOP_FAULT_ENV = "HAEXEC_TEST_LOOP_FAULT"
+
+
+# No loop's heartbeat period is shorter: on a starved machine (two cores shared with the
+# drills' whole cluster) a 250 ms feed pump was seen to take 1.5 s, and a restart the loop did
+# not need still spends a third of its hour's budget.
+MIN_LOOP_PERIOD_MS = 1000
+
+
+def executor_period_ms(settings: Settings) -> int:
+    """The executor's heartbeat period: a sweep interval, or one broker call and one database
+    round trip (the longest step between two heartbeats), whichever is longer."""
+    engine = settings.engine
+    return max(MIN_LOOP_PERIOD_MS, engine.sweep_ms, engine.broker_deadline_ms + settings.election.db_timeout_ms)
+
+
+def feed_period_ms(settings: Settings) -> int:
+    """The feed's: a pump interval, or one source call (an MT5 read has the broker's deadline)."""
+    return max(MIN_LOOP_PERIOD_MS, round(FEED_INTERVAL_S * 1000), settings.engine.broker_deadline_ms)
+
 
 def build_broker(settings: Settings, pool: ConnectionPool, market: Market | None = None) -> Broker:
     """The configured venue. The paper venue fills at `market`'s prices when given (a replica
@@ -167,6 +204,7 @@ class Replica:
             describe=self._describe,
             on_started_leading=self._started_leading,
             on_stopped_leading=self._stopped_leading,
+            may_lead=self._may_lead,
         )
         limits = SessionLimits(election.db_timeout_ms, application_name=f"haexec-engine-{election.instance_id}")
         self.engine_pool = make_pool(database_url, limits, name="haexec-engine", min_size=1, max_size=10)
@@ -198,6 +236,16 @@ class Replica:
             reconcile=self._reconcile,
             alert=self.alerts.emit,
         )
+        self.supervisor = Supervisor(
+            PgRestartLog(self.engine_pool, election.cluster, election.instance_id),
+            on_restarted=self._loop_restarted,
+            on_failed=self._loop_failed,
+            fault=os.environ.get(TEST_LOOP_FAULT_ENV) or None,
+        )
+        executor = self.executor
+        executor.beat = self.supervisor.register(
+            "executor", executor_period_ms(settings), executor.restart, alive=lambda: executor.alive
+        )
         self.http: HttpServer | None = None
         self.market: Market | None = None  # open from start() on
         self.market_max_age_ms = engine.market_max_age_ms
@@ -222,7 +270,23 @@ class Replica:
         return {
             "executor": self._executor_health(),
             "broker": "circuit open" if self.breaker.state is BreakerState.OPEN else "ok",
+            "loops": self.supervisor.health(),
         }
+
+    def loops(self) -> dict[str, dict[str, object]]:
+        return self.supervisor.states()
+
+    def _may_lead(self) -> bool:
+        """A replica with a failed loop does not lead (asked by the election thread)."""
+        return not self.supervisor.failed()
+
+    def _loop_restarted(self, loop: str, why: str) -> None:
+        self.alerts.emit(LOOP_RESTARTED, WARNING, f"loop {loop} restarted: {why}", loop=loop)
+
+    def _loop_failed(self, loop: str, why: str) -> None:
+        self.alerts.emit(LOOP_FAILED, CRITICAL, f"loop {loop} failed: {why}", loop=loop)
+        self.coordinator.reconsider()  # a leader releases now, so a healthy replica takes over
+        self.coordinator.announce()  # and its registry entry says it is not healthy
 
     def market_health(self) -> str:
         """The feed as /health shows it: `ok`, `stale: EURUSD tick 12.3 s old`, `unavailable:
@@ -256,8 +320,10 @@ class Replica:
         else:
             watched = market.symbols()
         self._watch = FeedWatch(market, watched, self.market_max_age_ms)
-        self._feed = FeedRunner(market.feed, FEED_INTERVAL_S)
-        self._feed.start()
+        feed = self._feed = FeedRunner(market.feed, FEED_INTERVAL_S)
+        period_ms = feed_period_ms(self.settings)
+        feed.beat = self.supervisor.register("feed", period_ms, feed.restart, alive=lambda: feed.alive)
+        feed.start()
 
     def _stop_market(self) -> None:
         if self._feed is not None:
@@ -288,9 +354,11 @@ class Replica:
             return "ok"
         return f"database failing for {failing_s:.1f}s: {db.error}"
 
-    def switchover(self, target: str | None) -> tuple[bool, str]:
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]:
         """Hand leadership over: stop claiming, finish or hand back work in hand, then release
-        (naming `target` when given). (False, why) when it cannot start."""
+        (naming `target` when given). (False, why) when it cannot start. A switchover that
+        starts is in the operator audit (the release itself is the elector's, in
+        leadership_history)."""
         election = self.settings.election
         if not self.coordinator.is_leader():
             return False, f"{election.instance_id} is not the leader"
@@ -308,14 +376,26 @@ class Replica:
         if not self.coordinator.request_handover(target):
             self.executor.resume()
             return False, f"{election.instance_id} lost leadership meanwhile"
+        self._audit("switchover", actor, reason, {"from": election.instance_id, "to": target})
         return True, "switching over"
+
+    def _audit(self, action: str, actor: str, reason: str | None, detail: dict[str, Any]) -> None:
+        """An operator action this process carried out, in the audit; the action went ahead
+        either way, so a failed write is logged ERROR, never raised."""
+        try:
+            with self.engine_pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                audit.record(cur, self.settings.election.cluster, action, actor, reason, detail)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            log.error("operator audit: %s by %s not recorded: %s", action, actor, first_line(e))
 
     def _started_leading(self, epoch: int) -> None:
         self._leading = (epoch, time.monotonic())
+        self.supervisor.set_leading(True)
         self.executor.on_started_leading(epoch)
         self.alerts.emit(LEADERSHIP_CHANGE, INFO, f"became leader at epoch {epoch}", epoch=epoch, event="acquired")
 
     def _stopped_leading(self, epoch: int, reason: str) -> None:
+        self.supervisor.set_leading(False)
         self.executor.on_stopped_leading(epoch, reason)
         self.executor.resume()  # a switchover paused it; as a follower it claims nothing anyway
         kind = SPLIT_BRAIN if reason == "demoted:split_brain" else LEADERSHIP_CHANGE
@@ -332,9 +412,21 @@ class Replica:
             timeout_ms=RECONCILE_TIMEOUT_MS,
         )
 
+    def _reconcile_at_start(self, timeout_s: float) -> None:
+        """The venue against the database once before serving (as `haexec reconcile` does: facts
+        recorded, no epoch). A mismatch is reported and left to the leader; a reconciliation
+        that cannot run within the start-up timeout is exit 1."""
+        cluster, instance = self.settings.election.cluster, self.settings.election.instance_id
+        try:
+            for attempt in _retrying(timeout_s, BrokerError, psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                with attempt:
+                    reconcile(self.engine_pool, self.broker, cluster, instance, None, timeout_ms=RECONCILE_TIMEOUT_MS)
+        except (BrokerError, psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            raise StartupError(f"reconciliation with broker {self.settings.engine.broker}: {first_line(e)}") from None
+
     def _describe(self) -> dict[str, Any]:
         http = f"{self.settings.http_host}:{self.http.port}" if self.http else None
-        return {"http": http, "healthy": self._ready and self.coordinator.alive}
+        return {"http": http, "healthy": self._ready and self.coordinator.alive and not self.supervisor.failed()}
 
     def start(self) -> None:
         timeout = self.settings.startup_timeout_s
@@ -374,9 +466,14 @@ class Replica:
             self.http = HttpServer(build_app(self, limits), self.settings.http_host, self.settings.http_port, limits)
         except OSError as e:
             raise StartupError(str(e)) from None
+        self._reconcile_at_start(timeout)  # after the port is ours: a taken port says so first
         self._start_market(self.market)  # after the broker: MT5 reads may need its terminal
+        self.executor.start()  # before the election: a follower's executor only reads
+        missing = self.supervisor.wait_first_beats(timeout)
+        if missing:
+            raise StartupError(f"loop {', '.join(missing)}: no first heartbeat within {timeout:g}s")
         self.coordinator.start()
-        self.executor.start()
+        self.supervisor.start()
         self.http.start()
         self._ready = True
         self.coordinator.announce()
@@ -391,6 +488,7 @@ class Replica:
     def stop(self, reason: str = "released:sigterm") -> None:
         """Stop claiming, let an in-flight broker call finish and be recorded, then release."""
         self._ready = False
+        self.supervisor.stop()  # first: a loop being stopped is not a loop to restart
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.coordinator.stop(reason)
         self.alerts.stop(2.0)  # after the release, so its alert still goes out

@@ -219,7 +219,7 @@ def run_up(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.http_base_port + args.replicas > 65535:
         print("haexec up: --http-base-port + --replicas must stay below 65536", file=sys.stderr)
         return 2
-    from haexec.embedded import running_servers, stop_servers
+    from embedded import running_servers, stop_servers
 
     started_servers = base.embedded and running_servers(base.state_dir) is None
     try:

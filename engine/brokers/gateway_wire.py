@@ -21,7 +21,17 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any, TypeVar
 
-from engine.brokers.base import Account, OrderRequest, OrderResult, Outcome, Position, Quote, SymbolSpec, VenueOrder
+from engine.brokers.base import (
+    Account,
+    OrderRequest,
+    OrderResult,
+    Outcome,
+    Position,
+    Quote,
+    Refusal,
+    SymbolSpec,
+    VenueOrder,
+)
 from engine.model import OrderType, Side
 
 TAG = re.compile(r"[A-Za-z0-9]{1,31}")  # the MT5 comment a tag travels in
@@ -249,6 +259,7 @@ def result_to_json(r: OrderResult) -> dict[str, Any]:
         "detail": r.detail,
         "retcode": r.retcode,
         "price": _s(r.price),
+        "refusal": None if r.refusal is None else r.refusal.value,
     }
 
 
@@ -260,16 +271,42 @@ def result_from_json(obj: Any) -> OrderResult:
         detail=r.text("detail", optional=True) or "",
         retcode=r.integer("retcode", low=-(2**31), high=2**31, optional=True),
         price=r.decimal("price", optional=True),
+        refusal=_refusal(r.raw("refusal", optional=True)),
     )
 
 
+def _refusal(value: Any) -> Refusal | None:
+    """A refusal's meaning; one this side does not know (a newer gateway's) is OTHER, never
+    a malformed answer: the call was refused either way."""
+    if value is None:
+        return None
+    try:
+        return Refusal(value)
+    except ValueError:
+        return Refusal.OTHER
+
+
 def account_to_json(a: Account) -> dict[str, Any]:
-    return {"balance": str(a.balance), "equity": str(a.equity), "currency": a.currency, "daily_pnl": str(a.daily_pnl)}
+    return {
+        "balance": str(a.balance),
+        "equity": str(a.equity),
+        "currency": a.currency,
+        "daily_pnl": str(a.daily_pnl),
+        "margin": _s(a.margin),
+        "free_margin": _s(a.free_margin),
+    }
 
 
 def account_from_json(obj: Any) -> Account:
     r = Reader(obj, "account", strict=False)
-    return Account(r.decimal("balance"), r.decimal("equity"), r.text("currency"), r.decimal("daily_pnl"))
+    return Account(
+        r.decimal("balance"),
+        r.decimal("equity"),
+        r.text("currency"),
+        r.decimal("daily_pnl"),
+        margin=r.decimal("margin", optional=True),
+        free_margin=r.decimal("free_margin", optional=True),
+    )
 
 
 def position_to_json(p: Position) -> dict[str, Any]:
@@ -343,6 +380,7 @@ def quote_to_json(q: Quote) -> dict[str, Any]:
         },
         "bid": _s(q.bid),
         "ask": _s(q.ask),
+        "margin_per_lot": _s(q.margin_per_lot),
     }
 
 
@@ -357,7 +395,12 @@ def quote_from_json(obj: Any) -> Quote:
         tick_size=s.decimal("tick_size", optional=True),
         tick_value=s.decimal("tick_value", optional=True),
     )
-    return Quote(spec=spec, bid=r.decimal("bid", optional=True), ask=r.decimal("ask", optional=True))
+    return Quote(
+        spec=spec,
+        bid=r.decimal("bid", optional=True),
+        ask=r.decimal("ask", optional=True),
+        margin_per_lot=r.decimal("margin_per_lot", optional=True),
+    )
 
 
 def listing(obj: Any, key: str, item: Callable[[Any], Any]) -> list[Any]:

@@ -20,8 +20,8 @@ report errors through one module-global `last_error()`. So:
   `deadline_ms`: the executor checks that the lease outlives "broker deadline + drift
   margin" before it sends, so no order_send may be *issued* after that budget is spent.
 
-Outcomes of `send` / `modify` / `close_position`
-------------------------------------------------
+Outcomes of `send` / `modify` / `close_position` / `cancel_order`
+----------------------------------------------------------------
 - 10009 DONE, 10008 PLACED, 10010 DONE_PARTIAL -> `Outcome.DONE`, ref = order ticket
   (or deal ticket), price = fill price (the limit price for a placed pending order).
 - 10004 REQUOTE, 10021 PRICE_OFF -> retried (fresh tick, bounded attempts, still within the
@@ -31,6 +31,16 @@ Outcomes of `send` / `modify` / `close_position`
   rejected (a live order behind a "rejected" signal would be a silent failure).
 - `order_send` returned None, timed out, or raised -> `Outcome.UNKNOWN` (never resent).
 - Every other retcode -> `Outcome.REJECTED`, detail "retcode <n> <NAME>: <meaning>".
+- A modify, close or cancel is answered by meaning, so its caller acts on the meaning and
+  never on a retcode: 10025 NO_CHANGES is `DONE` with detail "no change" (the stops already
+  are what was asked); a refusal carries `OrderResult.refusal` -- 10016 INVALID_STOPS ->
+  `INVALID_STOPS`, 10028 LOCKED and 10029 FROZEN -> `FROZEN`, 10036 POSITION_CLOSED or no such
+  open position (pending order, for a cancel) -> `GONE`, anything else `OTHER`.
+- A modify is ONE `TRADE_ACTION_SLTP` request (position, symbol, sl, tp): the stop is
+  replaced at the trade server, never cancelled and re-placed, and it has its own deadline
+  (`modify_deadline_ms`, at most the broker's). Its stop is rounded to the symbol's digits
+  towards the price (up for a long, down for a short), so rounding never loosens it; so is
+  the stop an entry order carries.
 - `BrokerError` is raised only when nothing was submitted (not connected, terminal busy,
   reads failed before the order was built); `ValueError` for a malformed tag.
 
@@ -66,9 +76,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -94,6 +104,7 @@ from engine.brokers.base import (
     Outcome,
     Position,
     Quote,
+    Refusal,
     SymbolSpec,
     SymbolUnavailable,
     VenueOrder,
@@ -151,7 +162,16 @@ RETCODES: dict[int, tuple[str, str]] = {
     10046: ("HEDGE_PROHIBITED", "the account prohibits opposite positions on a single symbol"),
 }
 DONE_RETCODES = frozenset({10008, 10009, 10010})
-MODIFY_DONE_RETCODES = DONE_RETCODES | {10025}  # NO_CHANGES: the stops are already what was asked
+NO_CHANGES = 10025
+MODIFY_DONE_RETCODES = DONE_RETCODES | {NO_CHANGES}  # the stops are already what was asked
+# What a refused modify / close / cancel means; any other refusal is Refusal.OTHER.
+REFUSALS: dict[int, Refusal] = {
+    10016: Refusal.INVALID_STOPS,
+    10028: Refusal.FROZEN,  # LOCKED: the request is being processed
+    10029: Refusal.FROZEN,
+    10036: Refusal.GONE,
+}
+MODIFY_DEADLINE_MS = 1500  # the manager's per-call deadline at MT5 (issue 12)
 RETRY_RETCODES = frozenset({10004, 10021})  # MetaQuotes' own helpers retry only these
 AMBIGUOUS_RETCODES = frozenset({10011, 10012})  # answered, but not "nothing was placed"
 
@@ -253,6 +273,10 @@ class _Refused(BrokerError):
     """Not sendable for a definite reason (unknown symbol, no such position): REJECTED."""
 
 
+class _Gone(_Refused):
+    """No such open position (or pending order): it closed, or never was."""
+
+
 class _Expired(BrokerError):
     """Past the order's expires_at when it would go: nothing is sent, EXPIRED."""
 
@@ -302,14 +326,24 @@ def _dec(value: float) -> Decimal:
     return Decimal(repr(float(value)))
 
 
-def _opt_dec(value: float) -> Decimal | None:
-    """sl / tp: 0.0 means none at the venue."""
-    return _dec(value) if value else None
-
-
-def _price(value: Decimal, digits: int) -> float:
+def _price(value: Decimal, digits: int, rounding: str = ROUND_HALF_EVEN) -> float:
     """Decimal -> float for a request, rounded to the symbol's digits (unrounded prices are refused)."""
-    return float(value.quantize(Decimal(1).scaleb(-digits)))
+    return float(value.quantize(Decimal(1).scaleb(-digits), rounding=rounding))
+
+
+def _stop(value: Decimal, digits: int, long: bool) -> float:
+    """A stop for a request: rounded towards the price (up below a long, down above a short),
+    so that rounding never widens the risk."""
+    return _price(value, digits, ROUND_CEILING if long else ROUND_FLOOR)
+
+
+def _at_digits(value: float, digits: int | None) -> Decimal | None:
+    """sl / tp read back from the venue: 0.0 means none; else the Decimal of the symbol's
+    digits (a float such as 1.0950000000000002 reads as 1.09500)."""
+    if not value:
+        return None
+    d = _dec(value)
+    return d if digits is None else d.quantize(Decimal(1).scaleb(-digits))
 
 
 def _spec(info: Any) -> SymbolSpec:
@@ -396,10 +430,11 @@ class MT5Broker:
         requote_attempts: int = 3,
         requote_backoff_s: float = 0.05,
         history_days: int = 7,
+        modify_deadline_ms: int = MODIFY_DEADLINE_MS,
         utcnow: Callable[[], datetime] | None = None,
     ) -> None:
-        if deadline_ms <= 0:
-            raise ValueError("deadline_ms must be > 0")
+        if deadline_ms <= 0 or modify_deadline_ms <= 0:
+            raise ValueError("deadline_ms and modify_deadline_ms must be > 0")
         self.login = login
         self._password = _Secret(password)
         self.server = server
@@ -413,6 +448,7 @@ class MT5Broker:
         self.requote_attempts = requote_attempts
         self.requote_backoff_s = requote_backoff_s
         self.history_days = history_days
+        self.modify_deadline_ms = modify_deadline_ms
         self._utcnow = utcnow or (lambda: datetime.now(UTC))
         self._to_venue = dict(symbol_map or {})
         self._from_venue = {v: k for k, v in self._to_venue.items()}
@@ -515,7 +551,7 @@ class MT5Broker:
     def _connect_once(self) -> None:
         timeout_ms = self.connect_timeout_ms
 
-        def job(m: ModuleType) -> tuple[Any, Any]:
+        def job(m: ModuleType) -> tuple[Any, Any, list[str]]:
             kwargs: dict[str, Any] = {"timeout": int(timeout_ms)}
             if self.login is not None:
                 kwargs["login"] = int(self.login)
@@ -532,9 +568,10 @@ class MT5Broker:
             acct = m.account_info()
             if acct is None:
                 raise CallFailed("account_info", *m.last_error())
-            return term, acct
+            names = self._listing(m, "symbols_get", m.symbols_get())
+            return term, acct, [str(n.name) for n in names]
 
-        term, acct = self.run_on_terminal("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
+        term, acct, names = self.run_on_terminal("initialize", job, timeout_ms / 1000.0 + self.deadline_ms / 1000.0)
         if not term.connected:
             raise BrokerUnavailable(f"MT5 terminal is not connected to trade server {self.server or '?'}")
         if not term.trade_allowed:
@@ -543,7 +580,25 @@ class MT5Broker:
             raise BrokerUnavailable(f"MT5 terminal is logged in to account {acct.login}, not {self.login}")
         if not acct.trade_allowed or not acct.trade_expert:
             raise BrokerUnavailable(f"MT5 account {acct.login} does not allow automated trading")
+        self._learn_spellings(names)
         log.info("MT5 connected: account %s on %s, magic %s", acct.login, acct.server, self.magic)
+
+    def _learn_spellings(self, names: list[str]) -> None:
+        """A signal's symbol is upper-cased (engine/signal.py); a broker may spell it with a
+        lower-case suffix (XAUUSD.m, US30.cash). Each terminal name whose upper-case form is
+        not already its own name maps to it, unless two names share that form (then neither:
+        which one was meant cannot be told, and the order is refused as an unknown symbol)."""
+        by_upper: dict[str, list[str]] = {}
+        for name in names:
+            by_upper.setdefault(name.upper(), []).append(name)
+        for upper, spelled in by_upper.items():
+            if upper in spelled or upper in self._to_venue or spelled[0] in self._from_venue:
+                continue  # its own name already, or mapped explicitly
+            if len(spelled) > 1:
+                log.warning("MT5 symbols %s differ only in case: %s is not mapped to either", spelled, upper)
+                continue
+            self._to_venue[upper] = spelled[0]
+            self._from_venue[spelled[0]] = upper
 
     def close(self) -> None:
         worker = self._worker
@@ -588,12 +643,29 @@ class MT5Broker:
             # trades only: balance/credit/bonus deals carry deposits in `profit`
             if d.type in (DEAL_TYPE_BUY, DEAL_TYPE_SELL) and d.time >= lo:
                 pnl += _dec(d.profit) + _dec(d.swap) + _dec(d.commission) + _dec(getattr(d, "fee", 0.0))
-        return Account(balance=_dec(acct.balance), equity=_dec(acct.equity), currency=acct.currency, daily_pnl=pnl)
+        return Account(
+            balance=_dec(acct.balance),
+            equity=_dec(acct.equity),
+            currency=acct.currency,
+            daily_pnl=pnl,
+            margin=_dec(acct.margin),
+            free_margin=_dec(acct.margin_free),
+        )
 
     def positions(self) -> list[Position]:
         """All open positions of the account (risk needs the whole exposure); `tag` is set only
-        for positions carrying this broker's magic."""
-        rows = self.run_on_terminal("positions_get", lambda m: self._listing(m, "positions_get", m.positions_get()))
+        for positions carrying this broker's magic. sl / tp read back in the symbol's digits,
+        so a stop compares exactly with the one that was sent."""
+
+        def job(m: ModuleType) -> tuple[tuple[Any, ...], dict[str, int | None]]:
+            rows = self._listing(m, "positions_get", m.positions_get())
+            digits: dict[str, int | None] = {}
+            for symbol in {p.symbol for p in rows}:
+                info = m.symbol_info(symbol)  # None (a symbol gone from the terminal): the float as it is
+                digits[symbol] = int(info.digits) if info is not None else None
+            return rows, digits
+
+        rows, digits = self.run_on_terminal("positions_get", job)
         return [
             Position(
                 ticket=str(p.ticket),
@@ -601,8 +673,8 @@ class MT5Broker:
                 side=Side.BUY if p.type == POSITION_TYPE_BUY else Side.SELL,
                 volume=_dec(p.volume),
                 price=_dec(p.price_open),
-                sl=_opt_dec(p.sl),
-                tp=_opt_dec(p.tp),
+                sl=_at_digits(p.sl, digits.get(p.symbol)),
+                tp=_at_digits(p.tp, digits.get(p.symbol)),
                 tag=(p.comment or None) if p.magic == self.magic else None,
             )
             for p in rows
@@ -731,15 +803,19 @@ class MT5Broker:
         with defaults. A broken link to the terminal is a BrokerError."""
         venue = self._venue_symbol(symbol)
 
-        def job(m: ModuleType) -> tuple[Any, Any]:
+        def job(m: ModuleType) -> tuple[Any, Any, Any]:
             try:
-                return self._symbol(m, venue, tick=True)
+                info, tick = self._symbol(m, venue, tick=True)
             except _Refused as exc:
                 raise SymbolUnavailable(str(exc)) from None
+            # The terminal's own margin of a lot at the ask; None (it cannot say) is no check.
+            margin = m.order_calc_margin(ORDER_TYPE_BUY, venue, 1.0, float(tick.ask))
+            return info, tick, margin
 
-        info, tick = self.run_on_terminal("quote", job)
+        info, tick, margin = self.run_on_terminal("quote", job)
         try:
-            return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask))
+            per_lot = None if margin is None or not margin > 0 else _dec(margin)
+            return Quote(spec=_spec(info), bid=_dec(tick.bid), ask=_dec(tick.ask), margin_per_lot=per_lot)
         except (TypeError, ValueError) as exc:
             raise SymbolUnavailable(f"symbol {venue} has no usable spec at the venue: {exc}") from None
 
@@ -808,7 +884,7 @@ class MT5Broker:
                 "volume": float(req.volume),
                 "type": otype,
                 "price": price,
-                "sl": _price(req.sl, digits),
+                "sl": _stop(req.sl, digits, buy),
                 "tp": _price(req.tp, digits) if req.tp is not None else 0.0,
                 "deviation": int(self.deviation),
                 "magic": int(self.magic),
@@ -843,8 +919,9 @@ class MT5Broker:
         *,
         guard: SendGuard | None = None,
     ) -> OrderResult:
-        """Change a position's stops; None keeps the current value (never drops a stop by
-        accident). The terminal cannot check `epoch`."""
+        """Replace a position's stops with one TRADE_ACTION_SLTP request; None keeps the
+        current value (never drops a stop by accident). Answered by meaning (see the module
+        docstring). The terminal cannot check `epoch`; a `guard` can."""
 
         def build(m: ModuleType) -> dict[str, Any]:
             p = self._position(m, ticket)
@@ -854,12 +931,32 @@ class MT5Broker:
                 "action": TRADE_ACTION_SLTP,
                 "position": int(p.ticket),
                 "symbol": p.symbol,
-                "sl": _price(sl, digits) if sl is not None else float(p.sl),
+                "sl": _stop(sl, digits, p.type == POSITION_TYPE_BUY) if sl is not None else float(p.sl),
                 "tp": _price(tp, digits) if tp is not None else float(p.tp),
                 "magic": int(self.magic),
             }
 
-        return self._trade("modify", build, attempts=1, done=MODIFY_DONE_RETCODES, guard=guard)
+        result = self._trade(
+            "modify",
+            build,
+            attempts=1,
+            done=MODIFY_DONE_RETCODES,
+            guard=guard,
+            deadline_ms=min(self.deadline_ms, self.modify_deadline_ms),
+            refusals=True,
+        )
+        level = logging.INFO if result.outcome is Outcome.DONE else logging.WARNING
+        log.log(
+            level,
+            "MT5 modify %s sl=%s tp=%s (epoch %s): %s %s",
+            ticket,
+            sl,
+            tp,
+            epoch,
+            result.outcome.value,
+            result.detail,
+        )
+        return result
 
     def close_position(self, ticket: str, epoch: int | None = None, *, guard: SendGuard | None = None) -> OrderResult:
         """Close a whole position by an opposite market deal with `position=ticket`."""
@@ -881,7 +978,7 @@ class MT5Broker:
                 "type_filling": self._filling(info),
             }
 
-        result = self._trade("close_position", build, attempts=self.requote_attempts, guard=guard)
+        result = self._trade("close_position", build, attempts=self.requote_attempts, guard=guard, refusals=True)
         log.warning("MT5 close position %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
         return result
 
@@ -890,12 +987,12 @@ class MT5Broker:
 
         def build(m: ModuleType) -> dict[str, Any]:
             if not str(ticket).isdigit():
-                raise _Refused(f"no pending order with ticket {ticket!r}")
+                raise _Gone(f"no pending order with ticket {ticket!r}")
             if not self._listing(m, "orders_get", m.orders_get(ticket=int(ticket))):
-                raise _Refused(f"no pending order with ticket {ticket}")
+                raise _Gone(f"no pending order with ticket {ticket}")
             return {"action": TRADE_ACTION_REMOVE, "order": int(ticket)}
 
-        result = self._trade("cancel_order", build, attempts=1, guard=guard)
+        result = self._trade("cancel_order", build, attempts=1, guard=guard, refusals=True)
         log.warning("MT5 remove order %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
         return result
 
@@ -904,13 +1001,13 @@ class MT5Broker:
         `find_by_tag` report the opening order's ticket, which is the position's identifier
         (and usually, not always, its ticket)."""
         if not str(ticket).isdigit():
-            raise _Refused(f"no open position with ticket {ticket!r}")
+            raise _Gone(f"no open position with ticket {ticket!r}")
         rows = self._listing(m, "positions_get", m.positions_get(ticket=int(ticket)))
         if not rows:
             every = self._listing(m, "positions_get", m.positions_get())
             rows = tuple(p for p in every if p.identifier == int(ticket))
         if not rows:
-            raise _Refused(f"no open position with ticket {ticket}")
+            raise _Gone(f"no open position with ticket {ticket}")
         return rows[0]
 
     def _trade(
@@ -921,12 +1018,15 @@ class MT5Broker:
         attempts: int,
         done: frozenset[int] = DONE_RETCODES,
         guard: SendGuard | None = None,
+        deadline_ms: int | None = None,
+        refusals: bool = False,
     ) -> OrderResult:
-        """build + order_send within one deadline; REQUOTE / PRICE_OFF retried with a fresh
-        request (bounded by `attempts` and the deadline). Raises BrokerError only when nothing
-        was ever submitted, and SendRefused whenever the guard refused (nothing was placed:
-        every earlier attempt was a requote)."""
-        budget = _Budget(self.deadline_ms)
+        """build + order_send within one deadline (default the broker's); REQUOTE / PRICE_OFF
+        retried with a fresh request (bounded by `attempts` and the deadline). With `refusals`
+        (a modify, close or cancel) a REJECTED answer says what it means. Raises BrokerError
+        only when nothing was ever submitted, and SendRefused whenever the guard refused
+        (nothing was placed: every earlier attempt was a requote)."""
+        budget = _Budget(deadline_ms or self.deadline_ms)
         tries: list[OrderResult] = []
         gave_up = False
 
@@ -934,11 +1034,12 @@ class MT5Broker:
             nonlocal gave_up
             try:
                 request = self.run_on_terminal(f"{what} (prepare)", build, budget.left())
-                result = self._order_send(request, budget, done, guard)
+                result = self._order_send(request, budget, done, guard, refusals)
             except SendRefused:
                 raise  # the guard's verdict stands, whatever came before
             except _Refused as exc:
-                result = OrderResult(Outcome.REJECTED, detail=str(exc))
+                gone = Refusal.GONE if isinstance(exc, _Gone) else Refusal.OTHER
+                result = OrderResult(Outcome.REJECTED, detail=str(exc), refusal=gone if refusals else None)
             except _Expired as exc:
                 result = OrderResult(Outcome.EXPIRED, detail=str(exc))
             except BrokerError as exc:  # nothing was submitted in this attempt
@@ -946,9 +1047,7 @@ class MT5Broker:
                     raise
                 gave_up = True  # the last answer at the venue was a requote: nothing placed
                 last = tries[-1]
-                result = OrderResult(
-                    Outcome.REJECTED, detail=f"{last.detail}; the retry was not sent: {exc}", retcode=last.retcode
-                )
+                result = replace(last, outcome=Outcome.REJECTED, detail=f"{last.detail}; the retry was not sent: {exc}")
             tries.append(result)
             return result
 
@@ -966,17 +1065,16 @@ class MT5Broker:
         )
         result: OrderResult = retrying(attempt)
         if len(tries) > 1:
-            result = OrderResult(
-                result.outcome,
-                result.ref,
-                f"{result.detail} (attempt {len(tries)} of {attempts})",
-                result.retcode,
-                result.price,
-            )
+            result = replace(result, detail=f"{result.detail} (attempt {len(tries)} of {attempts})")
         return result
 
     def _order_send(
-        self, request: dict[str, Any], budget: _Budget, done: frozenset[int], guard: SendGuard | None = None
+        self,
+        request: dict[str, Any],
+        budget: _Budget,
+        done: frozenset[int],
+        guard: SendGuard | None = None,
+        refusals: bool = False,
     ) -> OrderResult:
         def job(m: ModuleType) -> tuple[Any, tuple[int, str] | None]:
             if guard is not None:
@@ -1004,7 +1102,7 @@ class MT5Broker:
             raise  # NotSent (busy, deadline spent, refused by the guard) or closed: nothing was submitted
         except Exception as exc:  # the module raised inside order_send: unknown
             return OrderResult(Outcome.UNKNOWN, detail=f"order_send raised {type(exc).__name__}: {exc}")
-        return send_result(res, err, request, done)
+        return send_result(res, err, request, done, refusals=refusals)
 
 
 def _after(
@@ -1023,9 +1121,12 @@ def _after(
         log.critical("MT5 send guard failed after order_send returned", exc_info=True)
 
 
-def send_result(res: Any, err: tuple[int, str] | None, request: dict[str, Any], done: frozenset[int]) -> OrderResult:
-    """What order_send's answer (`res`, or None with last_error `err`) means for the call.
-    Shared with the gateway's journal, which rebuilds answers from the fields it recorded."""
+def send_result(
+    res: Any, err: tuple[int, str] | None, request: dict[str, Any], done: frozenset[int], *, refusals: bool = False
+) -> OrderResult:
+    """What order_send's answer (`res`, or None with last_error `err`) means for the call;
+    with `refusals` (a modify, close or cancel), what a refusal means. Shared with the
+    gateway's journal, which rebuilds answers from the fields it recorded."""
     if res is None:
         code, text = err or (0, "")
         return OrderResult(
@@ -1034,6 +1135,8 @@ def send_result(res: Any, err: tuple[int, str] | None, request: dict[str, Any], 
         )
     rc = int(res.retcode)
     detail = _retcode_detail(rc, getattr(res, "comment", "") or "")
+    if rc == NO_CHANGES and rc in done:
+        return OrderResult(Outcome.DONE, detail="no change", retcode=rc)
     if rc in done:
         ref = res.order or res.deal
         price = _dec(res.price) if res.price else (_dec(request["price"]) if request.get("price") else None)
@@ -1042,4 +1145,5 @@ def send_result(res: Any, err: tuple[int, str] | None, request: dict[str, Any], 
         return OrderResult(Outcome.DONE, ref=str(ref) if ref else None, detail=detail, retcode=rc, price=price)
     if rc in AMBIGUOUS_RETCODES:
         return OrderResult(Outcome.UNKNOWN, detail=f"{detail}; it may have executed: reconcile by tag", retcode=rc)
-    return OrderResult(Outcome.REJECTED, detail=detail, retcode=rc)
+    refusal = REFUSALS.get(rc, Refusal.OTHER) if refusals else None
+    return OrderResult(Outcome.REJECTED, detail=detail, retcode=rc, refusal=refusal)

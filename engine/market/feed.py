@@ -169,8 +169,10 @@ class FeedRunner:
     def __init__(self, feed: Feed, interval_s: float = 0.1) -> None:
         self.feed = feed
         self.interval_s = interval_s
+        self.beat: Callable[[], None] = lambda: None  # a supervisor's heartbeat, once per pump
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="market-feed", daemon=True)
+        self._generation = 0
+        self._thread = self._pumper()
 
     def start(self) -> None:
         self._thread.start()
@@ -179,8 +181,27 @@ class FeedRunner:
         self._stop.set()
         self._thread.join(timeout_s)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def restart(self) -> None:
+        """Replace the pumping thread. One stuck in a source call is abandoned: pumps are
+        serialised, so it cannot pump beside its successor, and it exits once it returns."""
+        old = self._thread
+        self._generation += 1
+        if old.is_alive():
+            old.name = f"{old.name}-abandoned"
+            log.error("market feed: thread %s abandoned (stuck); a new one takes over", old.name)
+        self._thread = self._pumper()
+        self._thread.start()
+
+    def _pumper(self) -> threading.Thread:
+        return threading.Thread(target=self._loop, args=(self._generation,), name="market-feed", daemon=True)
+
+    def _loop(self, generation: int) -> None:
+        while not self._stop.is_set() and generation == self._generation:
+            self.beat()
             try:
                 self.feed.pump()
             except Exception:  # a bug must not end the feed silently

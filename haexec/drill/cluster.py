@@ -193,7 +193,7 @@ class Servers:
 
     def start(self) -> None:
         from db import migrate
-        from haexec.embedded import EmbeddedError, PostgresServer, RedisServer
+        from embedded import EmbeddedError, PostgresServer, RedisServer
 
         try:
             if self.redis_url_arg:

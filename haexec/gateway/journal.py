@@ -142,7 +142,8 @@ class Attempt:
             price=float(self.price or 0),
             comment=self.comment or "",
         )
-        return send_result(res, None, self.request, MODIFY_DONE_RETCODES if self.op == "modify" else DONE_RETCODES)
+        done = MODIFY_DONE_RETCODES if self.op == "modify" else DONE_RETCODES
+        return send_result(res, None, self.request, done, refusals=self.op != "send")
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

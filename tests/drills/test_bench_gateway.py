@@ -19,7 +19,7 @@ def test_the_gateway_benchmark_runs(redis_url: str, database_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    for call in ("quote", "send"):
+    for call in ("quote", "send", "modify"):
         for path in ("direct_ms", "gateway_ms"):
             assert 0 < result[call][path]["p50"] <= result[call][path]["p99"] <= result[call][path]["max"]
 

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from haexec.embedded import redis_server_binary
+from embedded import redis_server_binary
 from tests.support import (
     LEASE_MS,
     ReplicaProcess,

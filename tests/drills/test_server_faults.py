@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from db import migrate
-from haexec.embedded import PostgresServer, RedisServer
+from embedded import PostgresServer, RedisServer
 from tests.conftest import server_workdir
 from tests.support import (
     LEASE_MS,

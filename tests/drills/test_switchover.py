@@ -43,7 +43,7 @@ def test_switchover_to_a_target_and_to_anyone(spawn: Spawn, cluster: str, redis_
     refused = run_cli(["switchover", "--to", "nobody"], env)
     assert refused.returncode == 1 and "unknown replica" in refused.stderr
 
-    done = run_cli(["switchover", "--to", target.instance_id, "--json"], env)
+    done = run_cli(["switchover", "--to", target.instance_id, "--json", "--reason", "patching"], env)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["leader"] == {"instance_id": target.instance_id, "epoch": epoch + 1}
@@ -60,3 +60,9 @@ def test_switchover_to_a_target_and_to_anyone(spawn: Spawn, cluster: str, redis_
     assert target.get("/coordinator/history?limit=0")[0] == 400
     hist = run_cli(["history", "--json", "--limit", "5"], env)
     assert hist.returncode == 0 and len(json.loads(hist.stdout)) == 5
+    audited = json.loads(run_cli(["audit", "list", "--json"], env).stdout)
+    assert [(e["action"], e["reason"], e["detail"]) for e in audited] == [
+        ("switchover", None, {"from": target.instance_id, "to": None}),
+        ("switchover", "patching", {"from": leader.instance_id, "to": target.instance_id}),
+    ]
+    assert audited[1]["actor"].startswith("cli:") and audited[1]["actor"].endswith(" via http:127.0.0.1")

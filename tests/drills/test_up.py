@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from haexec.embedded import running_servers
+from embedded import running_servers
 from tests.conftest import server_workdir
 from tests.support import REPO, run_cli, wait_for
 
@@ -41,7 +41,7 @@ def free_port_run(n: int) -> int:
 def state_dir() -> Iterator[Path]:
     path = server_workdir("up")
     yield path / "state"
-    from haexec.embedded import stop_servers
+    from embedded import stop_servers
 
     stop_servers(path / "state")
     shutil.rmtree(path, ignore_errors=True)

@@ -22,7 +22,20 @@ module's API):
 - `script(*replies)`: the next `order_send` calls answer these retcodes (`None` = return
   None; `Reply(retcode, execute=...)` to say whether the order really went through);
 - `hang("order_send")`: the next call of that function blocks until `release()`
-  (`entered` / `returned` events tell the test where it is);
+  (`entered` / `returned` events tell the test where it is); `hang("order_send",
+  action=TRADE_ACTION_SLTP)` hangs only the next order_send of that action (a modify, not
+  the entry before it); a scripted reply still decides what the hung call answers;
+- `TRADE_ACTION_SLTP` as documented: the position must be open (a closed one is
+  POSITION_CLOSED, an unknown ticket INVALID); the same sl and tp again is NO_CHANGES; a
+  position whose current sl or tp is within `trade_freeze_level` points of the price it
+  closes at is FROZEN; a new sl/tp on the wrong side of that price, closer than
+  `trade_stops_level` points, or not normalised to the digits is INVALID_STOPS
+  (`add_symbol(..., stops_level=, freeze_level=)`);
+- `margin_mode = ACCOUNT_MARGIN_MODE_RETAIL_NETTING`: one position per symbol. A market
+  order on a symbol with a position merges into it: same direction adds volume (the price
+  averaged) and REPLACES the position's sl/tp with the order's -- an add-on sent without an
+  sl clears the stop, the failure the stop guarantee exists for; the opposite direction
+  reduces, closes or reverses it. The default is hedging (a position per order);
 - `fail_next("positions_get", code, text)`: the next call returns None with that error;
 - `connected`, `trade_allowed`, `init_failures`, `comment_limit` (the "broker" truncates
   stored comments to that many characters), `none_when_empty`, `now` (server time);
@@ -34,6 +47,7 @@ module's API):
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import itertools
 import threading
@@ -57,6 +71,10 @@ TRADE_ACTION_SLTP = 6
 TRADE_ACTION_MODIFY = 7
 TRADE_ACTION_REMOVE = 8
 TRADE_ACTION_CLOSE_BY = 10
+
+ACCOUNT_MARGIN_MODE_RETAIL_NETTING = 0
+ACCOUNT_MARGIN_MODE_EXCHANGE = 1
+ACCOUNT_MARGIN_MODE_RETAIL_HEDGING = 2
 
 ORDER_TYPE_BUY = 0
 ORDER_TYPE_SELL = 1
@@ -253,6 +271,7 @@ OrderCheckResult = namedtuple(
 )
 Tick = namedtuple("Tick", "time bid ask last volume time_msc flags volume_real")
 BookInfo = namedtuple("BookInfo", "type price volume volume_dbl")
+ACCOUNT_LEVERAGE = 100
 AccountInfo = namedtuple(
     "AccountInfo",
     "login trade_mode leverage limit_orders margin_so_mode trade_allowed trade_expert "
@@ -289,6 +308,11 @@ _RETCODE_TEXT = {
     TRADE_RETCODE_INVALID_FILL: "Unsupported filling mode",
     TRADE_RETCODE_CONNECTION: "No connection",
     TRADE_RETCODE_CLIENT_DISABLES_AT: "AutoTrading disabled by client",
+    TRADE_RETCODE_INVALID_STOPS: "Invalid stops",
+    TRADE_RETCODE_NO_CHANGES: "No changes",
+    TRADE_RETCODE_LOCKED: "Locked",
+    TRADE_RETCODE_FROZEN: "Frozen",
+    TRADE_RETCODE_POSITION_CLOSED: "Position already closed",
 }
 
 _OK = (RES_S_OK, "Success")
@@ -326,6 +350,7 @@ class FakeTerminal:
         self.currency = "USD"
         self.balance = 10_000.0
         self.equity = 10_000.0
+        self.margin_mode = ACCOUNT_MARGIN_MODE_RETAIL_HEDGING
         self.init_failures = 0  # the next N initialize() calls fail (IPC)
         self.init_calls: list[dict[str, Any]] = []
         self.symbols: dict[str, dict[str, Any]] = {}
@@ -345,6 +370,7 @@ class FakeTerminal:
         self._request_ids = itertools.count(1)
         self._fail: dict[str, tuple[int, str]] = {}
         self._hang_on: str | None = None
+        self._hang_action: int | None = None  # hang only an order_send of this action
         self.entered = threading.Event()  # the hung call has started
         self.returned = threading.Event()  # the hung call has returned
         self.release_event = threading.Event()
@@ -386,11 +412,12 @@ class FakeTerminal:
         for r in replies:
             self.replies.append(r if isinstance(r, Reply) else Reply(r))
 
-    def hang(self, function: str) -> None:
+    def hang(self, function: str, action: int | None = None) -> None:
         self.entered.clear()
         self.returned.clear()
         self.release_event.clear()
         self._hang_on = function
+        self._hang_action = action
 
     def release(self) -> None:
         self.release_event.set()
@@ -417,8 +444,12 @@ class FakeTerminal:
         currency_base: str | None = None,
         currency_profit: str | None = None,
         path: str | None = None,
+        stops_level: int = 0,  # points
+        freeze_level: int = 0,  # points
     ) -> None:
         self.symbols[name] = {
+            "stops_level": stops_level,
+            "freeze_level": freeze_level,
             "bid": bid,
             "ask": ask,
             "digits": digits,
@@ -556,12 +587,16 @@ class FakeTerminal:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _take_hang(self, function: str) -> bool:
+    def _take_hang(self, function: str, args: tuple[Any, ...]) -> bool:
         with self.lock:
-            if self._hang_on == function:
-                self._hang_on = None
-                return True
-            return False
+            if self._hang_on != function:
+                return False
+            if self._hang_action is not None:
+                request = args[0] if args and isinstance(args[0], dict) else {}
+                if request.get("action") != self._hang_action:
+                    return False
+            self._hang_on = self._hang_action = None
+            return True
 
     def _take_failure(self, function: str) -> tuple[int, str] | None:
         with self.lock:
@@ -600,7 +635,7 @@ def _api(*, needs_init: bool = True) -> Callable[[Callable[..., Any]], Callable[
             with t.lock:
                 t.calls[name] += 1
                 t.call_log.append((name, threading.current_thread().name))
-            hung = t._take_hang(name)
+            hung = t._take_hang(name, args)
             if hung:
                 t.entered.set()
                 t.release_event.wait(t.hang_limit_s)
@@ -726,12 +761,12 @@ def account_info(t: FakeTerminal) -> Any:
     return AccountInfo(
         t.login,
         0,
-        100,
+        ACCOUNT_LEVERAGE,
         200,
         0,
         True,
         True,
-        2,
+        t.margin_mode,
         2,
         False,
         t.balance,
@@ -770,8 +805,8 @@ def symbol_info(t: FakeTerminal, symbol: str) -> Any:
         s["digits"],
         10,
         SYMBOL_TRADE_MODE_FULL,
-        0,
-        0,
+        s["stops_level"],
+        s["freeze_level"],
         s["filling_mode"],
         127,
         15,
@@ -798,10 +833,32 @@ def symbol_info(t: FakeTerminal, symbol: str) -> Any:
 
 @_api()
 def symbols_get(t: FakeTerminal, group: str | None = None) -> Any:
-    """Every symbol's symbol_info (the group filter is not modelled)."""
-    found = tuple(symbol_info.__wrapped__(t, name) for name in t.symbols)
+    """Every symbol, or those `group` selects: comma-separated patterns with `*`, a pattern
+    starting with `!` excludes (the documented filter, e.g. "*,!*USD*")."""
+    names = sorted(t.symbols)
+    if group:
+        chosen: list[str] = []
+        for pattern in (p.strip() for p in group.split(",")):
+            if pattern.startswith("!"):
+                chosen = [n for n in chosen if not fnmatch.fnmatchcase(n, pattern[1:])]
+            else:
+                chosen += [n for n in names if fnmatch.fnmatchcase(n, pattern) and n not in chosen]
+        names = chosen
+    infos = [symbol_info.__wrapped__(t, n) for n in names]  # not a call of its own
     t.error = _OK
-    return found
+    return tuple(infos)
+
+
+@_api()
+def order_calc_margin(t: FakeTerminal, action: int, symbol: str, volume: float, price: float) -> Any:
+    """The margin `volume` lots of `symbol` hold at `price` (account currency), as the
+    terminal computes it for a plain FX/CFD account: notional over the leverage."""
+    s = t.symbols.get(symbol)
+    if s is None:
+        t.error = (RES_E_NOT_FOUND, "Terminal: Not found")
+        return None
+    t.error = _OK
+    return volume * s["contract_size"] * price / ACCOUNT_LEVERAGE
 
 
 @_api()
@@ -996,10 +1053,7 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
             symbol=r["symbol"],
             comment=comment,
         )
-        sign = 1.0 if pos.type == POSITION_TYPE_BUY else -1.0
-        spec = t.symbols[r["symbol"]]
-        ticks = (price - pos.price_open) * sign / spec["tick_size"]
-        profit = round(ticks * (spec["tick_value"] if ticks > 0 else spec["tick_value_loss"]) * volume, 2)
+        profit = _profit(t, pos, price, volume)
         deal = t.add_deal(
             order=order.ticket,
             type=side,
@@ -1015,6 +1069,9 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
         t.positions.remove(pos)
         t.balance += profit
         return deal.ticket, order.ticket, price
+    held = next((p for p in t.positions if p.symbol == r["symbol"]), None)
+    if held is not None and t.margin_mode == ACCOUNT_MARGIN_MODE_RETAIL_NETTING:
+        return _net(t, r, held, volume, price, comment)
     order = t.add_order(
         history=True,
         type=r["type"],
@@ -1052,6 +1109,117 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
         comment=comment,
     )
     return deal.ticket, order.ticket, price
+
+
+def _profit(t: FakeTerminal, pos: Any, price: float, volume: float) -> float:
+    sign = 1.0 if pos.type == POSITION_TYPE_BUY else -1.0
+    spec = t.symbols[pos.symbol]
+    ticks = (price - pos.price_open) * sign / spec["tick_size"]
+    return round(ticks * (spec["tick_value"] if ticks > 0 else spec["tick_value_loss"]) * volume, 2)
+
+
+def _net(
+    t: FakeTerminal, r: dict[str, Any], pos: Any, volume: float, price: float, comment: str
+) -> tuple[int, int, float]:
+    """A market deal on a netting account's symbol that already has its one position."""
+    now = int(t.now())
+    buy = r["type"] == ORDER_TYPE_BUY
+    same = buy == (pos.type == POSITION_TYPE_BUY)
+    order = t.add_order(
+        history=True,
+        type=r["type"],
+        magic=r.get("magic", 0),
+        position_id=pos.identifier,
+        volume_initial=volume,
+        price_open=price,
+        sl=r.get("sl", 0.0),
+        tp=r.get("tp", 0.0),
+        symbol=r["symbol"],
+        comment=comment,
+    )
+    digits = t.symbols[pos.symbol]["digits"]
+    index = t.positions.index(pos)
+    if same:  # an add-on: the order's sl/tp replace the position's, 0 included
+        total = round(pos.volume + volume, 8)
+        entry, profit = DEAL_ENTRY_IN, 0.0
+        t.positions[index] = pos._replace(
+            volume=total,
+            price_open=round((pos.price_open * pos.volume + price * volume) / total, digits + 3),
+            sl=r.get("sl", 0.0),
+            tp=r.get("tp", 0.0),
+            time_update=now,
+            time_update_msc=now * 1000,
+        )
+    else:
+        closed = min(volume, pos.volume)
+        profit = _profit(t, pos, price, closed)
+        left = round(pos.volume - volume, 8)
+        if left > 0:
+            entry = DEAL_ENTRY_OUT
+            t.positions[index] = pos._replace(volume=left, time_update=now, time_update_msc=now * 1000)
+        elif left == 0:
+            entry = DEAL_ENTRY_OUT
+            t.positions.remove(pos)
+        else:  # reversed: the rest opens the other way under the same identifier
+            entry = DEAL_ENTRY_INOUT
+            t.positions[index] = pos._replace(
+                type=POSITION_TYPE_BUY if buy else POSITION_TYPE_SELL,
+                volume=-left,
+                price_open=price,
+                sl=r.get("sl", 0.0),
+                tp=r.get("tp", 0.0),
+                time_update=now,
+                time_update_msc=now * 1000,
+            )
+        t.balance += profit
+    deal = t.add_deal(
+        order=order.ticket,
+        type=DEAL_TYPE_BUY if buy else DEAL_TYPE_SELL,
+        entry=entry,
+        magic=r.get("magic", 0),
+        position_id=pos.identifier,
+        volume=volume,
+        price=price,
+        profit=profit,
+        symbol=r["symbol"],
+        comment=comment,
+    )
+    return deal.ticket, order.ticket, price
+
+
+def _points(a: float, b: float, point: float) -> float:
+    return round((a - b) / point, 3)
+
+
+def _sltp_refusal(t: FakeTerminal, r: dict[str, Any]) -> int | None:
+    """What the trade server refuses a TRADE_ACTION_SLTP with, or None when it is fine."""
+    ticket = r.get("position", 0)
+    pos = next((p for p in t.positions if p.ticket == ticket), None)
+    if pos is None:
+        closed = any(d.position_id == ticket for d in t.history_deals)
+        return TRADE_RETCODE_POSITION_CLOSED if closed else TRADE_RETCODE_INVALID
+    if pos.symbol != r.get("symbol"):
+        return TRADE_RETCODE_INVALID
+    sl, tp = r.get("sl", 0.0), r.get("tp", 0.0)
+    if sl == pos.sl and tp == pos.tp:
+        return TRADE_RETCODE_NO_CHANGES
+    s = t.symbols[pos.symbol]
+    point = 10.0 ** -s["digits"]
+    long = pos.type == POSITION_TYPE_BUY
+    price = s["bid"] if long else s["ask"]  # what the position closes at
+    if s["freeze_level"] and any(
+        level and abs(_points(price, level, point)) <= s["freeze_level"] for level in (pos.sl, pos.tp)
+    ):
+        return TRADE_RETCODE_FROZEN
+    for level, below in ((sl, long), (tp, not long)):
+        if not level:
+            continue
+        if round(level, s["digits"]) != level:
+            return TRADE_RETCODE_INVALID_STOPS
+        away = _points(price, level, point) if below else _points(level, price, point)
+        if away <= 0 or away < s["stops_level"]:
+            return TRADE_RETCODE_INVALID_STOPS
+    return None
 
 
 @_api()
@@ -1124,6 +1292,8 @@ def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
         retcode, executes = TRADE_RETCODE_CLIENT_DISABLES_AT, False
     elif not _check_filling(t, r):
         retcode, executes = TRADE_RETCODE_INVALID_FILL, False
+    elif r["action"] == TRADE_ACTION_SLTP and (refused := _sltp_refusal(t, r)) is not None:
+        retcode, executes = refused, False
     else:
         retcode = TRADE_RETCODE_PLACED if r["action"] == TRADE_ACTION_PENDING else TRADE_RETCODE_DONE
         executes = True
@@ -1227,7 +1397,7 @@ def _control(cmd: dict[str, Any]) -> Any:
     if op == "script":
         t.script(*[Reply(r["retcode"], r.get("execute")) if isinstance(r, dict) else r for r in cmd["replies"]])
     elif op == "hang":
-        t.hang(cmd["function"])
+        t.hang(cmd["function"], cmd.get("action"))
     elif op == "release":
         t.release()
     elif op == "set":

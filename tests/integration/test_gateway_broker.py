@@ -18,7 +18,15 @@ import pytest
 
 from coordinator.fencing import EpochSuperseded
 from engine.breaker import CircuitBreaker
-from engine.brokers.base import BrokerError, BrokerUnavailable, OrderRequest, Outcome, SymbolUnavailable, TagInDoubt
+from engine.brokers.base import (
+    BrokerError,
+    BrokerUnavailable,
+    OrderRequest,
+    Outcome,
+    Refusal,
+    SymbolUnavailable,
+    TagInDoubt,
+)
 from engine.brokers.gateway import GatewayBroker, TagInFlight
 from engine.executor import Executor, ExecutorConfig
 from engine.model import OrderType, Side
@@ -115,18 +123,38 @@ def test_sends_are_fenced_and_refusals_are_epoch_superseded(
     assert gateway.control.order_sends() == 2
 
 
-def test_modify_close_and_cancel_go_through_the_promise(
+def test_modify_close_and_cancel_carry_their_meaning_and_a_superseded_epoch_never_reaches_the_terminal(
     gateway: GatewayProcess, cluster: str, database_url: str
 ) -> None:
     grant(database_url, cluster, 2, "r1")
     b = broker(gateway, cluster)
     ticket = b.send(order(tag(1), 2)).ref
     assert ticket is not None
-    assert b.modify(ticket, Decimal("1.0960"), None, 2).outcome is Outcome.DONE
+    same = b.modify(ticket, Decimal("1.0950"), None, 2)  # the stop the entry carried
+    assert (same.outcome, same.detail, same.refusal) == (Outcome.DONE, "no change", None)
+    for retcode, meaning in ((10016, Refusal.INVALID_STOPS), (10029, Refusal.FROZEN), (10028, Refusal.FROZEN)):
+        gateway.control("script", replies=[retcode])
+        r = b.modify(ticket, Decimal("1.0960"), None, 2)
+        assert (r.outcome, r.refusal, r.retcode) == (Outcome.REJECTED, meaning, retcode)
+    gateway.control("script", replies=[10036])
+    assert b.close_position(ticket, 2).refusal is Refusal.GONE
+    assert b.modify("424242", Decimal("1.0960"), None, 2).refusal is Refusal.GONE
+    assert b.cancel_order("424242", 2).refusal is Refusal.GONE
+    sends = gateway.control.order_sends()
+    grant(database_url, cluster, 3, "r2")
+    assert broker(gateway, cluster, "r2").modify(ticket, Decimal("1.0960"), None, 3).outcome is Outcome.DONE
+    for call in (
+        lambda: b.modify(ticket, Decimal("1.0970"), None, 2),
+        lambda: b.close_position(ticket, 2),
+        lambda: b.cancel_order("424242", 2),
+    ):
+        with pytest.raises(EpochSuperseded):
+            call()
+    assert gateway.control.order_sends() == sends + 1  # only r2's modify reached the terminal
     assert b.positions()[0].sl == Decimal("1.096")
-    assert b.close_position(ticket, 2).outcome is Outcome.DONE and b.positions() == []
-    assert b.cancel_order("424242", 2).outcome is Outcome.REJECTED  # no such pending order
-    ops = [c["op"] for t in (tag(1),) for c in b.journal(t)["calls"]]
+    r2 = broker(gateway, cluster, "r2")
+    assert r2.close_position(ticket, 3).outcome is Outcome.DONE and r2.positions() == []
+    ops = [c["op"] for c in b.journal(tag(1))["calls"]]
     assert ops == ["send"]  # the journal by tag holds sends; modify/close rows carry the ticket
 
 

@@ -55,15 +55,28 @@ class StubReplica:
     engine_pool: Any = None  # never reached: nothing here gets as far as intake
     ready: bool = True
     switchovers: list[str | None] = field(default_factory=list)
+    audited: list[tuple[str, str | None]] = field(default_factory=list)  # (actor, reason) of each switchover
+
+    extra: dict[str, str] = field(default_factory=dict)
+    fault: Exception | None = None
 
     def health_extra(self) -> dict[str, str]:
+        if self.fault is not None:
+            raise self.fault
+        return self.extra
+
+    def loops(self) -> dict[str, dict[str, object]]:
         return {}
+
+    def market_health(self) -> str:
+        return "ok"
 
     def kill_switch(self) -> dict[str, Any] | None:
         return None
 
-    def switchover(self, target: str | None) -> tuple[bool, str]:
+    def switchover(self, target: str | None, actor: str, reason: str | None) -> tuple[bool, str]:
         self.switchovers.append(target)
+        self.audited.append((actor, reason))
         return True, "switching over"
 
 
@@ -185,6 +198,17 @@ def test_an_oversized_switchover_body_is_413_and_switches_nothing(serve: Serve) 
     assert replica.switchovers == []
     status, body = request(server.port, "POST", "/coordinator/switchover", b'{"to": "r2"}', auth())
     assert status == 202 and replica.switchovers == ["r2"], body
+
+
+def test_a_switchover_is_audited_as_the_client_address_with_what_it_claims_and_why(serve: Serve) -> None:
+    replica = StubReplica()
+    server = serve(replica)
+    assert request(server.port, "POST", "/coordinator/switchover", b"", auth())[0] == 202
+    claimed = b'{"to": "r2", "reason": "patching r1", "actor": "cli:ops"}'
+    assert request(server.port, "POST", "/coordinator/switchover", claimed, auth())[0] == 202
+    assert replica.audited == [("http:127.0.0.1", None), ("cli:ops via http:127.0.0.1", "patching r1")]
+    status, body = request(server.port, "POST", "/coordinator/switchover", b'{"reason": 5}', auth())
+    assert status == 400 and "reason" in body["error"] and len(replica.audited) == 2
 
 
 @pytest.mark.parametrize("limit", ["１０", "١٠", "²", "+5", " 5", "0", "1001", "5.0", ""])
@@ -396,3 +420,47 @@ def test_a_half_sent_head_over_8_KiB_is_refused_at_once(serve: Serve) -> None:
         conn.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"x" * 7000)
         conn.sendall(b"\r\n\r\n")  # within the bound: the rest completes it
         assert one_response(conn).status == 200
+
+
+# ---- /health status codes ----
+
+
+def test_health_is_200_when_everything_is_fine(serve: Serve) -> None:
+    status, body = request(serve(StubReplica()).port, "GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["checks"]["ready"] == "ok"
+
+
+def test_health_is_503_while_not_ready(serve: Serve) -> None:
+    replica = StubReplica()
+    server = serve(replica)  # served once ready; then stopping (ready no longer)
+    replica.ready = False
+    status, body = request(server.port, "GET", "/health")
+    assert status == 503 and body["status"] == "degraded" and body["checks"]["ready"] == "not ready"
+
+
+def test_health_is_503_naming_a_failed_loop(serve: Serve) -> None:
+    replica = StubReplica(extra={"loops": "failed: executor (its thread died)"})
+    status, body = request(serve(replica).port, "GET", "/health")
+    assert status == 503 and body["checks"]["loops"] == "failed: executor (its thread died)"
+
+
+def test_health_is_503_when_a_dependency_is_down(serve: Serve) -> None:
+    class Down(StubCoordinator):
+        def probe(self) -> dict[str, str]:
+            return {"redis": "ok", "database": "unreachable: connection refused", "election_loop": "ok"}
+
+    status, body = request(serve(StubReplica(coordinator=Down())).port, "GET", "/health")
+    assert status == 503 and body["checks"]["database"] == "unreachable: connection refused"
+
+
+def test_health_fault_is_500_with_an_error_id_logged_and_no_traceback(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    replica = StubReplica(fault=RuntimeError("bug: secret-internal-detail"))
+    with caplog.at_level(logging.ERROR, logger="haexec.http"):
+        status, body = request(serve(replica).port, "GET", "/health")
+    assert status == 500 and set(body) == {"error", "error_id"}
+    assert "secret-internal-detail" not in json.dumps(body) and "Traceback" not in json.dumps(body)
+    logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the traceback is in the log, under the id
+    assert request(serve(StubReplica()).port, "GET", "/health")[0] == 200  # the server lives on

@@ -43,6 +43,7 @@ class Cluster:
         on_started: OnStarted | None = None,
         on_stopped: OnStopped | None = None,
         store: Any = None,
+        may_lead: Callable[[], bool] | None = None,
     ) -> Elector:
         cfg = self.config(instance)
         client = fakeredis.FakeRedis(server=self.server, decode_responses=True)
@@ -55,6 +56,7 @@ class Cluster:
             on_started_leading=on_started,
             on_stopped_leading=on_stopped,
             rng=random.Random(len(self.electors)),
+            may_lead=may_lead,
         )
         self.electors[instance] = elector
         self.leases[instance] = lease

@@ -774,6 +774,32 @@ def test_request_handover_releases_on_the_next_step(cl: Cluster, events: Events)
     assert events.drain() == ["handoff|a|1|b"]
 
 
+def test_a_leader_that_may_no_longer_lead_releases_and_claims_nothing_until_it_may(cl: Cluster, events: Events) -> None:
+    """A supervised loop failed (engine/supervision.py): the leader releases at its next step
+    and, as a follower, claims nothing, even with the record free, until it may lead again."""
+    may = [True]
+    a = lead(cl, may_lead=lambda: may[0])
+    may[0] = False
+    assert a.step() == a.cfg.renew_ms
+    assert_not_leader(a)
+    assert cl.reasons()[-1] == ("a", 1, "released:loop_failed")
+    assert cl.store.row.released_at is not None and cl.holder() is None
+    assert events.drain() == ["released|a|1"]
+    cl.clock.advance(a.cfg.cooldown_ms + a.cfg.lease_ms)
+    for _ in range(3):
+        a.step()
+        assert a.role is Role.FOLLOWER
+    assert cl.store.calls.count("claim") == 1  # only the first acquisition
+    b = cl.elector("b")
+    b.step()
+    assert b.role is Role.LEADER and b.epoch == 2  # a healthy replica takes over
+    b.release("released:sigterm")
+    may[0] = True
+    cl.clock.advance(a.cfg.cooldown_ms)
+    a.step()
+    assert a.role is Role.LEADER and a.epoch == 3
+
+
 def test_release_when_follower_is_noop(cl: Cluster) -> None:
     a = cl.elector("a")
     assert a.release("released:sigterm") is False

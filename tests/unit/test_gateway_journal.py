@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from engine.brokers.base import Outcome
+from engine.brokers.base import Outcome, Refusal
 from engine.brokers.gateway_wire import Fence
 from haexec.gateway.journal import Journal
 
@@ -96,3 +97,24 @@ def test_other_operations_and_tags_do_not_mix(journal: Journal) -> None:
     sending = journal.sending()
     assert sending is not None and sending.op == "close" and sending.target == "1"
     assert journal.highest_fence() == (5, "r2") and journal.rows == 2 and journal.size_bytes() > 0
+
+
+@pytest.mark.parametrize(
+    ("op", "retcode", "outcome", "refusal"),
+    [
+        ("modify", 10025, Outcome.DONE, None),
+        ("modify", 10016, Outcome.REJECTED, Refusal.INVALID_STOPS),
+        ("close", 10036, Outcome.REJECTED, Refusal.GONE),
+        ("cancel", 10029, Outcome.REJECTED, Refusal.FROZEN),
+        ("send", 10016, Outcome.REJECTED, None),  # an entry's refusal is not a modification's
+    ],
+)
+def test_a_recorded_answer_keeps_its_meaning(
+    journal: Journal, op: str, retcode: int, outcome: Outcome, refusal: Refusal | None
+) -> None:
+    journal.begin("c1", 1, op, FENCE, "d", {"action": 6, "position": 1}, target="1")
+    row = journal.sending()
+    assert row is not None
+    result = replace(row, state="answered", retcode=retcode).result()
+    assert result is not None and (result.outcome, result.refusal) == (outcome, refusal)
+    assert retcode != 10025 or result.detail == "no change"

@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 
-from engine.brokers.base import Account, OrderRequest, OrderResult, Outcome, Position, Quote, SymbolSpec, VenueOrder
+from engine.brokers.base import (
+    Account,
+    OrderRequest,
+    OrderResult,
+    Outcome,
+    Position,
+    Quote,
+    Refusal,
+    SymbolSpec,
+    VenueOrder,
+)
 from engine.brokers.gateway_wire import (
     WireError,
     account_from_json,
@@ -48,14 +58,20 @@ def test_every_shape_round_trips_exactly() -> None:
     assert order_from_json(order_to_json(ORDER)) == ORDER
     result = OrderResult(Outcome.DONE, "700001", "retcode 10009", 10009, Decimal("1.1001"))
     assert result_from_json(result_to_json(result)) == result
+    refused = OrderResult(Outcome.REJECTED, None, "retcode 10029 FROZEN", 10029, refusal=Refusal.FROZEN)
+    assert result_from_json(result_to_json(refused)) == refused
     account = Account(Decimal("10000.01"), Decimal("9990.5"), "USD", Decimal("-12.30"))
     assert account_from_json(account_to_json(account)) == account
+    margined = replace(account, margin=Decimal("2200.00"), free_margin=Decimal("7790.50"))
+    assert account_from_json(account_to_json(margined)) == margined
     position = Position("1", "EURUSD", Side.SELL, Decimal("0.5"), Decimal("1.1"), None, Decimal("1.0"), "HXT")
     assert position_from_json(position_to_json(position)) == position
     order = VenueOrder("2", "HXT", "XAUUSD", Side.BUY, Decimal("1"), Decimal("2400.4"), "history", None, None, {"a": 1})
     assert venue_order_from_json(venue_order_to_json(order)) == order
     quote = Quote(SymbolSpec(tick_size=Decimal("0.00001"), tick_value=Decimal("1")), Decimal("1.1"), Decimal("1.1001"))
     assert quote_from_json(quote_to_json(quote)) == quote
+    with_margin = replace(quote, margin_per_lot=Decimal("1100.10"))
+    assert quote_from_json(quote_to_json(with_margin)) == with_margin
 
 
 def test_money_travels_as_strings() -> None:
@@ -113,3 +129,9 @@ def test_the_digest_is_the_order_not_its_epoch_or_spelling() -> None:
     assert order_digest(replace(ORDER, volume=Decimal("0.1"), price=Decimal("1.1001"))) == d
     assert order_digest(replace(ORDER, volume=Decimal("0.11"))) != d
     assert order_digest(replace(ORDER, tag="HX" + "B" * 24)) != d
+
+
+def test_a_refusal_this_side_does_not_know_is_other_never_a_malformed_answer() -> None:
+    wire = {"outcome": "rejected", "detail": "x", "refusal": "a_newer_meaning"}
+    assert result_from_json(wire).refusal is Refusal.OTHER
+    assert result_from_json({"outcome": "done"}).refusal is None  # an older gateway says nothing

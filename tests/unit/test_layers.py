@@ -1,5 +1,6 @@
 """The import contracts in pyproject.toml ([tool.importlinter]): haexec -> engine -> coordinator
--> db -> common, never back; engine.market below the venues and engine.venue below the brokers.
+-> db -> common, never back; engine.market below the venues and engine.venue below the brokers;
+the embedded servers importing none of the app.
 Checked on the tree as it is, and shown to fail on a deliberate violation in a copy of it."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("haexec", "engine", "coordinator", "db", "common")
+PACKAGES = ("haexec", "engine", "coordinator", "db", "common", "embedded")
 
 
 def lint_imports(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
@@ -37,6 +38,7 @@ def test_the_layers_are_kept() -> None:
         ("coordinator", "haexec.cli"),
         ("engine/market", "engine.brokers.base"),
         ("engine/venue", "engine.brokers.paper"),
+        ("embedded", "haexec.settings"),
     ],
 )
 def test_an_import_against_the_layers_breaks_the_contract(tmp_path: Path, where: str, imports: str) -> None:

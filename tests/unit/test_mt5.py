@@ -742,3 +742,21 @@ def test_a_guard_sees_an_order_send_that_answered_none(fake: FakeTerminal, broke
     guard = RecordingGuard()
     assert broker.send(order(), guard=guard).outcome is Outcome.UNKNOWN
     assert guard.events[-1][0] == "after" and guard.events[-1][2] == (-10002, "IPC recv failed")
+
+
+def test_a_symbol_spelled_with_a_lower_case_suffix_at_the_broker_is_found(
+    fake: FakeTerminal, make_broker: Callable[..., MT5Broker]
+) -> None:
+    # Signals upper-case a symbol (XAUUSD.m is XAUUSD.M); the terminal's own spelling is sent
+    # and read back as the signal's.
+    fake.add_symbol("XAUUSD.m", bid=2300.0, ask=2300.3, digits=2, contract_size=100.0)
+    fake.add_symbol("US30.cash", bid=39000.0, ask=39002.0, digits=1)
+    fake.add_symbol("us30.CASH", bid=39000.0, ask=39002.0, digits=1)  # two spellings: neither is mapped
+    broker = make_broker()
+    broker.connect()
+    r = broker.send(order(symbol="XAUUSD.M", price="2300.3", sl="2290", tp=None))
+    assert r.outcome is Outcome.DONE and fake.requests[-1]["symbol"] == "XAUUSD.m"
+    assert [p.symbol for p in broker.positions()] == ["XAUUSD.M"]
+    assert broker.quote("XAUUSD.M").margin_per_lot == Decimal("2300.3")  # 100 oz x 2300.3 / 1:100
+    with pytest.raises(SymbolUnavailable, match="US30.CASH is not available"):
+        broker.quote("US30.CASH")
