@@ -72,7 +72,9 @@ def _grant(database_url: str, cluster: str, epoch: int, instance: str) -> None:
         )
 
 
-def _start_gateway(workdir: Path, database_url: str, cluster: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_gateway(
+    workdir: Path, database_url: str, cluster: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAEXEC_")}
     env.update(
@@ -87,6 +89,7 @@ def _start_gateway(workdir: Path, database_url: str, cluster: str) -> tuple[subp
             "HAEXEC_MT5_PASSWORD": PASSWORD,
             "HAEXEC_MT5_SERVER": SERVER,
             "HAEXEC_LOG_LEVEL": "WARNING",  # a log line per send would be part of the measure
+            **(extra_env or {}),
         }
     )
     with open(workdir / "gateway.log", "ab") as log_file:  # the child keeps its own descriptor

@@ -1,7 +1,8 @@
 """`haexec market tick|bars`: the configured market data source, read from this process, so
 they work with no replica up. The sim is computed here (the same prices every replica
 sees); a replay is shown where the cluster's replicas last saved its cursor, which this
-never moves; mt5 opens a connection of its own to the terminal."""
+never moves; mt5 opens a connection of its own to the terminal; gateway reads through the
+MT5 gateway (HAEXEC_GATEWAY_URL)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Market data for a replica and for `haexec market`: the source HAEXEC_MARKET names, opened
-with what it needs here (the replay cursor in PostgreSQL, the MT5 terminal's one thread),
-and the JSON form of a tick, a symbol spec and bars that GET /market and `--json` print:
-Decimals as strings (never floats, never an exponent), times ISO 8601 UTC with
-milliseconds and Z."""
+with what it needs here (the replay cursor in PostgreSQL, the MT5 terminal's one thread, the
+gateway's URL and token), and the JSON form of a tick, a symbol spec and bars that GET
+/market and `--json` print: Decimals as strings (never floats, never an exponent), times
+ISO 8601 UTC with milliseconds and Z."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from common.errors import ConfigError
 from common.timefmt import iso_utc
 from engine.market import Bars, FeedUnavailable, Market, MarketSpec, Tick, UnknownSymbol, open_source
-from engine.market.base import BadInput, utc
+from engine.market.base import BadInput, Source, utc
 from engine.market.mt5 import Runner
 from engine.market.replay import Cursor, CursorStore
 from haexec.settings import Settings
@@ -47,6 +47,8 @@ def open_market(
     when the source cannot be opened (the cursor unreadable, no terminal)."""
     engine = settings.engine
     chosen = engine.market
+    if chosen.source == "gateway":
+        return Market(_gateway_source(settings))
     store: CursorStore | None = None
     if chosen.source == "replay":
         if database_url is None:
@@ -76,6 +78,28 @@ def open_market(
             source.close()
             raise
     return Market(source)
+
+
+def _gateway_source(settings: Settings) -> Source:
+    """HAEXEC_MARKET=gateway: the terminal's data through the gateway the broker settings
+    name (HAEXEC_GATEWAY_URL, _TOKEN, _CA); FeedUnavailable when it does not answer."""
+    from engine.market.gateway import GatewaySource
+
+    engine = settings.engine
+    assert engine.gateway_url and engine.gateway_token  # settings require both with this source
+    source = GatewaySource(
+        engine.gateway_url,
+        engine.gateway_token,
+        ca_file=engine.gateway_ca,
+        deadline_ms=engine.broker_deadline_ms,
+        symbols=engine.market.symbols,
+    )
+    try:
+        source.connect()
+    except FeedUnavailable:
+        source.close()
+        raise
+    return source
 
 
 def dec(value: Decimal) -> str:

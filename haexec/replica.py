@@ -354,7 +354,7 @@ class Replica:
         chosen = self.settings.engine.market
         if chosen.symbols is not None:
             watched = list(chosen.symbols)
-        elif chosen.source == "mt5":
+        elif chosen.source in ("mt5", "gateway"):
             watched = []  # the terminal's whole list (hundreds): only those named are watched
         else:
             watched = market.symbols()

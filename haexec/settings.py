@@ -290,6 +290,7 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
     if prices not in PAPER_PRICES:
         raise ConfigError("HAEXEC_PAPER_PRICES", f"must be one of {', '.join(PAPER_PRICES)} (got {prices!r})")
     max_age = _int_in(env, "HAEXEC_MARKET_MAX_AGE_MS", 1, MAX_TIMER_MS)
+    market = market_settings(env)
     return EngineSettings(
         broker=broker,
         broker_deadline_ms=deadline,
@@ -304,12 +305,12 @@ def engine_settings(env: Mapping[str, str], election: ElectionConfig, broker: st
         mt5_server=env.get("HAEXEC_MT5_SERVER") or None,
         mt5_path=env.get("HAEXEC_MT5_PATH") or None,
         mt5_magic=770077 if magic is None else magic,
-        market=market_settings(env),
+        market=market,
         market_max_age_ms=DEFAULT_MARKET_MAX_AGE_MS if max_age is None else max_age,
         paper_prices=prices,
         venue=venue_settings(env) if broker == "paper" else VenueSettings(),
         positions=position_settings(env),
-        **(_gateway(env) if broker == "gateway" else {}),
+        **(_gateway(env) if "gateway" in (broker, market.source) else {}),
     )
 
 
@@ -347,7 +348,7 @@ def _gateway(env: Mapping[str, str]) -> dict[str, str | None]:
         raise ConfigError("HAEXEC_GATEWAY_URL", f"must be http(s)://host:port of the gateway (got {url!r})")
     token = (env.get("HAEXEC_GATEWAY_TOKEN") or "").strip()
     if not token:
-        raise ConfigError("HAEXEC_GATEWAY_TOKEN", "is required with HAEXEC_BROKER=gateway")
+        raise ConfigError("HAEXEC_GATEWAY_TOKEN", "is required with HAEXEC_BROKER=gateway or HAEXEC_MARKET=gateway")
     ca = (env.get("HAEXEC_GATEWAY_CA") or "").strip() or None
     if ca is not None and not os.path.isfile(ca):
         raise ConfigError("HAEXEC_GATEWAY_CA", f"no such file: {ca}")

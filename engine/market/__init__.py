@@ -73,4 +73,7 @@ def open_source(
             store=cursor_store,
             symbols=settings.symbols,
         )
+    if settings.source == "gateway":
+        # It needs the gateway's URL, token and CA: haexec.marketdata.open_market opens it.
+        raise BadInput("the gateway source is read by replicas and `haexec market`, not here (use sim, replay or mt5)")
     return MT5Source(run=mt5_run, deadline_ms=mt5_deadline_ms, symbols=settings.symbols, clock=clock)

@@ -12,13 +12,13 @@ from pathlib import Path
 from common.errors import ConfigError
 from engine.market.simsymbols import CATALOG, DEFAULT_SYMBOLS
 
-SOURCES = ("sim", "replay:PATH", "mt5")
+SOURCES = ("sim", "replay:PATH", "mt5", "gateway")
 MAX_SPEED = 1_000_000
 
 
 @dataclass(frozen=True)
 class MarketSettings:
-    source: str  # "sim", "replay" or "mt5"
+    source: str  # "sim", "replay", "mt5" or "gateway"
     replay_path: Path | None = None
     speed: float | None = 1.0  # replay only; None: as fast as the consumer pumps ("max")
     seed: int = 0
@@ -36,7 +36,7 @@ def market_settings(env: Mapping[str, str] | None = None) -> MarketSettings:
             raise ConfigError("HAEXEC_MARKET", "replay needs a file: replay:PATH")
         if not path.is_file():
             raise ConfigError("HAEXEC_MARKET", f"replay file {str(path)!r} does not exist or is not a file")
-    elif raw in ("sim", "mt5"):
+    elif raw in ("sim", "mt5", "gateway"):
         source = raw
     else:
         raise ConfigError("HAEXEC_MARKET", f"must be one of {', '.join(SOURCES)} (got {raw!r})")

@@ -52,6 +52,7 @@ from engine.brokers.gateway_wire import (
 from engine.signal import BodyTooLarge, DuplicateKey, loads
 from haexec.gateway.promise import Reason, Refused, Unconfirmed
 from haexec.gateway.service import Answer, Busy, Gateway, TagInFlight, Unavailable
+from haexec.gateway.terminal import Disconnected
 from haexec.http import BodyRefused, _authorized, _read_body
 from haexec.settings import HttpLimits
 
@@ -79,6 +80,8 @@ def _failure(e: Exception) -> JSONResponse:
         return _error(503, "terminal busy", detail=str(e), in_flight=e.in_flight)
     if isinstance(e, Unconfirmed):
         return _error(503, "epoch not confirmed", detail=str(e))
+    if isinstance(e, Disconnected):
+        return _error(503, "terminal disconnected", detail=str(e))
     if isinstance(e, Unavailable):
         return _error(503, "not sent", detail=str(e))
     if isinstance(e, WireError):
@@ -88,7 +91,7 @@ def _failure(e: Exception) -> JSONResponse:
     raise e
 
 
-EXPECTED = (Refused, TagInFlight, Busy, Unconfirmed, Unavailable, WireError, SymbolUnavailable)
+EXPECTED = (Refused, TagInFlight, Busy, Unconfirmed, Unavailable, WireError, SymbolUnavailable, Disconnected)
 
 
 def build_app(gw: Gateway, token: str, limits: HttpLimits, info: Callable[[], dict[str, Any]]) -> Starlette:
@@ -234,6 +237,8 @@ def gw_health(gw: Gateway) -> dict[str, Any]:
             pass
         what = f"{sending.op} of {sending.tag or sending.target}" if sending else running[0]
         terminal = f"busy: {what} has not returned after {running[1]:.1f}s"
+    elif gw.link.down:
+        terminal = f"disconnected: {gw.link.describe()}"
     elif term.connected is None:
         terminal = "not probed yet"
     elif term.error is not None:

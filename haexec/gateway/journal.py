@@ -71,6 +71,17 @@ COLUMNS = (
     "order_ticket, deal, volume, price, comment, err_code, err_text, raised, sent_at, answered_at"
 )
 
+# Pruning (haexec/gateway/prune.py runs it): whole calls only, settled ones only (every attempt
+# answered, none with an unknown outcome), answered before the cutoff, and never a call under
+# the highest epoch the journal holds (the promise's floor at start-up). Call ids are visited
+# in order, each once.
+PRUNE_CANDIDATES = (
+    "SELECT DISTINCT call FROM sends WHERE state IN ('answered', 'failed') AND answered_at < ? "
+    "AND epoch < (SELECT max(epoch) FROM sends) AND call > ? ORDER BY call LIMIT ?"
+)
+PRUNE_CALL = "DELETE FROM sends WHERE call = ?"
+PRUNE_BATCH = 500  # calls per transaction: a send waiting for the journal waits for one batch at most
+
 
 class JournalError(Exception):
     """The journal could not be written or read; a send that needs it is not made."""
@@ -358,3 +369,43 @@ class Journal:
         """The highest (epoch, instance) any row was sent under."""
         rows = self._select("WHERE epoch = (SELECT max(epoch) FROM sends)", (), limit=1)
         return (rows[0].epoch, rows[0].instance) if rows else None
+
+    def prune(self, before: datetime) -> int:
+        """Delete the settled calls answered before `before` (see PRUNE_CANDIDATES); how many
+        rows went. A call with an unknown outcome is kept, whatever its age. Raises JournalError."""
+        cutoff = before.astimezone(UTC).isoformat(timespec="milliseconds")
+        removed = 0
+        after = ""
+        while True:
+            with self._lock:
+                try:
+                    batch = [c for (c,) in self._conn().execute(PRUNE_CANDIDATES, (cutoff, after, PRUNE_BATCH))]
+                except sqlite3.Error as e:
+                    raise JournalError(f"journal read failed: {e}") from None
+            if not batch:
+                return removed
+            after = batch[-1]
+            doomed = [c for c in batch if _settled_before(self._select("WHERE call = ?", (c,)), cutoff)]
+            with self._lock:
+                db = self._conn()
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    gone = sum(db.execute(PRUNE_CALL, (c,)).rowcount for c in doomed)
+                    db.execute("COMMIT")
+                except sqlite3.Error as e:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise JournalError(f"journal prune failed: {e}") from None
+                self._rows -= gone
+            removed += gone
+
+
+def _settled_before(attempts: list[Attempt], cutoff: str) -> bool:
+    """Every attempt of the call answered before `cutoff`, none with an unknown outcome."""
+    for a in attempts:
+        if a.answered_at is None or a.answered_at >= cutoff:
+            return False
+        result = a.result()
+        if result is None or result.outcome is Outcome.UNKNOWN:
+            return False
+    return True

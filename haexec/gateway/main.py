@@ -35,9 +35,12 @@ from haexec.alerts import Alerts, AlertSink
 from haexec.gateway import settings as gateway_settings
 from haexec.gateway.app import build_app
 from haexec.gateway.journal import Journal, JournalError
+from haexec.gateway.market import market_routes, market_source
 from haexec.gateway.metrics import GatewayMetrics
 from haexec.gateway.promise import Promise, PromiseFileError, PromiseKeeper, Unconfirmed
+from haexec.gateway.prune import JournalPruner
 from haexec.gateway.service import Gateway, probe
+from haexec.gateway.terminal import TerminalLink
 from haexec.http import HttpServer
 
 log = logging.getLogger("haexec.gateway")
@@ -173,6 +176,10 @@ def _start(cfg: gateway_settings.GatewaySettings, alerts: Alerts, running: Runni
     disable_created_metrics()  # this process serves only its own registry: no *_created series
     metrics = GatewayMetrics()
     gateway = Gateway(cfg.cluster, broker, promise, journal, metrics, alerts.emit)
+    gateway.link = TerminalLink(broker.connect)
+    pruner = JournalPruner(journal, cfg.journal_days, metrics)
+    pruner.start()
+    running.closers.append(pruner.stop)
     running.gateway = gateway
     gateway.terminal = probe(gateway, cfg.deadline_ms / 1000)
 
@@ -186,9 +193,9 @@ def _start(cfg: gateway_settings.GatewaySettings, alerts: Alerts, running: Runni
         }
 
     try:
-        http = HttpServer(
-            build_app(gateway, cfg.token, cfg.http_limits, info), cfg.host, cfg.port, cfg.http_limits, tls=cfg.tls
-        )
+        app = build_app(gateway, cfg.token, cfg.http_limits, info)
+        app.router.routes.extend(market_routes(market_source(broker, cfg.deadline_ms), cfg.token, metrics))
+        http = HttpServer(app, cfg.host, cfg.port, cfg.http_limits, tls=cfg.tls)
     except OSError as e:
         raise StartupError(str(e)) from None
     http.start()
@@ -221,9 +228,15 @@ def _start(cfg: gateway_settings.GatewaySettings, alerts: Alerts, running: Runni
 
 
 def _probe_loop(gateway: Gateway, every_s: float, stop: threading.Event) -> None:
-    while not stop.wait(every_s):
+    """Read the terminal every `every_s`; when it lost its connection, reconnect (terminal.py)."""
+    link = gateway.link
+    while not stop.wait(min(every_s, link.due_in())):
         try:
-            gateway.terminal = probe(gateway, min(every_s, gateway.broker.deadline_ms / 1000))
+            link.attempt()
+            view = probe(gateway, min(every_s, gateway.broker.deadline_ms / 1000))
+            gateway.terminal = view
+            if view.error is not None or view.connected is False:
+                link.lost(view.error or "the terminal is not connected to the trade server")
         except Exception:  # the prober must outlive any one failure; the next reading replaces this
             log.exception("terminal probe failed")
 

@@ -11,8 +11,9 @@ from haexec.gateway.promise import Reason
 # unknown, expired), replayed (answered from the journal), refused (by the promise),
 # in_flight, busy, error (nothing sent) or ok (a read).
 # Refusals beyond the promise's own reasons: the database could not confirm an epoch; the tag
-# is on the terminal now; the terminal is held by a call that outlived its deadline.
-REFUSALS = (*(r.value for r in Reason), "unconfirmed", "tag_in_flight", "terminal_busy")
+# is on the terminal now; the terminal is held by a call that outlived its deadline; the
+# terminal lost its connection (haexec/gateway/terminal.py).
+REFUSALS = (*(r.value for r in Reason), "unconfirmed", "tag_in_flight", "terminal_busy", "terminal_disconnected")
 
 
 class GatewayMetrics:
@@ -28,6 +29,9 @@ class GatewayMetrics:
         self.promise_epoch = Gauge("haexec_gateway_promise_epoch", "The promised (highest accepted) epoch", registry=r)
         self.journal_entries = Gauge("haexec_gateway_journal_entries", "order_send rows in the journal", registry=r)
         self.journal_bytes = Gauge("haexec_gateway_journal_bytes", "Size of the journal files", registry=r)
+        self.journal_pruned = Counter(
+            "haexec_gateway_journal_pruned_total", "Settled journal rows pruned (older than the days kept)", registry=r
+        )
         self.terminal_connected = Gauge(
             "haexec_gateway_terminal_connected", "1 while the terminal reports a trade-server connection", registry=r
         )

@@ -53,6 +53,7 @@ from engine.brokers.mt5 import MT5Broker, SendRefused, TerminalBusy
 from haexec.gateway.journal import Attempt, Call, Journal, JournalError
 from haexec.gateway.metrics import GatewayMetrics
 from haexec.gateway.promise import PromiseKeeper, PromiseWriteFailed, Reason, Refused, Unconfirmed
+from haexec.gateway.terminal import Disconnected, TerminalLink, is_link_failure
 
 log = logging.getLogger("haexec.gateway")
 
@@ -122,6 +123,10 @@ class _Guard:
 
     def before(self, request: dict[str, Any]) -> None:
         try:
+            self.gw.link.check()  # the link may have dropped while this call waited for the worker
+        except Disconnected as e:
+            raise _GuardRefusal(str(e), e) from None
+        try:
             self.gw.promise.check(self.fence)
         except Refused as e:
             raise _GuardRefusal(str(e), e) from None
@@ -174,6 +179,7 @@ class Gateway:
         self._count_lock = threading.Lock()
         self.journal_error: str | None = None
         self.terminal = TerminalView()  # rebound whole by the prober thread
+        self.link = TerminalLink()  # main.py gives it the reconnect
         metrics.promise_epoch.set_function(lambda: float(self.promise.current.epoch))
         metrics.journal_entries.set_function(lambda: float(self.journal.rows))
         metrics.journal_bytes.set_function(lambda: float(self.journal.size_bytes()))
@@ -243,6 +249,8 @@ class Gateway:
             raise self._busy(e) from None
         except BrokerError as e:
             self.count(call, "error")
+            if is_link_failure(e):
+                self.link.lost(first_line(e))
             raise Unavailable(first_line(e)) from None
 
     # ---- reads ----
@@ -348,18 +356,27 @@ class Gateway:
             raise Unavailable(str(e)) from None
 
     def _first_check(self, call: str, fence: Fence) -> None:
-        """Before anything else: a wrong cluster, or an equal epoch from another instance."""
+        """Before anything else: a wrong cluster, or an equal epoch from another instance; then
+        a terminal that lost its connection."""
         reason = self.promise.verdict(fence)
         if reason in (Reason.WRONG_CLUSTER, Reason.EQUAL_EPOCH_OTHER_INSTANCE):
             assert reason is not None
             refused = self.promise.refusal(reason, fence)
             self._refusal(call, reason, str(refused), fence)
             raise refused
+        try:
+            self.link.check()
+        except Disconnected as e:
+            self._refusal(call, "terminal_disconnected", str(e), fence)
+            raise
 
     def _guard_refused(self, call: str, fence: Fence, e: _GuardRefusal) -> Exception:
         """What a refusal on the worker becomes for the caller (nothing was sent)."""
         if isinstance(e.cause, Refused):
             self._refusal(call, e.cause.reason, str(e.cause), fence)
+            return e.cause
+        if isinstance(e.cause, Disconnected):
+            self._refusal(call, "terminal_disconnected", str(e.cause), fence)
             return e.cause
         self.count(call, "error")
         log.error("%s not sent: %s", call, e)

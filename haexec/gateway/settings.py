@@ -15,6 +15,7 @@ from haexec.settings import HttpLimits, http_limits, is_loopback, parse_http
 
 DEFAULT_HTTP = "127.0.0.1:8790"
 YES = ("1", "yes", "true")
+MAX_JOURNAL_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class GatewaySettings:
     db_timeout_ms: int  # the epoch confirmation's statement and connect timeout
     startup_timeout_s: float
     probe_ms: int  # how often the terminal's connection state is read
+    journal_days: int  # settled journal rows are kept this long, then pruned
     http_limits: HttpLimits
     mt5_login: int | None
     mt5_password: str | None
@@ -107,6 +109,13 @@ def _cluster(env: Mapping[str, str]) -> str:
     return cluster
 
 
+def _journal_days(env: Mapping[str, str]) -> int:
+    days = _required_int(env, "HAEXEC_GATEWAY_JOURNAL_DAYS", 30)
+    if days > MAX_JOURNAL_DAYS:
+        raise ConfigError("HAEXEC_GATEWAY_JOURNAL_DAYS", f"must be 1..{MAX_JOURNAL_DAYS} (got {days})")
+    return days
+
+
 def load(env: Mapping[str, str] | None = None) -> GatewaySettings:
     env = os.environ if env is None else env
     database_url = env.get("HAEXEC_DATABASE_URL") or ""
@@ -141,6 +150,7 @@ def load(env: Mapping[str, str] | None = None) -> GatewaySettings:
         db_timeout_ms=_required_int(env, "HAEXEC_GATEWAY_DB_TIMEOUT_MS", 1000),
         startup_timeout_s=float(startup),
         probe_ms=_required_int(env, "HAEXEC_GATEWAY_PROBE_MS", 2000, low=100),
+        journal_days=_journal_days(env),
         http_limits=http_limits(env),
         mt5_login=_int(env, "HAEXEC_MT5_LOGIN", None, low=0),
         mt5_password=env.get("HAEXEC_MT5_PASSWORD") or None,

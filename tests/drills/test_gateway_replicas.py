@@ -1,6 +1,7 @@
-"""Two real replicas trading through a real gateway process (HAEXEC_BROKER=gateway): signals
-executed once each at the terminal, across a SIGKILL of the leader; the gateway's promise
-follows the database's epoch to the new leader."""
+"""Two real replicas trading through a real gateway process (HAEXEC_BROKER=gateway), their
+market data through it too (HAEXEC_MARKET=gateway): signals executed once each at the
+terminal, across a SIGKILL of the leader; the gateway's promise follows the database's epoch
+to the new leader; a follower serves the terminal's quote."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def test_replicas_trade_through_the_gateway_across_a_leader_kill(
         "HAEXEC_GATEWAY_URL": gateway.base,
         "HAEXEC_GATEWAY_TOKEN": TOKEN,
         "HAEXEC_BROKER_DEADLINE_MS": "600",
+        "HAEXEC_MARKET": "gateway",
+        "HAEXEC_MARKET_SYMBOLS": "EURUSD",
     }
     replicas = [spawn(env, "gwa"), spawn(env, "gwb")]
     wait_ready(replicas)
@@ -67,6 +70,11 @@ def test_replicas_trade_through_the_gateway_across_a_leader_kill(
     wait_for(lambda: status(leader, first) == "executed", 15, "the first signal executed")
     epoch = epoch_of(leader)
     assert gateway.health()[1]["promise"] == {"epoch": epoch, "instance": leader.instance_id}
+
+    follower = next(r for r in replicas if r is not leader)
+    code, quote = follower.get("/market/EURUSD")
+    assert code == 200 and quote["source"] == "gateway", quote
+    assert (quote["tick"]["bid"], quote["tick"]["ask"], quote["spec"]["digits"]) == ("1.10000", "1.10010", 5)
 
     leader.signal(signal.SIGKILL)
     leader.proc.wait(timeout=10)

@@ -1404,6 +1404,12 @@ def _control(cmd: dict[str, Any]) -> Any:
         setattr(t, cmd["field"], cmd["value"])
     elif op == "set_tick":
         t.set_tick(cmd["symbol"], cmd["bid"], cmd["ask"])
+    elif op == "add_rates":
+        t.add_rates(cmd["symbol"], cmd["timeframe"], [tuple(r) for r in cmd["rows"]])
+    elif op == "add_ticks":
+        t.add_ticks(cmd["symbol"], [tuple(r) for r in cmd["rows"]])
+    elif op == "fail_next":
+        t.fail_next(cmd["function"], cmd["code"], cmd["text"])
     elif op == "add_position":
         t.add_position(**cmd["fields"])
     elif op == "state":
@@ -1416,6 +1422,7 @@ def _control(cmd: dict[str, Any]) -> Any:
                 "entered": t.entered.is_set(),
                 "returned": t.returned.is_set(),
                 "initialized": t.initialized,
+                "threads": {fn: sorted({th for f, th in t.call_log if f == fn}) for fn in t.calls},
             }
     else:
         raise ValueError(f"unknown control op {op!r}")

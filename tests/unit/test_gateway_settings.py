@@ -50,11 +50,23 @@ def test_a_replica_with_a_bad_gateway_setting_names_it(env: dict[str, str], vari
     assert error(settings.load, {**REPLICA, **env}).startswith(f"{variable}: ")
 
 
+def test_market_data_through_the_gateway_takes_the_same_url_token_and_ca() -> None:
+    market_only = {"HAEXEC_INSTANCE_ID": "r1", "HAEXEC_BROKER": "paper", "HAEXEC_MARKET": "gateway"}
+    s = settings.load({**market_only, "HAEXEC_GATEWAY_URL": "http://gw:8790", "HAEXEC_GATEWAY_TOKEN": "t0k"})
+    assert s.engine.market.source == "gateway" and s.engine.gateway_url == "http://gw:8790"
+    assert s.engine.gateway_token == "t0k" and "t0k" not in repr(s.engine)
+    assert error(settings.load, {**market_only, "HAEXEC_GATEWAY_URL": "http://gw:8790"}).startswith(
+        "HAEXEC_GATEWAY_TOKEN: is required with HAEXEC_BROKER=gateway or HAEXEC_MARKET=gateway"
+    )
+    assert error(settings.load, market_only).startswith("HAEXEC_GATEWAY_URL: ")
+    assert settings.load({**market_only, "HAEXEC_MARKET": "sim"}).engine.gateway_url is None
+
+
 def test_the_gateway_defaults() -> None:
     g = gateway_settings.load(GATEWAY)
     assert (g.host, g.port, g.scheme) == ("127.0.0.1", 8790, "http")
     assert g.deadline_ms == 1000 and g.cluster == "default" and g.state_dir == Path(".haexec-gateway")
-    assert not g.exposed_in_plaintext
+    assert not g.exposed_in_plaintext and g.journal_days == 30
     assert "s3cret-token" not in repr(g)
 
 
@@ -71,6 +83,8 @@ def test_the_gateway_defaults() -> None:
         ({"HAEXEC_GATEWAY_TLS_CERT": "/no/c.pem", "HAEXEC_GATEWAY_TLS_KEY": "/no/k.pem"}, "HAEXEC_GATEWAY_TLS_CERT"),
         ({"HAEXEC_GATEWAY_DEADLINE_MS": "0"}, "HAEXEC_GATEWAY_DEADLINE_MS"),
         ({"HAEXEC_GATEWAY_PROBE_MS": "5"}, "HAEXEC_GATEWAY_PROBE_MS"),
+        ({"HAEXEC_GATEWAY_JOURNAL_DAYS": "0"}, "HAEXEC_GATEWAY_JOURNAL_DAYS"),
+        ({"HAEXEC_GATEWAY_JOURNAL_DAYS": "36501"}, "HAEXEC_GATEWAY_JOURNAL_DAYS"),
         ({"HAEXEC_CLUSTER": "a:b"}, "HAEXEC_CLUSTER"),
         ({"HAEXEC_MT5_LOGIN": "me"}, "HAEXEC_MT5_LOGIN"),
     ],

@@ -35,7 +35,7 @@ def test_replay_mt5_speed_seed_symbols(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"HAEXEC_MARKET": "paper"}, "HAEXEC_MARKET: must be one of sim, replay:PATH, mt5 (got 'paper')"),
+        ({"HAEXEC_MARKET": "paper"}, "HAEXEC_MARKET: must be one of sim, replay:PATH, mt5, gateway (got 'paper')"),
         ({"HAEXEC_MARKET": "replay:"}, "HAEXEC_MARKET: replay needs a file: replay:PATH"),
         ({"HAEXEC_MARKET": "replay:/nonexistent.csv"}, "HAEXEC_MARKET: replay file '/nonexistent.csv' does not exist"),
         ({"HAEXEC_MARKET_SPEED": "0"}, "HAEXEC_MARKET_SPEED: must be > 0 and <= 1,000,000, or max (got '0')"),
@@ -71,3 +71,10 @@ def test_open_source_builds_what_the_settings_name(tmp_path: Path) -> None:
 
     mt5 = open_source(market_settings({"HAEXEC_MARKET": "mt5"}), mt5_run=lambda what, job, t: job(fake_mt5))
     assert isinstance(mt5, MT5Source)
+
+
+def test_open_source_refuses_the_gateway_it_cannot_reach() -> None:
+    from engine.market import BadInput, open_source
+
+    with pytest.raises(BadInput, match="gateway source"):
+        open_source(market_settings({"HAEXEC_MARKET": "gateway"}))  # the venue's path: exit 2 there
