@@ -17,7 +17,7 @@ import pytest
 
 from db import migrate
 from db.urls import libpq_url
-from tests.support import ReplicaProcess, start_replica, stop_replica
+from tests.support import ReplicaProcess, start_replica, stop_replicas
 
 
 @pytest.fixture(scope="session")
@@ -93,5 +93,4 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str], str], ReplicaPro
         return r
 
     yield _spawn
-    for r in started:
-        stop_replica(r)
+    stop_replicas(started)

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,16 +114,32 @@ def start_replica(env: dict[str, str], instance_id: str, log_dir: Path, port: in
 
 
 def stop_replica(r: ReplicaProcess, timeout_s: float = 10.0) -> None:
-    if r.proc.poll() is not None:
-        return
-    if r.paused:
-        os.kill(r.proc.pid, signal.SIGCONT)
-    r.proc.terminate()
-    try:
-        r.proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        r.proc.kill()
-        r.proc.wait()
+    stop_replicas([r], timeout_s)
+
+
+def stop_replicas(replicas: list[ReplicaProcess], timeout_s: float = 10.0) -> None:
+    """Stop the followers together, then whoever may lead (a paused one may still think it
+    does): their graceful shutdowns overlap instead of adding up, and no replica is asked to
+    stop while a leader's release may be handing it the lease."""
+    running = [r for r in replicas if r.proc.poll() is None]
+    for r in running:
+        if r.paused:
+            r.signal(signal.SIGCONT)
+    leading = [r for r in running if r.get("/leader")[0] != 503]
+    _terminate([r for r in running if r not in leading], timeout_s)
+    _terminate(leading, timeout_s)
+
+
+def _terminate(replicas: list[ReplicaProcess], timeout_s: float) -> None:
+    for r in replicas:
+        r.proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for r in replicas:
+        try:
+            r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            r.proc.kill()
+            r.proc.wait()
 
 
 def run_cli(
@@ -137,6 +154,15 @@ def run_cli(
         cwd=str(REPO),
         input=stdin,
     )
+
+
+def run_clis(
+    calls: list[tuple[list[str], dict[str, str]]], timeout_s: float = 60.0
+) -> list[subprocess.CompletedProcess[str]]:
+    """Independent `run_cli` calls side by side, as many at once as there are cores: each is
+    a fresh interpreter, mostly import time, so one after another leaves a core idle."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda call: run_cli(call[0], call[1], timeout_s), calls))
 
 
 LEASE_MS = 1500  # short drills; the protocol scales every other timer from the lease

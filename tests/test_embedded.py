@@ -184,7 +184,9 @@ def test_concurrent_callers_share_one_pair_of_servers(state_dir: Path) -> None:
     assert len(postmasters(state_dir / "pg" / "data")) == 1
 
 
-def test_ensure_servers_restarts_killed_servers_and_keeps_pg_data(state_dir: Path) -> None:
+def test_ensure_servers_restarts_killed_servers_and_keeps_pg_data_and_stop_servers_stops_both(
+    state_dir: Path,
+) -> None:
     servers = ensure_servers(state_dir)
     with psycopg.connect(servers.database_url) as conn:
         conn.execute("CREATE TABLE survivor (id int PRIMARY KEY)")
@@ -209,6 +211,16 @@ def test_ensure_servers_restarts_killed_servers_and_keeps_pg_data(state_dir: Pat
     assert redis_ping(restarted.redis_url)
     with psycopg.connect(restarted.database_url) as conn:
         assert conn.execute("SELECT id FROM survivor").fetchall() == [(42,)]
+
+    # The restarted pair is what stop_servers stops (one server start-up fewer than a test of its own).
+    redis_pid, pg_pid = after["redis"]["pid"], after["postgres"]["pid"]
+
+    stop_servers(state_dir)
+
+    assert gone(redis_pid)
+    assert gone(pg_pid)
+    assert not procs_under(state_dir)
+    stop_servers(state_dir)  # stopping stopped servers is a no-op
 
 
 def test_redis_restart_comes_back_empty_on_same_port(workdir: Path) -> None:
@@ -276,19 +288,6 @@ def test_postgres_stop_start_keeps_data_on_same_port(workdir: Path) -> None:
         server.start()  # crash recovery after SIGKILL
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
-
-
-def test_stop_servers_stops_both(state_dir: Path) -> None:
-    ensure_servers(state_dir)
-    state = saved_state(state_dir)
-    redis_pid, pg_pid = state["redis"]["pid"], state["postgres"]["pid"]
-
-    stop_servers(state_dir)
-
-    assert gone(redis_pid)
-    assert gone(pg_pid)
-    assert not procs_under(state_dir)
-    stop_servers(state_dir)  # stopping stopped servers is a no-op
 
 
 def test_without_the_extra_a_server_cannot_run_and_says_what_to_install() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from embedded import running_servers
 from tests.conftest import server_workdir
-from tests.support import REPO, run_cli, wait_for
+from tests.support import REPO, http_get, run_cli, wait_for
 
 
 def free_port_run(n: int) -> int:
@@ -80,12 +80,19 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
             s = status()
             return s if s and s["leader"] and len(s["replicas"]) == 2 else None
 
+        # Polled over HTTP first: a `status` call is an interpreter start, and back to back they
+        # take a core from the cluster starting up on a 2-core machine.
+        ports = [base + 1, base + 2]
+        wait_for(lambda: serving(ports) and leading(ports) == 1, 90, "2 replicas ready, one leading", interval_s=0.1)
         body = wait_for(ready, 90, "a leader and 2 registered replicas", interval_s=0.3)
         https = sorted(r["http"] for r in body["replicas"])
         assert https == [f"127.0.0.1:{base + 1}", f"127.0.0.1:{base + 2}"]
         follower = next(r for r in body["replicas"] if r["role"] == "follower")
 
         os.kill(follower["pid"], signal.SIGKILL)  # a crash: `up` restarts it
+        follower_port = int(follower["http"].rsplit(":", 1)[1])
+        wait_for(lambda: _zombie(follower["pid"]), 10, "the crashed replica gone")
+        wait_for(lambda: serving([follower_port]), 60, "the crashed replica serving again", interval_s=0.1)
 
         def restarted() -> bool:
             s = status()
@@ -118,6 +125,14 @@ def test_up_runs_restarts_and_stops_a_local_cluster(state_dir: Path) -> None:
     for pid in pids:
         wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, f"replica {pid} gone")
     assert running_servers(state_dir) is None, "up left the embedded servers it started running"
+
+
+def serving(ports: list[int]) -> bool:
+    return all(http_get(f"http://127.0.0.1:{port}/ready")[0] == 200 for port in ports)
+
+
+def leading(ports: list[int]) -> int:
+    return sum(http_get(f"http://127.0.0.1:{port}/leader")[0] == 200 for port in ports)
 
 
 def venue_pid(state_dir: Path) -> int | None:

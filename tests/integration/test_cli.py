@@ -23,6 +23,7 @@ from tests.support import (
     epoch_of,
     free_port,
     run_cli,
+    run_clis,
     the_leader,
     wait_for,
     wait_ready,
@@ -402,31 +403,37 @@ def test_signal_show_takes_the_prefix_signal_list_prints(cluster: str, redis_url
     shared = "abcdef01"
     for fp in (shared + "0" * 56, shared + "1" * 56, "9" * 64):
         forge_signal(database_url, cluster, fp)
-    listed = run_cli(["signal", "list"], env)
-    assert listed.returncode == 0, listed.stderr
-    shown = [line.split()[0] for line in listed.stdout.splitlines()]
-    assert sorted(shown) == sorted([shared + "0" * 8, shared + "1" * 8, "9" * 16])
-
-    for prefix, full in (
+    found = (
         ("9" * 16, "9" * 64),  # as `signal list` prints it
         ("9" * 8, "9" * 64),  # the shortest accepted
         ((shared + "1").upper(), shared + "1" * 56),  # one character past the shared part, any case
         (shared + "0" * 56, shared + "0" * 56),  # the whole fingerprint
-    ):
-        result = run_cli(["signal", "show", prefix, "--json"], env)
+    )
+    # Every call below only reads (resolve refuses): they run side by side.
+    listed, *shows, ambiguous, refused, missing = run_clis(
+        [
+            (["signal", "list"], env),
+            *((["signal", "show", prefix, "--json"], env) for prefix, _ in found),
+            (["signal", "show", shared], env),
+            (["signal", "resolve", "9" * 8, "--cancel"], env),
+            (["signal", "show", "12345678"], env),
+        ]
+    )
+    assert listed.returncode == 0, listed.stderr
+    shown = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert sorted(shown) == sorted([shared + "0" * 8, shared + "1" * 8, "9" * 16])
+
+    for (_, full), result in zip(found, shows, strict=True):
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["fingerprint"] == full
 
-    ambiguous = run_cli(["signal", "show", shared], env)
     assert ambiguous.returncode == 1 and "Traceback" not in ambiguous.stderr
     assert ambiguous.stderr.strip().splitlines() == [
         f"haexec signal: {shared} is the start of several signals ({shared}0000, {shared}1111): give more characters"
     ]
     # resolve looks it up the same way (and then refuses: the signal is not in doubt)
-    refused = run_cli(["signal", "resolve", "9" * 8, "--cancel"], env)
     assert refused.returncode == 1
     assert refused.stderr.strip() == "haexec signal: signal is received; only in_doubt signals can be resolved"
-    missing = run_cli(["signal", "show", "12345678"], env)
     assert missing.returncode == 1 and "no signal 12345678" in missing.stderr
 
 
@@ -473,9 +480,9 @@ def test_every_timestamp_has_one_form(cluster: str, redis_url: str, database_url
     good = {"source": "cli", "symbol": "EURUSD", "side": "buy", "type": "market", "volume": "0.1"}
     submitted = run_cli(["signal", "submit", "--json", json.dumps({**good, "price": "1.1", "sl": "1"})], env)
     fp = json.loads(submitted.stdout)["fingerprint"]
-    history = json.loads(run_cli(["history", "--json"], env).stdout)
-    listed = json.loads(run_cli(["signal", "list", "--json"], env).stdout)
-    shown = json.loads(run_cli(["signal", "show", fp, "--json"], env).stdout)
+    reads = [["history", "--json"], ["signal", "list", "--json"], ["signal", "show", fp, "--json"], ["history"]]
+    *as_json, text = run_clis([(args, env) for args in reads])
+    history, listed, shown = (json.loads(done.stdout) for done in as_json)
     stamps = [history[0]["at"], listed[0]["received_at"], shown["received_at"], shown["events"][0]["at"]]
     assert all(ISO_UTC.fullmatch(s) for s in stamps), stamps
-    assert ISO_UTC.search(run_cli(["history"], env).stdout)
+    assert ISO_UTC.search(text.stdout)

@@ -5,7 +5,8 @@ the same state directory and must already promise epoch k-1 (the last one acknow
 refuse epoch k-2; a call under epoch k is acknowledged (200) and the gateway is SIGKILLed the
 moment the answer is read. The next trial's start is the check.
 
-The short form (20 trials) runs with the suite; the long one is
+The short form (10 trials: each kind of acknowledgement, send and close, five times, and the
+lower-epoch refusal from the third on) runs with the suite; the long one is
 `HAEXEC_GATEWAY_KILL_TRIALS=1000 pytest tests/integration/test_gateway_durability.py`.
 
 What SIGKILL can and cannot show: the kernel keeps a killed process's written pages, so this
@@ -25,7 +26,7 @@ import pytest
 from bench.stats import nearest_rank
 from tests.gateway_support import fence, grant, send_body, start_gateway, tag
 
-TRIALS = int(os.environ.get("HAEXEC_GATEWAY_KILL_TRIALS", "20"))
+TRIALS = int(os.environ.get("HAEXEC_GATEWAY_KILL_TRIALS", "10"))
 
 
 def instance(k: int) -> str:

@@ -236,11 +236,16 @@ def test_supervisord_runs_three_replicas_and_moves_leadership(supervised: Superv
     sup = supervised
     names = {r.name for r in sup.replicas}
     try:
+        # Polled over HTTP first: a `supervisorctl status` is an interpreter start, and back to
+        # back they take a core from the replicas starting up on a 2-core machine.
         wait_for(
-            lambda: (
-                sup.proc.poll() is not None
-                or (set(sup.states()) == names and set(sup.states().values()) == {"RUNNING"})
-            ),
+            lambda: sup.proc.poll() is not None or all(r.get("/ready")[0] == 200 for r in sup.replicas),
+            60,
+            "three replicas ready (or supervisord gone)",
+            interval_s=0.1,
+        )
+        wait_for(
+            lambda: sup.proc.poll() is not None or sup.states() == dict.fromkeys(names, "RUNNING"),
             30,
             "supervisord with three RUNNING replicas",
             interval_s=0.2,
