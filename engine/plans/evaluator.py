@@ -5,7 +5,8 @@ tick affects.
 The rules:
 - a leaf is TRUE, FALSE or UNKNOWN (data missing, stale or the source cannot say);
 - a guard (Condition.guard: the news filter, order-flow filters) fails closed: its UNKNOWN
-  counts as FALSE;
+  blocks the plan wherever it sits in the tree (under `not`, UNKNOWN read as FALSE would
+  turn into TRUE, and under `any` a sibling's TRUE would carry the plan past it);
 - an optional leaf (`"optional": true`) that is UNKNOWN is skipped (logged) and the node
   above decides without it; a guard is never skipped;
 - `all` is FALSE if a child is FALSE, else UNKNOWN if one is UNKNOWN, else TRUE (`all` of
@@ -91,6 +92,8 @@ def evaluate(plan: Plan, snapshot: Snapshot, observe: Observer | None = None) ->
         for r in results:
             observe(r)
     truth = Truth.TRUE if value == SKIPPED else Truth(value)
+    if any(r.guard and r.truth is Truth.UNKNOWN for r in results):
+        truth = Truth.UNKNOWN  # a guard that cannot say blocks, whatever the tree above it says
     return Evaluation(truth, tuple(results), snapshot.now_ms, tuple(patterns))
 
 
@@ -127,7 +130,7 @@ def _leaf(leaf: Leaf, snapshot: Snapshot, out: list[LeafResult], patterns: list[
     effective = reading.truth.value
     if reading.truth is Truth.UNKNOWN:
         if cond.guard:
-            effective = "false"  # fails closed
+            pass  # never skipped: evaluate() blocks the plan on it
         elif leaf.optional:
             effective = SKIPPED
             log.info("plan condition %s (%s) skipped: %s", leaf.path, cond.type, reading.detail)

@@ -63,13 +63,17 @@ def run(tree: Leaf | Node | None) -> Truth:
         (Node("all", (leaf(U), leaf(F)), "c"), F),
         (Node("all", (leaf(T), leaf(U, optional=True)), "c"), T),  # an optional unknown is skipped
         (Node("all", (leaf(T), leaf(F, optional=True)), "c"), F),  # an optional false still counts
-        (Node("all", (leaf(T), leaf(U, optional=True, guard=True)), "c"), F),  # a guard fails closed
+        (Node("all", (leaf(T), leaf(U, optional=True, guard=True)), "c"), U),  # a guard is never skipped: it blocks
         (Node("any", (leaf(F), leaf(U)), "c"), U),
         (Node("any", (leaf(U), leaf(T)), "c"), T),
         (Node("any", (leaf(F), leaf(F)), "c"), F),
         (Node("not", (leaf(T),), "c"), F),
         (Node("not", (leaf(U),), "c"), U),
-        (Node("not", (leaf(U, guard=True),), "c"), T),  # not of a closed guard: the author asked for it
+        # A guard that cannot say blocks wherever it sits: `not` must not turn it into TRUE
+        # (not spoof_suspected with no order book), nor a sibling's TRUE carry the plan past it.
+        (Node("not", (leaf(U, guard=True),), "c"), U),
+        (Node("any", (leaf(T), leaf(U, guard=True)), "c"), U),
+        (Node("not", (leaf(F, guard=True),), "c"), T),
         (Node("all", (leaf(T), Node("not", (leaf(U, optional=True),), "c")), "c"), T),
     ],
 )
