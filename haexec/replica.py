@@ -199,6 +199,7 @@ class Replica:
         self._redis_url = redis_url
         self._database_url = database_url
         self._ready = False
+        self._stopping = False
         election = settings.election
         self.coordinator = Coordinator(
             election,
@@ -302,7 +303,12 @@ class Replica:
         return self.supervisor.states()
 
     def _may_lead(self) -> bool:
-        """A replica with a failed loop does not lead (asked by the election thread)."""
+        """A replica with a failed loop does not lead (asked by the election thread). One that
+        is stopping claims no leadership: between its executor's stop and its coordinator's, a
+        peer's release could otherwise hand it one with nothing left to act on it. A stopping
+        leader keeps its lease until stop() releases it, after the work in hand is recorded."""
+        if self._stopping and not self.coordinator.is_leader():
+            return False
         return not self.supervisor.failed()
 
     def _loop_restarted(self, loop: str, why: str) -> None:
@@ -537,6 +543,7 @@ class Replica:
     def stop(self, reason: str = "released:sigterm") -> None:
         """Stop claiming, let an in-flight broker call finish and be recorded, then release."""
         self._ready = False
+        self._stopping = True  # from here on it claims no leadership (_may_lead)
         self.supervisor.stop()  # first: a loop being stopped is not a loop to restart
         self.executor.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)
         self.positions.stop(timeout_s=self.settings.engine.broker_deadline_ms / 1000.0 + 1.0)

@@ -120,3 +120,12 @@ def test_a_failed_loop_alerts_critical_and_the_replica_may_not_lead(make: type[R
     assert dead[-1][2] == "loop dead failed: its thread died; 3 restarts within the hour"
     assert not r._may_lead()
     assert r.health_extra()["loops"] == "failed: dead (its thread died; 3 restarts within the hour)"
+
+
+def test_a_stopping_replica_claims_no_leadership(make: type[Replica]) -> None:
+    # Between the executor's stop and the coordinator's, a peer's release must not hand a
+    # stopping follower the lease (seen under load: it led epoch 3 after its SIGTERM).
+    r = make()
+    assert r._may_lead()
+    r.stop()
+    assert not r._may_lead()
