@@ -52,7 +52,7 @@ def cmd_trades(args: argparse.Namespace, env: dict[str, str]) -> int:
             cli_engine._print(found, args.json, lambda: json.dumps(found, indent=2, default=str))
             return 0
         if command == "unregister":
-            if not reg.unregister(args.ticket):
+            if not reg.unregister(args.ticket, f"cli:{getpass.getuser()}"):
                 raise CommandError(f"trade {args.ticket} is not managed")
             cli_engine._print(
                 {"ticket": args.ticket, "managed": False},
@@ -71,7 +71,7 @@ def cmd_trades(args: argparse.Namespace, env: dict[str, str]) -> int:
         if args.sl is not None:
             body["sl"] = args.sl
         try:
-            row, created = reg.register(body)
+            row, created = reg.register(body, f"cli:{getpass.getuser()}")
         except RegistrationError as e:
             raise CommandError("; ".join(f"{k}: {v}" for k, v in e.errors.items())) from None
         except (NoSuchPosition, Registered) as e:

@@ -19,7 +19,7 @@ UNAUTHORIZED = {"error": "missing or wrong bearer token"}
 
 
 def trade_routes(replica: Any, body_timeout_s: float) -> list[Route]:
-    from haexec.http import DB_ERRORS, BodyRefused, _authorized, _read_body
+    from haexec.http import DB_ERRORS, BodyRefused, _actor, _authorized, _read_body
 
     def registrar() -> Registrar | None:
         return getattr(replica, "registrar", None)
@@ -41,7 +41,7 @@ def trade_routes(replica: Any, body_timeout_s: float) -> list[Route]:
         except (ValueError, RecursionError):
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         try:
-            row, created = await run_in_threadpool(reg.register, body)
+            row, created = await run_in_threadpool(reg.register, body, _actor(request, None))
         except RegistrationError as e:
             return JSONResponse({"error": "invalid trade", "errors": e.errors}, status_code=422)
         except NoSuchPosition as e:
@@ -74,7 +74,7 @@ def trade_routes(replica: Any, body_timeout_s: float) -> list[Route]:
             if not _authorized(request, replica.api_token):
                 return JSONResponse(UNAUTHORIZED, status_code=401)
             try:
-                done = await run_in_threadpool(reg.unregister, ticket)
+                done = await run_in_threadpool(reg.unregister, ticket, _actor(request, None))
             except DB_ERRORS:
                 return JSONResponse({"error": "database unavailable"}, status_code=503)
             if not done:

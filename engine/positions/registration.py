@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from engine import audit
 from engine.brokers.base import Broker
 from engine.positions import rules, store
 
@@ -48,8 +49,9 @@ class Registrar:
     default_rules: Mapping[str, Any]
     canonical: Callable[[Any], dict[str, Any]] = canonical_rules
 
-    def register(self, body: Any) -> tuple[store.Managed, bool]:
-        """(the row, created). RegistrationError, NoSuchPosition or store.Registered (409)."""
+    def register(self, body: Any, actor: str) -> tuple[store.Managed, bool]:
+        """(the row, created). RegistrationError, NoSuchPosition or store.Registered (409). A
+        new registration is an operator action: audited by `actor`, in its transaction."""
         errors: dict[str, str] = {}
         if not isinstance(body, dict):
             raise RegistrationError({"body": "must be a JSON object"})
@@ -97,13 +99,15 @@ class Registrar:
         )
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             row, created = store.register(cur, self.cluster, self.account, new, (None, self.instance_id, "registered"))
-            # AUDIT (h/modify): record(cur, cluster, "register", who, why, {"ticket": ticket}) goes here.
+            if created:  # the same request again is no new action
+                audit.record(cur, self.cluster, "register", actor, None, {"ticket": ticket, "account": self.account})
         return row, created
 
-    def unregister(self, ticket: str) -> bool:
+    def unregister(self, ticket: str, actor: str) -> bool:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             done = store.unregister(cur, self.cluster, self.account, ticket, None, self.instance_id)
-            # AUDIT (h/modify): record(cur, cluster, "unregister", who, why, {"ticket": ticket}) goes here.
+            if done:
+                audit.record(cur, self.cluster, "unregister", actor, None, {"ticket": ticket, "account": self.account})
         return done
 
     def show(self, ticket: str) -> dict[str, Any] | None:

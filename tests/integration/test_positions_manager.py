@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from common.clock import FakeClock
 from coordinator.fencing import EpochSuperseded
 from db.session import SessionLimits, make_pool
+from engine import audit
 from engine.brokers.base import OrderResult, Outcome, Refusal
 from engine.brokers.paper import PaperBroker
 from engine.positions import store
@@ -47,7 +48,9 @@ def paper(rig: Rig, prices: Prices) -> Iterator[PaperBroker]:  # noqa: F811
 
 def register(broker: PaperBroker, cluster: str, ticket: str, sl: str | None = None) -> store.Managed:
     registrar = Registrar(broker._pool, broker, cluster, "paper", "leader", {}, canonical=lambda obj: dict(obj))
-    row, created = registrar.register({"ticket": ticket, "manage": {"t": 1}, **({"sl": sl} if sl else {})})
+    row, created = registrar.register(
+        {"ticket": ticket, "manage": {"t": 1}, **({"sl": sl} if sl else {})}, "test:operator"
+    )
     assert created
     return row
 
@@ -148,8 +151,11 @@ def test_trailing_sends_only_the_difference_and_a_new_leader_resumes_from_the_st
     assert journal_kinds(paper, rig.cluster, ticket) == ["registered", "trailing", "trailing"]
     # another writer's change reaches the manager's cached book: unregistered, registered again
     registrar = Registrar(paper._pool, paper, rig.cluster, "paper", "leader", {}, canonical=lambda obj: dict(obj))
-    assert registrar.unregister(ticket) and first.run_once().positions == 0
-    assert registrar.register({"ticket": ticket, "manage": {"t": 2}})[1] and first.run_once().positions == 1
+    assert registrar.unregister(ticket, "test:operator") and first.run_once().positions == 0
+    assert (
+        registrar.register({"ticket": ticket, "manage": {"t": 2}}, "test:operator")[1]
+        and first.run_once().positions == 1
+    )
     assert first._book[ticket].rules == {"t": 2}
     row = row_of(paper, rig.cluster, ticket)
     assert row.high_water == D("1.10300") and row.trailing_mode_enabled and row.verified_sl == D("1.09800")
@@ -251,7 +257,7 @@ def test_with_the_real_rules_a_registered_trailing_stop_activates_and_follows(
     ticket = open_buy(paper, epoch, "HXREAL1", sl="1.09000")
     registrar = Registrar(paper._pool, paper, rig.cluster, "paper", "leader", {})
     manage = {"trailing": {"distance_points": 150, "activation_rr": 1}, "lock": [[0.5, 0.2]]}
-    row, created = registrar.register({"ticket": ticket, "manage": manage})
+    row, created = registrar.register({"ticket": ticket, "manage": manage}, "test:operator")
     assert created and row.rules["trailing"]["distance_points"] == "150" and row.trailing_activation_rr == 1
     m = PositionManager(
         ManagerConfig(rig.cluster, "leader", "paper", max_in_flight=3),
@@ -291,20 +297,25 @@ def test_64_concurrent_identical_registrations_make_one_row(
 
     def one(_: int) -> bool:
         start.wait(10)
-        return registrar.register(body)[1]
+        return registrar.register(body, "test:operator")[1]
 
     try:
         with ThreadPoolExecutor(64) as workers:
             created = list(workers.map(one, range(64)))
         assert created.count(True) == 1
         with pytest.raises(store.Registered):  # the same ticket with other rules
-            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": 2}}})
+            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": 2}}}, "test:operator")
         with pytest.raises(RegistrationError) as bad:
-            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": "x"}}, "extra": 1})
+            registrar.register({"ticket": ticket, "manage": {"breakeven": {"at_rr": "x"}}, "extra": 1}, "test:operator")
         assert set(bad.value.errors) == {"manage.breakeven.at_rr", "extra"}
         with pytest.raises(NoSuchPosition):
-            registrar.register({"ticket": "424242"})
-        assert registrar.unregister(ticket) and not registrar.unregister(ticket)
+            registrar.register({"ticket": "424242"}, "test:operator")
+        assert registrar.unregister(ticket, "test:operator") and not registrar.unregister(ticket, "test:operator")
+        # One registration and one unregistration happened: the audit has one entry of each.
+        with pool.connection() as conn:
+            actions = [(e.action, e.actor) for e in audit.latest(conn, rig.cluster, 10)]
+            assert audit.verify(conn, rig.cluster).broken_id is None
+        assert actions == [("unregister", "test:operator"), ("register", "test:operator")]
         assert venue_sl(paper, ticket) == D("1.09000")  # the stop stays
     finally:
         pool.close()
