@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
@@ -140,6 +140,10 @@ class Executor:
         self._db = DbHealth(time.monotonic())  # replaced whole, never mutated: see db_health
         # The supervisor's heartbeat (engine/supervision.py), called at every step of a sweep.
         self.beat: Callable[[], None] = lambda: None
+        # Symbols new trading is held on, with why: a position the database holds vanished
+        # from the venue with no deal (the position manager's recovery). A signal on one is
+        # rejected naming the hold, never sent into a book that disagrees with the database.
+        self.held_symbols: Callable[[], Mapping[str, str]] = dict
         # Which sweeping thread is the current one: restart() moves it on, and a thread of an
         # earlier generation (abandoned while stuck) stops at its next step.
         self._generation = 0
@@ -416,7 +420,11 @@ class Executor:
         cap = risk_cap(account, self._limits)
         orders: list[Order] = []
         rejected: list[store.Settlement] = []
+        held = self.held_symbols()
         for c, intent in intents:
+            if intent.symbol in held:
+                rejected.append(self._rejection(c.id, f"held {intent.symbol}: {held[intent.symbol]}"))
+                continue
             quote = quotes[intent.symbol]
             try:
                 if isinstance(quote, SymbolUnavailable):

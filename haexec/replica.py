@@ -259,6 +259,7 @@ class Replica:
         manager.beat = self.supervisor.register(
             "positions", max(1000, manager.cfg.period_ms), manager.start, alive=lambda: manager.alive, leader_only=True
         )
+        self.executor.held_symbols = lambda: manager.held_symbols  # recovery's holds stop new trades
         self.registrar = build_registrar(settings, self.engine_pool, self.broker)
         # A paper booking wakes the manager, so a fill's stop is checked at once.
         self._book_listener = (

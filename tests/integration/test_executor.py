@@ -185,6 +185,26 @@ def test_kill_switch_rejects_and_expired_signals_never_execute(rig: Rig, databas
     assert re.fullmatch(r"halted: trading is halted by cli:ops since \S+: news at 14:30", error), error
 
 
+def test_a_signal_on_a_held_symbol_is_rejected_naming_the_hold(rig: Rig, database_url: str) -> None:
+    rig.coordinator.start()
+    wait_for(rig.coordinator.elector.is_leader, 10, "leadership")
+    ex = start_executor(rig, database_url)
+    ex.held_symbols = lambda: {"EURUSD": "position 7 is gone from the venue with no deal"}
+    held_fp, held_tag, _ = submit(rig, 5)  # EURUSD, submitted once the hold is in place
+    other_fp, other_tag, _ = submit(rig, 6, symbol="GBPUSD")
+    try:
+        wait_for(lambda: rig.status(held_fp) == "rejected", 10, "the held symbol's signal rejected")
+        wait_for(lambda: rig.status(other_fp) == "executed", 10, "another symbol's signal executed")
+    finally:
+        ex.stop(5)
+    assert rig.orders(held_tag) == 0 and rig.orders(other_tag) == 1
+    with rig.pool.connection() as conn:
+        error = conn.execute(
+            "SELECT error FROM signals WHERE cluster = %s AND fingerprint = %s", (rig.cluster, held_fp)
+        ).fetchone()[0]
+    assert error == "held EURUSD: position 7 is gone from the venue with no deal"
+
+
 class NonFencingVenue:
     """The paper book seen through a venue that cannot fence (like MT5): it ignores epochs, and
     can show one tag on two orders (booked as `<tag>` and `<tag>D`), which MT5 allows."""
