@@ -9,20 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from haexec.cli_common import MAX_LIMIT, CommandError, database_url, int_in
-
-
-def since_arg(value: str) -> datetime:
-    """An argparse type: an ISO 8601 time with its offset (`2026-12-04T00:00:00Z`)."""
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an ISO 8601 time such as 2026-12-04T00:00:00Z (got {value!r})"
-        ) from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"must say its time zone, e.g. a trailing Z for UTC (got {value!r})")
-    return moment
+from haexec.cli_common import MAX_LIMIT, CommandError, database_url, int_in, since_arg
 
 
 def cmd_account(args: argparse.Namespace, env: dict[str, str]) -> int:

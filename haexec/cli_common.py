@@ -8,6 +8,7 @@ import argparse
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from common.numbers import ascii_int
@@ -136,3 +137,16 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
         return n
 
     return parse
+
+
+def since_arg(value: str) -> datetime:
+    """An argparse type: an ISO 8601 time with its offset (`2026-12-04T00:00:00Z`)."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO 8601 time such as 2026-12-04T00:00:00Z (got {value!r})"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"must say its time zone, e.g. a trailing Z for UTC (got {value!r})")
+    return moment

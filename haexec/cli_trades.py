@@ -4,17 +4,21 @@ They talk to PostgreSQL (and, to register, the venue) directly, so they work wit
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
 import json
 import os
+import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.brokers.base import BrokerError
+from engine.positions import store
 from engine.positions.registration import NoSuchPosition, Registrar, RegistrationError
 from engine.positions.store import Registered
 from engine.signal import DuplicateKey, loads
 from haexec import cli_engine
-from haexec.cli_common import CommandError
+from haexec.cli_common import MAX_LIMIT, CommandError, int_in, since_arg
 from haexec.positions import account_of, default_rules
 
 
@@ -83,7 +87,45 @@ def cmd_trades(args: argparse.Namespace, env: dict[str, str]) -> int:
         return 0
 
 
+def cmd_journal(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Every state change haexec made to a position (fill, stop set or moved, breakeven, lock,
+    close, registration, operator action), oldest first."""
+    with cli_engine._pool(args, env) as (pool, cfg):
+        since = args.since or datetime.now(UTC) - timedelta(days=1)
+        with pool.connection() as conn:
+            rows = store.journal_since(conn, cfg.election.cluster, since, args.limit)
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(JOURNAL_COLUMNS)
+        for r in rows:
+            out.writerow([json.dumps(r[c], default=str) if c == "detail" else r[c] for c in JOURNAL_COLUMNS])
+        return 0
+    cli_engine._print(
+        rows,
+        args.json,
+        lambda: (
+            "\n".join(
+                f"{r['at']:<32} {r['ticket']:>10} {r['kind']:<13} epoch={r['epoch']} "
+                + json.dumps(r["detail"], default=str)
+                for r in rows
+            )
+            or f"no journal entries since {since.isoformat()}"
+        ),
+    )
+    return 0
+
+
+JOURNAL_COLUMNS = ("id", "at", "ticket", "kind", "epoch", "instance", "detail")
+
+
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    journal = sub.add_parser("journal", parents=[common], help="the trade journal: every change made to a position")
+    journal.add_argument("--since", type=since_arg, help="from this time on (ISO 8601; default 24 hours ago)")
+    journal.add_argument("--limit", type=int_in(1, MAX_LIMIT), default=1000, help=f"at most this many (1..{MAX_LIMIT})")
+    form = journal.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument("--csv", action="store_true", help="CSV with a header row (detail as JSON)")
+    journal.set_defaults(engine_func=cmd_journal)
     trades = sub.add_parser("trades", help="positions under management: list, show, register, unregister")
     tsub = trades.add_subparsers(dest="trades_command", required=True)
     lst = tsub.add_parser("list", parents=[common], help="the managed positions")

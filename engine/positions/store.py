@@ -92,6 +92,10 @@ JOURNAL_READ_SQL = """
 SELECT id, ticket, kind, epoch, instance, detail, at FROM trade_journal
 WHERE cluster = %s AND ticket = %s ORDER BY id
 """
+JOURNAL_SINCE_SQL = """
+SELECT id, ticket, kind, epoch, instance, detail, at FROM trade_journal
+WHERE cluster = %s AND at >= %s ORDER BY id LIMIT %s
+"""
 # The signals a venue position's tag may belong to, and the manage block each came with.
 SIGNAL_SL_SQL = "SELECT payload ->> 'sl' FROM signals WHERE cluster = %s AND fingerprint = %s"
 SIGNALS_BY_TAG_SQL = "SELECT tag, fingerprint, payload -> 'manage' FROM signals WHERE cluster = %s AND tag = ANY(%s)"
@@ -348,19 +352,24 @@ def write_journal(cur: psycopg.Cursor, cluster: str, epoch: int | None, instance
 
 
 def journal(conn: psycopg.Connection, cluster: str, ticket: str) -> list[dict[str, Any]]:
-    rows = conn.execute(JOURNAL_READ_SQL, (cluster, ticket)).fetchall()
-    return [
-        {
-            "id": r[0],
-            "ticket": r[1],
-            "kind": r[2],
-            "epoch": r[3],
-            "instance": r[4],
-            "detail": r[5],
-            "at": r[6].isoformat(),
-        }
-        for r in rows
-    ]
+    return [_journal_row(r) for r in conn.execute(JOURNAL_READ_SQL, (cluster, ticket)).fetchall()]
+
+
+def journal_since(conn: psycopg.Connection, cluster: str, since: datetime, limit: int) -> list[dict[str, Any]]:
+    """Every position's journal from `since` on, oldest first (`haexec journal`)."""
+    return [_journal_row(r) for r in conn.execute(JOURNAL_SINCE_SQL, (cluster, since, limit)).fetchall()]
+
+
+def _journal_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "id": r[0],
+        "ticket": r[1],
+        "kind": r[2],
+        "epoch": r[3],
+        "instance": r[4],
+        "detail": r[5],
+        "at": r[6].isoformat(),
+    }
 
 
 def signals_by_tag(

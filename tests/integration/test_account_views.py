@@ -22,7 +22,7 @@ from engine.market import Market
 from engine.market.metrics import MarketMetrics
 from engine.market.sim import SimSource
 from haexec import book
-from haexec.cli_account import since_arg
+from haexec.cli_common import since_arg
 from tests.integration.test_http_server import Serve, StubReplica, auth, request, serve  # noqa: F401 (fixture)
 from tests.integration.test_paper import lead, order, pool  # noqa: F401 (pool is a fixture)
 from tests.market_support import MarketClock

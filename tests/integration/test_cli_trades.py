@@ -52,3 +52,15 @@ def test_trades_commands(
     assert cli("trades", "unregister", ticket)[0] == 0
     status, _, err = cli("trades", "unregister", ticket)
     assert status == 1 and "not managed" in err
+    # The journal: both changes, oldest first, as JSON and as CSV; a bad --since is exit 2.
+    status, out, _ = cli("journal", "--json", "--since", "2000-01-01T00:00:00Z")
+    assert status == 0 and [(j["ticket"], j["kind"]) for j in json.loads(out)] == [
+        (ticket, "registered"),
+        (ticket, "unregistered"),
+    ]
+    status, out, _ = cli("journal", "--csv", "--since", "2000-01-01T00:00:00Z")
+    lines = out.splitlines()
+    assert status == 0 and lines[0] == "id,at,ticket,kind,epoch,instance,detail" and len(lines) == 3
+    with pytest.raises(SystemExit) as bad:
+        cli("journal", "--since", "yesterday")
+    assert bad.value.code == 2 and "must be an ISO 8601 time" in capsys.readouterr().err
