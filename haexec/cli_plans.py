@@ -74,9 +74,9 @@ def explain_text(plan: dict[str, Any]) -> str:
 def cmd_plan(args: argparse.Namespace, env: dict[str, str]) -> int:
     cfg = settings_mod.load(env)
     cluster = cfg.election.cluster
-    raw = _read(args.file) if args.plan_command == "create" else b""
+    raw = _read(args.file) if args.plan_command in ("create", "edit") else b""
     with open_database(database_url(args), "haexec-cli", max_size=1) as pool, pool.connection() as conn:
-        if args.plan_command == "create":
+        if args.plan_command in ("create", "edit"):
             try:
                 body = loads(raw)
             except (BodyTooLarge, DuplicateKey) as e:
@@ -85,7 +85,13 @@ def cmd_plan(args: argparse.Namespace, env: dict[str, str]) -> int:
             except (ValueError, RecursionError):
                 print("haexec plan: the plan is not valid JSON", file=sys.stderr)
                 return EXIT_CONFIG
-            answer = plans_api.create(conn, cluster, f"cli:{getpass.getuser()}", body)
+            if args.plan_command == "edit":
+                if not isinstance(body, dict):
+                    print("haexec plan: the plan must be a JSON object", file=sys.stderr)
+                    return EXIT_CONFIG
+                answer = plans_api.edit(conn, cluster, args.plan_id, {**body, "revision": args.revision})
+            else:
+                answer = plans_api.create(conn, cluster, f"cli:{getpass.getuser()}", body)
             b = answer.body
             return _finish(answer, args.json, f"{b.get('plan_id')} revision {b.get('revision')}: {b.get('status')}")
         if args.plan_command == "list":
@@ -122,10 +128,14 @@ def cmd_news(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    plan = sub.add_parser("plan", help="conditional trade plans: create, list, show, cancel, explain")
+    plan = sub.add_parser("plan", help="conditional trade plans: create, edit, list, show, cancel, explain")
     plansub = plan.add_subparsers(dest="plan_command", required=True)
     create = plansub.add_parser("create", parents=[common], help="store a plan (a JSON file, or - for stdin)")
     create.add_argument("file", help="the plan's JSON file, or - to read it from stdin")
+    edit = plansub.add_parser("edit", parents=[common], help="a new revision of a pending plan (compare-and-set)")
+    edit.add_argument("plan_id")
+    edit.add_argument("file", help="the whole plan's JSON file, or - to read it from stdin")
+    edit.add_argument("--revision", type=int_in(1, 2**31 - 1), required=True, help="the revision being edited")
     lst = plansub.add_parser("list", parents=[common], help="the latest plans, newest first")
     lst.add_argument("--status", choices=plans_api.STATUSES)
     lst.add_argument("--limit", type=int_in(1, MAX_PLANS), default=50, help=f"at most this many (1..{MAX_PLANS})")
@@ -138,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         p.add_argument("plan_id")
         if name == "cancel":
             p.add_argument("--actor", help="who (default cli:<user>)")
-    for p in (create, lst, *[plansub.choices[n] for n in ("show", "cancel", "explain")]):
+    for p in (create, edit, lst, *[plansub.choices[n] for n in ("show", "cancel", "explain")]):
         p.add_argument("--json", action="store_true")
     plan.set_defaults(engine_func=cmd_plan)
 

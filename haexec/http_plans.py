@@ -59,6 +59,21 @@ def plan_routes(replica: ReplicaState, body_timeout_s: float) -> list[Route]:
     async def get_plan(request: Request) -> Response:
         return await call(plans_api.show, request.path_params["plan_id"])
 
+    async def put_plan(request: Request) -> Response:
+        if not _authorized(request, replica.api_token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            body = loads(await _read_body(request, body_timeout_s))
+        except BodyRefused as e:
+            return e.response
+        except BodyTooLarge:
+            return _too_large()
+        except DuplicateKey as e:
+            return JSONResponse({"error": "invalid plan", "errors": {"body": str(e)}}, status_code=422)
+        except (ValueError, RecursionError):
+            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+        return await call(plans_api.edit, request.path_params["plan_id"], body)
+
     async def delete_plan(request: Request) -> Response:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
@@ -68,5 +83,6 @@ def plan_routes(replica: ReplicaState, body_timeout_s: float) -> list[Route]:
         Route("/plans", post_plan, methods=["POST"]),
         Route("/plans", list_plans, methods=["GET"]),
         Route("/plans/{plan_id}", get_plan, methods=["GET"]),
+        Route("/plans/{plan_id}", put_plan, methods=["PUT"]),
         Route("/plans/{plan_id}", delete_plan, methods=["DELETE"]),
     ]

@@ -40,6 +40,44 @@ def create(conn: psycopg.Connection, cluster: str, instance: str, body: object) 
     )
 
 
+def edit(conn: psycopg.Connection, cluster: str, plan_id: str, body: object) -> Answer:
+    """A new revision of a pending plan: the body is the whole plan plus `revision`, the one
+    the editor read (compare-and-set: an edit racing an execution, a cancel or another edit
+    loses). 200 with the new revision; 404; 409 not pending at that revision any more, with
+    the plan as it is; 422 naming each bad field (a plan_id other than the path's too)."""
+    if not isinstance(body, dict):
+        return Answer(422, {"error": "invalid plan", "errors": {"body": "must be a JSON object"}})
+    fields = dict(body)
+    revision = fields.pop("revision", None)
+    errors: dict[str, str] = {}
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+        errors["revision"] = "required: the revision being edited (an integer >= 1, as GET /plans/{id} shows it)"
+    if fields.get("plan_id", plan_id) != plan_id:
+        errors["plan_id"] = f"must be the edited plan's ({plan_id!r:.80}) or left out"
+    try:
+        _, plan = parse_plan(fields, plan_id)
+    except PlanValidationError as exc:
+        errors.update(exc.errors)
+    if errors:
+        return Answer(422, {"error": "invalid plan", "errors": errors})
+    if plan.expires_at is not None and plan.expires_at <= datetime.now(UTC):
+        return Answer(422, {"error": "invalid plan", "errors": {"expires_at": "is already past"}})
+    assert isinstance(revision, int)
+    new = store.edit(conn, cluster, plan_id, revision, plan)
+    if new is not None:
+        return Answer(200, {"plan_id": plan_id, "revision": new, "status": "pending"})
+    current = store.show(conn, cluster, plan_id)
+    if current is None:
+        return Answer(404, {"error": f"no plan {plan_id!r:.80}"})
+    return Answer(
+        409,
+        {
+            "error": f"plan is {current['status']} at revision {current['revision']}, not pending at {revision}",
+            "plan": current,
+        },
+    )
+
+
 def show(conn: psycopg.Connection, cluster: str, plan_id: str) -> Answer:
     found = store.show(conn, cluster, plan_id)
     if found is None:

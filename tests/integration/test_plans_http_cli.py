@@ -109,6 +109,25 @@ def test_create_show_list_cancel(client: TestClient, database_url: str, cluster:
     assert client.delete("/plans/nope", headers=AUTH).status_code == 404
 
 
+def test_an_edit_bumps_the_revision_by_compare_and_set(client: TestClient) -> None:
+    assert client.post("/plans", json=PLAN, headers=AUTH).status_code == 201
+    edited = {**PLAN, "price": "64600", "revision": 1}
+    assert client.put("/plans/dxy-btc-1", json=edited).status_code == 401
+    done = client.put("/plans/dxy-btc-1", json=edited, headers=AUTH)
+    assert done.status_code == 200 and done.json() == {"plan_id": "dxy-btc-1", "revision": 2, "status": "pending"}
+    shown = client.get("/plans/dxy-btc-1").json()
+    assert shown["revision"] == 2 and shown["plan"]["price"] == "64600"
+    # An editor who read revision 1 loses to the edit before it; nothing changes.
+    stale = client.put("/plans/dxy-btc-1", json={**PLAN, "price": "64700", "revision": 1}, headers=AUTH)
+    assert stale.status_code == 409 and stale.json()["plan"]["revision"] == 2
+    bad = client.put("/plans/dxy-btc-1", json={**PLAN, "plan_id": "other", "side": "up"}, headers=AUTH)
+    assert bad.status_code == 422 and {"revision", "plan_id", "side"} <= set(bad.json()["errors"])
+    assert client.put("/plans/nope", json={**PLAN, "plan_id": "nope", "revision": 1}, headers=AUTH).status_code == 404
+    assert client.delete("/plans/dxy-btc-1", headers=AUTH).status_code == 200
+    late = client.put("/plans/dxy-btc-1", json={**PLAN, "revision": 2}, headers=AUTH)
+    assert late.status_code == 409 and late.json()["plan"]["status"] == "cancelled"
+
+
 def test_validation_and_a_cancel_that_loses(client: TestClient, database_url: str, cluster: str) -> None:
     bad = client.post(
         "/plans",
