@@ -62,6 +62,7 @@ def build_manager(
             max_in_flight=3 if engine.broker == "paper" else 1,
             max_tick_age_ms=engine.market_max_age_ms,
             default_rules=default_rules(settings),
+            fallback_path=settings.state_dir / f"journal-fallback-{election.instance_id}.jsonl",
         ),
         fencing,
         pool,

@@ -32,11 +32,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import first_line
@@ -46,6 +48,7 @@ from engine.brokers.base import Broker, BrokerError, Outcome, Position, SymbolSp
 from engine.market.base import Bars, MarketDataError, MarketSpec, Tick, Timeframe
 from engine.model import Side
 from engine.positions import failsafe, indicators, rules, store
+from engine.positions.fallback import Fallback
 from engine.positions.metrics import PositionMetrics, default_metrics
 from engine.positions.sender import COOL_OFF_MS, Answer, Item, Sender, Sent
 from engine.risk import RiskLimits, risk_cap
@@ -106,6 +109,9 @@ class ManagerConfig:
     max_tick_age_ms: int = 5000
     cool_off_ms: float = COOL_OFF_MS
     default_rules: Mapping[str, Any] = field(default_factory=dict)
+    # Where a close the database could not take is kept until it can (None: not kept, the
+    # next loop finds the close at the venue again).
+    fallback_path: Path | None = None
 
 
 @dataclass
@@ -192,6 +198,7 @@ class PositionManager:
         self._clock = clock
         self.metrics = metrics or default_metrics()
         self._sender = Sender(broker, clock, self._venue_epoch, cfg.cool_off_ms)
+        self._fallback = Fallback(cfg.fallback_path) if cfg.fallback_path is not None else None
         self._naked_since: dict[str, float] = {}  # ticket -> monotonic ms first seen without a stop
         self._alerted: set[str] = set()  # tickets alerted naked / vanished (once each)
         self._foreign: set[str] = set()  # foreign tickets reported
@@ -285,6 +292,7 @@ class PositionManager:
         self._epoch = fence.epoch
         report = LoopReport()
         self._loop_cache = {}
+        self._replay_fallback()  # what the database could not take before, first
         audit, self._first_loop = self._first_loop, False
         with self._pool.connection() as conn:
             book = store.load_changed(conn, self.cfg.cluster, self.cfg.account, self._book)
@@ -419,12 +427,43 @@ class PositionManager:
         self._alert(POSITION_VANISHED, "critical", message, ticket=row.ticket, symbol=row.symbol)
 
     def _record_close(self, row: store.Managed, at: Any, detail: Mapping[str, Any]) -> None:
-        # A fact: recorded even if this replica has just lost leadership.
+        # A fact: recorded even if this replica has just lost leadership. It cannot share a
+        # transaction with the venue's close, so a database that does not take it is tried
+        # 3 times within a second, then the fact is kept in the fallback file for replay.
+        fact = {"ticket": row.ticket, "at": at, "epoch": self._epoch, "detail": dict(detail)}
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(3), wait=wait_fixed(0.3), retry=retry_if_exception_type(DB_ERRORS), reraise=True
+            ):
+                with attempt:
+                    self._apply_close(fact)
+        except DB_ERRORS as e:
+            if self._fallback is None:
+                raise
+            self._fallback.append(fact)
+            self.metrics.journal_fallbacks.inc()
+            log.error("close of %s kept in %s: the database did not take it (%s)", row.ticket, self._fallback.path, e)
+        self._forget(row.ticket)
+
+    def _apply_close(self, fact: Mapping[str, Any]) -> None:
+        """Record a close (idempotent: store.close records it once), from a loop or a replay."""
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             store.close(
-                cur, self.cfg.cluster, self.cfg.account, row.ticket, at, self._epoch, self.cfg.instance_id, detail
+                cur,
+                self.cfg.cluster,
+                self.cfg.account,
+                str(fact["ticket"]),
+                fact["at"],
+                fact["epoch"],
+                self.cfg.instance_id,
+                fact["detail"],
             )
-        self._forget(row.ticket)
+
+    def _replay_fallback(self) -> None:
+        if self._fallback is not None and self._fallback.path.exists():
+            done = self._fallback.replay(self._apply_close)
+            if done:
+                log.warning("replayed %d kept close(s) from %s into the journal", done, self._fallback.path)
 
     def _forget(self, ticket: str) -> None:
         self._naked_since.pop(ticket, None)

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +22,7 @@ from engine import audit
 from engine.brokers.base import OrderResult, Outcome, Refusal
 from engine.brokers.paper import PaperBroker
 from engine.positions import store
+from engine.positions.fallback import Fallback
 from engine.positions.manager import ManagerConfig, PositionManager
 from engine.positions.metrics import PositionMetrics
 from engine.positions.recovery import survey
@@ -131,6 +134,40 @@ def test_still_naked_past_the_deadline_is_closed_or_alerted(
         assert row_of(broker, rig.cluster, ticket).closed_at is not None
     else:
         assert report.closed == 0 and ticket in open_now
+
+
+def test_a_close_the_database_cannot_take_is_kept_in_the_fallback_file_and_replayed(
+    rig: Rig,  # noqa: F811
+    prices: Prices,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    failing = OrderResult(Outcome.REJECTED, detail="venue down", refusal=Refusal.OTHER)
+    broker = scripted(rig, prices, *[failing] * 10)
+    ticket = open_buy(broker, epoch, "HXFALLBK", sl=None)
+    register(broker, rig.cluster, ticket, sl="1.09000")
+    clock, fb = FakeClock(), tmp_path / "fallback.jsonl"
+    m = manager(broker, EpochFencing(rig.cluster, epoch), prices, TrailRules(), clock, [], fallback_path=fb)
+    m.run_once()
+    clock.advance(1000)  # past the stop deadline: the naked position is closed at the venue
+    real_close, calls = store.close, []
+
+    def database_away(*args: object, **kwargs: object) -> bool:
+        calls.append(args)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(store, "close", database_away)
+    before = m.metrics.journal_fallbacks._value.get()
+    assert m.run_once().closed == 1 and ticket not in [p.ticket for p in broker.positions()]
+    assert len(calls) == 3  # tried 3 times, then kept
+    assert m.metrics.journal_fallbacks._value.get() == before + 1
+    assert [f["ticket"] for f in Fallback(fb).pending()] == [ticket]
+    assert "close" not in journal_kinds(broker, rig.cluster, ticket)
+    monkeypatch.setattr(store, "close", real_close)  # the database is back
+    m.run_once()
+    assert journal_kinds(broker, rig.cluster, ticket)[-1] == "close" and Fallback(fb).pending() == []
+    assert row_of(broker, rig.cluster, ticket).closed_at is not None
 
 
 def test_trailing_sends_only_the_difference_and_a_new_leader_resumes_from_the_stored_state(
