@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from typing import Any
 
+from engine.market.base import SYMBOL_RULE, symbol_name
 from engine.model import OrderType, Side, SignalIntent
 from engine.positions.rules import RulesError, parse_manage
 
@@ -61,8 +62,6 @@ FIELDS = frozenset(
 )
 
 MAX_ID_CHARS = 100  # source and signal_id: identifiers, stored and hashed verbatim
-# Broker spellings with a suffix (GER40+, XAUUSD.m, US30.cash, EURUSD#) are symbols too.
-SYMBOL_RE = re.compile(r"[A-Za-z0-9._+#-]{1,32}", re.ASCII)  # checked before upper-casing, see _symbol
 
 # Numbers: at most 20 significant digits with the leading digit between 1e-20 and 1e20. That
 # covers every price, lot size and percentage a venue takes, keeps the canonical (no-exponent)
@@ -316,12 +315,10 @@ def _signal_id(value: object) -> str:
 def _symbol(value: object) -> str:
     if not isinstance(value, str):
         raise _FieldError(f"must be a string, got {_json_type(value)}")
-    stripped = value.strip()
-    # Matched before upper() on purpose: "ß".upper() is "SS" and "ı".upper() is "I", so a
-    # non-ASCII symbol could otherwise turn into a valid-looking different one.
-    if not SYMBOL_RE.fullmatch(stripped):
-        raise _FieldError(f"must be 1..32 characters of A-Z 0-9 . _ - + # (got {_show(value)})")
-    return stripped.upper()
+    name = symbol_name(value)
+    if name is None:
+        raise _FieldError(f"must be {SYMBOL_RULE} (got {_show(value)})")
+    return name
 
 
 def _side(value: object) -> Side:

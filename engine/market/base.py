@@ -12,6 +12,7 @@ Staleness is data: a `Tick` and a `Bars` reading carry their age, and the `Marke
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,21 @@ import numpy as np
 import numpy.typing as npt
 
 Int64s = npt.NDArray[np.int64]
+
+# A symbol as a signal, a plan or a venue names it: ASCII letters, digits and . _ - + # (a
+# broker's spelling with a suffix: GER40+, XAUUSD.m, US30.cash), matched before upper-casing so
+# a non-ASCII name cannot turn into a different valid-looking one ("ß".upper() is "SS").
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._+#-]{1,32}", re.ASCII)
+SYMBOL_RULE = "1..32 characters of A-Z 0-9 . _ - + #"
+
+
+def symbol_name(value: object) -> str | None:
+    """`value` as a symbol (stripped, upper-cased), or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    stripped = value.strip()
+    return stripped.upper() if SYMBOL_RE.fullmatch(stripped) else None
+
 
 MIN_BARS = 1
 MAX_BARS = 100_000  # MetaTrader 5's default "max bars in chart"; past it a request is a mistake

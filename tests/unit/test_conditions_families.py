@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from engine.plans.conditions.base import PARSERS
+from engine.plans.conditions.registry import parse_condition
 from tests.conditions_support import parse, refused
 
 BARS = {"symbol": "EURUSD", "timeframe": "M5"}
@@ -70,3 +71,12 @@ def test_the_readme_example_trees_parse() -> None:
     for tree in trees:
         for leaf in leaves(tree):
             parse(leaf)
+
+
+@pytest.mark.parametrize("type_name", ["inside_bars", "price_above"])
+def test_a_broker_spelling_of_a_symbol_is_one_as_in_a_signal(type_name: str) -> None:
+    # One rule for every symbol (engine.market.base.SYMBOL_RE): GER40+ and XAUUSD.m are names.
+    extra = {"level": "18000"} if type_name == "price_above" else {"timeframe": "M5"}
+    for written, name in (("xauusd.m", "XAUUSD.M"), ("GER40+", "GER40+")):
+        condition = parse_condition({"type": type_name, "symbol": written, **extra}, "conditions")
+        assert condition.to_json()["symbol"] == name

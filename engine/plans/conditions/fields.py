@@ -16,14 +16,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from engine.market.base import Bars, MarketDataError, Timeframe
+from engine.market.base import SYMBOL_RULE, Bars, MarketDataError, Timeframe, symbol_name
 from engine.plans.conditions.base import PARSERS, Condition, ConditionError, Reading, Snapshot
 
 # Bars one condition may read: past it a plan is a mistake, not a pattern, and the caches
 # keyed by bars stay small (at most 32 bytes a bar per entry).
 MAX_LOOKBACK = 1000
 MAX_AGE_LIMIT_MS = 7 * 86_400_000  # a week: a D1 condition over a long weekend, with room
-SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
 # Plain decimals only: Decimal() alone also takes "NaN", "1_000" and non-ASCII digits.
 NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 
@@ -57,11 +56,11 @@ class Fields:
         """As a signal's symbol (engine/signal.py): matched before upper-casing, so a
         non-ASCII name cannot turn into a different valid-looking one."""
         value = self._take("symbol")
-        stripped = value.strip() if isinstance(value, str) else ""
-        if not SYMBOL_RE.fullmatch(stripped):
-            self.bad("symbol", f"1..32 characters of A-Z 0-9 . _ - are required, got {value!r}")
+        name = symbol_name(value)
+        if name is None:
+            self.bad("symbol", f"{SYMBOL_RULE} are required, got {value!r}")
             return ""
-        return stripped.upper()
+        return name
 
     def timeframe(self) -> Timeframe:
         value = self._take("timeframe")

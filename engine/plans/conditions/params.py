@@ -8,10 +8,9 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.market.base import Timeframe, UnknownTimeframe
+from engine.market.base import SYMBOL_RULE, Timeframe, UnknownTimeframe, symbol_name
 from engine.plans.conditions.base import ConditionError
 
-SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
 # Plain decimals only: Decimal() alone also takes "NaN", "1_000" and non-ASCII digits.
 NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 DURATION_RE = re.compile(r"([0-9]{1,6})(s|m|h|d)", re.ASCII)
@@ -49,10 +48,11 @@ class Params:
         value = self._get(name, True)
         if value is None:
             return ""
-        if not isinstance(value, str) or not SYMBOL_RE.fullmatch(value.strip()):
-            self.bad(name, f"must be 1..32 characters of A-Z 0-9 . _ - (got {value!r:.40})")
+        symbol = symbol_name(value)
+        if symbol is None:
+            self.bad(name, f"must be {SYMBOL_RULE} (got {value!r:.40})")
             return ""
-        return value.strip().upper()
+        return symbol
 
     def timeframe(self, name: str = "timeframe", default: Timeframe | None = None) -> Timeframe:
         value = self._get(name, default is None)
