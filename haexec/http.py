@@ -143,6 +143,20 @@ async def _read_body(request: Request, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
+async def read_json(request: Request, timeout_s: float, what: str) -> Any:
+    """The request's JSON body, decoded as POST /signals decodes it; BodyRefused with the
+    answer otherwise: 408, 413, 400 not JSON, 422 a key given twice (`invalid <what>`)."""
+    try:
+        return loads(await _read_body(request, timeout_s))
+    except BodyTooLarge:  # unreachable after _read_body's own check; the limit is loads' too
+        raise BodyRefused(_too_large()) from None
+    except DuplicateKey as e:
+        answer = {"error": f"invalid {what}", "errors": {"body": str(e)}}
+        raise BodyRefused(JSONResponse(answer, status_code=422)) from None
+    except (ValueError, RecursionError):
+        raise BodyRefused(JSONResponse({"error": "body is not valid JSON"}, status_code=400)) from None
+
+
 def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Starlette:
     coord = replica.coordinator
     body_timeout_s = limits.body_timeout_ms / 1000
@@ -245,15 +259,9 @@ def build_app(replica: ReplicaState, limits: HttpLimits = DEFAULT_LIMITS) -> Sta
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         try:
-            body = loads(await _read_body(request, body_timeout_s))
+            body = await read_json(request, body_timeout_s, "signal")
         except BodyRefused as e:
             return e.response
-        except BodyTooLarge:  # unreachable after _read_body's own check; the limit is loads' too
-            return _too_large()
-        except DuplicateKey as e:
-            return JSONResponse({"error": "invalid signal", "errors": {"body": str(e)}}, status_code=422)
-        except (ValueError, RecursionError):
-            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         cfg = coord.cfg
         try:
             accepted = await run_in_threadpool(intake.submit, replica.engine_pool, cfg.cluster, cfg.instance_id, body)

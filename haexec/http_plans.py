@@ -11,9 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.signal import BodyTooLarge, DuplicateKey, loads
 from haexec import plans_api
-from haexec.http import DB_ERRORS, DIGITS, BodyRefused, ReplicaState, _authorized, _read_body, _too_large
+from haexec.http import DB_ERRORS, DIGITS, BodyRefused, ReplicaState, _authorized, read_json
 
 MAX_LIST = 1000
 
@@ -36,15 +35,9 @@ def plan_routes(replica: ReplicaState, body_timeout_s: float) -> list[Route]:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         try:
-            body = loads(await _read_body(request, body_timeout_s))
+            body = await read_json(request, body_timeout_s, "plan")
         except BodyRefused as e:
             return e.response
-        except BodyTooLarge:
-            return _too_large()
-        except DuplicateKey as e:
-            return JSONResponse({"error": "invalid plan", "errors": {"body": str(e)}}, status_code=422)
-        except (ValueError, RecursionError):
-            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         return await call(plans_api.create, cfg.instance_id, body)
 
     async def list_plans(request: Request) -> Response:
@@ -63,15 +56,9 @@ def plan_routes(replica: ReplicaState, body_timeout_s: float) -> list[Route]:
         if not _authorized(request, replica.api_token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         try:
-            body = loads(await _read_body(request, body_timeout_s))
+            body = await read_json(request, body_timeout_s, "plan")
         except BodyRefused as e:
             return e.response
-        except BodyTooLarge:
-            return _too_large()
-        except DuplicateKey as e:
-            return JSONResponse({"error": "invalid plan", "errors": {"body": str(e)}}, status_code=422)
-        except (ValueError, RecursionError):
-            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         return await call(plans_api.edit, request.path_params["plan_id"], body)
 
     async def delete_plan(request: Request) -> Response:

@@ -12,14 +12,13 @@ from starlette.routing import Route
 
 from engine.positions.registration import NoSuchPosition, Registrar, RegistrationError
 from engine.positions.store import Registered
-from engine.signal import DuplicateKey, loads
 
 MAX_TICKET = 64
 UNAUTHORIZED = {"error": "missing or wrong bearer token"}
 
 
 def trade_routes(replica: Any, body_timeout_s: float) -> list[Route]:
-    from haexec.http import DB_ERRORS, BodyRefused, _actor, _authorized, _read_body
+    from haexec.http import DB_ERRORS, BodyRefused, _actor, _authorized, read_json
 
     def registrar() -> Registrar | None:
         return getattr(replica, "registrar", None)
@@ -33,13 +32,9 @@ def trade_routes(replica: Any, body_timeout_s: float) -> list[Route]:
         if reg is None:
             return unavailable
         try:
-            body = loads(await _read_body(request, body_timeout_s))
+            body = await read_json(request, body_timeout_s, "trade")
         except BodyRefused as e:
             return e.response
-        except DuplicateKey as e:
-            return JSONResponse({"error": "invalid trade", "errors": {"body": str(e)}}, status_code=422)
-        except (ValueError, RecursionError):
-            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         try:
             row, created = await run_in_threadpool(reg.register, body, _actor(request, None))
         except RegistrationError as e:
