@@ -19,6 +19,19 @@ from db import migrate
 from db.urls import libpq_url
 from tests.support import ReplicaProcess, start_replica, stop_replicas
 
+# Tests that start replica processes, servers or process supervisors, and time what they do:
+# one xdist worker runs them all, in order (pyproject's --dist loadgroup), while the other
+# takes the rest, so two drills never compete for the 2 cores.
+SERIAL = ("tests/drills/", "tests/ops/test_supervisord.py", "tests/ops/test_gateway_ops.py", "tests/test_embedded.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for item in items:
+        where = item.path.resolve().relative_to(root).as_posix()
+        if where.startswith(SERIAL):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
 
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:

@@ -185,6 +185,7 @@ class PlanRunner:
     # ---- the loop ----
 
     def _loop(self, generation: int) -> None:
+        self.beat()  # running: the first heartbeat start-up waits for, not a period later
         while not self._stop.is_set() and generation == self._generation:
             self._wake.wait(self.cfg.period_ms / 1000)
             self._wake.clear()
