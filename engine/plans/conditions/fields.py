@@ -12,7 +12,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -182,6 +182,20 @@ class Fields:
             self.bad(name, "unknown parameter")
         if self.errors:
             raise ConditionError(self.errors)
+
+
+class OnBars:
+    """A condition on one (symbol, timeframe)'s closed bars: what it needs, and its JSON."""
+
+    type: ClassVar[str]
+    symbol: str
+    timeframe: Timeframe
+
+    def needs(self) -> list[tuple[str, Timeframe | None]]:
+        return [(self.symbol, self.timeframe)]
+
+    def to_json(self) -> dict[str, object]:
+        return as_json(self.type, self)
 
 
 def as_json(type_name: str, condition: object) -> dict[str, Any]:

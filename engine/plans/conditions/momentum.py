@@ -40,6 +40,7 @@ from engine.plans.conditions.fields import (
     MAX_LOOKBACK,
     Direction,
     Fields,
+    OnBars,
     as_json,
     bar_age_ms,
     closed_bars,
@@ -126,7 +127,7 @@ class Divergence(enum.Enum):
 
 
 @dataclass(frozen=True)
-class RsiDivergence:
+class RsiDivergence(OnBars):
     type: ClassVar[str] = "rsi_divergence"
     guard: ClassVar[bool] = False
     symbol: str
@@ -137,12 +138,6 @@ class RsiDivergence:
     within: int
     lookback: int
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:
@@ -200,7 +195,7 @@ def _rsi_divergence(f: Fields) -> Condition:
 
 
 @dataclass(frozen=True)
-class MomentumDecay:
+class MomentumDecay(OnBars):
     type: ClassVar[str] = "momentum_decay"
     guard: ClassVar[bool] = False
     symbol: str
@@ -209,12 +204,6 @@ class MomentumDecay:
     period: int
     bars: int
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:

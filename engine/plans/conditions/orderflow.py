@@ -34,6 +34,7 @@ from engine.market.base import MarketDataError, Timeframe
 from engine.plans.conditions.base import BookLevel, Condition, Reading, Snapshot, Truth, register
 from engine.plans.conditions.fields import (
     Fields,
+    OnBars,
     Unavailable,
     as_json,
     bar_age_ms,
@@ -122,7 +123,7 @@ def _book_imbalance(f: Fields) -> Condition:
 
 
 @dataclass(frozen=True)
-class TickVolumeImbalance:
+class TickVolumeImbalance(OnBars):
     type: ClassVar[str] = "tick_volume_imbalance"
     guard: ClassVar[bool] = True
     symbol: str
@@ -131,12 +132,6 @@ class TickVolumeImbalance:
     above: Decimal | None
     below: Decimal | None
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:

@@ -69,7 +69,7 @@ from engine.plans.conditions.fields import (
     MAX_LOOKBACK,
     Direction,
     Fields,
-    as_json,
+    OnBars,
     bar_age_ms,
     closed_bars,
     column_bytes,
@@ -296,7 +296,7 @@ class Side(enum.Enum):
 
 
 @dataclass(frozen=True)
-class SwingStructure:
+class SwingStructure(OnBars):
     type: ClassVar[str] = "swing_structure"
     guard: ClassVar[bool] = False
     symbol: str
@@ -305,12 +305,6 @@ class SwingStructure:
     k: int
     lookback: int
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:

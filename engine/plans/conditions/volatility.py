@@ -39,7 +39,7 @@ from engine.plans.conditions.fields import (
     INDICATOR_CACHE,
     MAX_LOOKBACK,
     Fields,
-    as_json,
+    OnBars,
     bar_age_ms,
     closed_bars,
     column_bytes,
@@ -62,19 +62,13 @@ def _verdict(holds: bool) -> Truth:
 
 
 @dataclass(frozen=True)
-class InsideBars:
+class InsideBars(OnBars):
     type: ClassVar[str] = "inside_bars"
     guard: ClassVar[bool] = False
     symbol: str
     timeframe: Timeframe
     count: int
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:
@@ -102,7 +96,7 @@ def _inside_bars(f: Fields) -> Condition:
 
 
 @dataclass(frozen=True)
-class FractalExpansion:
+class FractalExpansion(OnBars):
     type: ClassVar[str] = "fractal_expansion"
     guard: ClassVar[bool] = False
     symbol: str
@@ -111,12 +105,6 @@ class FractalExpansion:
     ratio: Decimal
     direction: Breakout
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:
@@ -179,7 +167,7 @@ def band_widths(close: bytes, digits: int, period: int, std_dev: Decimal) -> tup
 
 
 @dataclass(frozen=True)
-class AtrRatio:
+class AtrRatio(OnBars):
     type: ClassVar[str] = "atr_ratio"
     guard: ClassVar[bool] = False
     symbol: str
@@ -189,12 +177,6 @@ class AtrRatio:
     above: Decimal | None
     below: Decimal | None
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:
@@ -239,7 +221,7 @@ def _atr_ratio(f: Fields) -> Condition:
 
 
 @dataclass(frozen=True)
-class BollingerSqueeze:
+class BollingerSqueeze(OnBars):
     type: ClassVar[str] = "bollinger_squeeze"
     guard: ClassVar[bool] = False
     symbol: str
@@ -250,12 +232,6 @@ class BollingerSqueeze:
     percentile_below: Decimal | None
     width_below: Decimal | None
     max_age_ms: int
-
-    def needs(self) -> list[tuple[str, Timeframe | None]]:
-        return [(self.symbol, self.timeframe)]
-
-    def to_json(self) -> dict[str, object]:
-        return as_json(self.type, self)
 
     @evaluating
     def evaluate(self, snapshot: Snapshot) -> Reading:
