@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from typing import Any
 
+from common.jsonshape import json_type
 from engine.market.base import SYMBOL_RULE, symbol_name
 from engine.model import OrderType, Side, SignalIntent
 from engine.positions.rules import RulesError, parse_manage
@@ -152,7 +153,7 @@ def parse_signal(body: object) -> SignalIntent:
     unset values); a required field given as null is missing.
     """
     if not isinstance(body, Mapping):
-        raise SignalValidationError({"body": f"must be a JSON object, got {_json_type(body)}"})
+        raise SignalValidationError({"body": f"must be a JSON object, got {json_type(body)}"})
 
     errors: dict[str, str] = {}
     for key in body:
@@ -245,22 +246,6 @@ def _side_message(relation: str, side: Side, level: Decimal, price: Decimal) -> 
     return f"must be {relation} price for a {side} (got {_canon(level)}, price {_canon(price)})"
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
 def _field_label(key: object) -> str:
     """An unknown field's name as an error key: verbatim when it is a short printable name
     (the usual typo), else its shortened repr, so no key carries a newline or a megabyte."""
@@ -287,7 +272,7 @@ def _identifier(value: object, what: str) -> str:
     or shown: control characters and line/paragraph separators (PostgreSQL text refuses NUL;
     logs are line-based) and lone surrogates (not encodable as UTF-8)."""
     if not isinstance(value, str):
-        raise _FieldError(f"must be a string, got {_json_type(value)}")
+        raise _FieldError(f"must be a string, got {json_type(value)}")
     if not value.strip():
         raise _FieldError(f"must be a non-empty {what}")
     if len(value) > MAX_ID_CHARS:
@@ -314,7 +299,7 @@ def _signal_id(value: object) -> str:
 
 def _symbol(value: object) -> str:
     if not isinstance(value, str):
-        raise _FieldError(f"must be a string, got {_json_type(value)}")
+        raise _FieldError(f"must be a string, got {json_type(value)}")
     name = symbol_name(value)
     if name is None:
         raise _FieldError(f"must be {SYMBOL_RULE} (got {_show(value)})")
@@ -410,7 +395,7 @@ def _decimal(value: object) -> Decimal:
         except InvalidOperation:  # the pattern should make this unreachable
             raise _FieldError(f"must be a decimal number (got {_show(value)})") from None
     else:
-        raise _FieldError(f"must be a number or decimal string, got {_json_type(value)}")
+        raise _FieldError(f"must be a number or decimal string, got {json_type(value)}")
 
     if number.is_zero():
         # Before the range checks: 0E+999999 is zero with a giant exponent, and must not be
@@ -459,7 +444,7 @@ def _timestamp(value: object) -> datetime:
         micros = int(_CTX.multiply(seconds, Decimal(1_000_000)).to_integral_value(rounding=ROUND_FLOOR))
         return MIN_TIME + timedelta(microseconds=micros)
     if not isinstance(value, str):
-        raise _FieldError(f"must be an ISO 8601 string or unix seconds, got {_json_type(value)}")
+        raise _FieldError(f"must be an ISO 8601 string or unix seconds, got {json_type(value)}")
     if len(value) > MAX_TIME_CHARS:
         raise _FieldError("must be an ISO 8601 timestamp")
     try:
@@ -479,7 +464,7 @@ def _timestamp(value: object) -> datetime:
 
 def _meta(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise _FieldError(f"must be a JSON object, got {_json_type(value)}")
+        raise _FieldError(f"must be a JSON object, got {json_type(value)}")
     _check_json(value, "meta", 0)
     # A deep copy: the intent is frozen and must not change when the caller reuses the body.
     return copy.deepcopy(dict(value))

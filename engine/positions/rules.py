@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation, localcontext
 from typing import Any
 
+from common.jsonshape import json_type
 from common.numbers import ascii_decimal
 from engine.market.base import Timeframe, UnknownTimeframe
 from engine.model import Side
@@ -155,22 +156,6 @@ def _canon(number: Decimal) -> str:
     return format(number.normalize(_CTX), "f")
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
 def _show(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -200,7 +185,7 @@ def _decimal(value: object) -> Decimal:
         except ValueError:
             raise _Bad(f"must be a decimal number (got {_show(value)})") from None
     else:
-        raise _Bad(f"must be a number or decimal string, got {_json_type(value)}")
+        raise _Bad(f"must be a number or decimal string, got {json_type(value)}")
     if not number.is_finite():
         raise _Bad("must be a finite number")
     if number.is_zero():
@@ -246,7 +231,7 @@ def _whole(low: int, high: int) -> Callable[[object], int]:
 
 def _timeframe(value: object) -> Timeframe:
     if not isinstance(value, str):
-        raise _Bad(f"must be a timeframe name such as M15, got {_json_type(value)}")
+        raise _Bad(f"must be a timeframe name such as M15, got {json_type(value)}")
     try:
         return Timeframe.parse(value)
     except UnknownTimeframe as exc:
@@ -262,7 +247,7 @@ class _Block:
         self.obj: Mapping[Any, Any] = {}
         self.ok = isinstance(value, Mapping)
         if not isinstance(value, Mapping):
-            errors.append((path, f"must be an object, got {_json_type(value)}"))
+            errors.append((path, f"must be an object, got {json_type(value)}"))
             return
         self.obj = value
         for key in value:
@@ -349,7 +334,7 @@ def _swing(value: object, path: str, activation: Decimal | None, errors: Errors)
 
 def _locks(value: object, path: str, errors: Errors) -> tuple[Lock, ...]:
     if not isinstance(value, list | tuple):
-        errors.append((path, f"must be an array of [at_rr, lock_rr] pairs, got {_json_type(value)}"))
+        errors.append((path, f"must be an array of [at_rr, lock_rr] pairs, got {json_type(value)}"))
         return ()
     locks: list[Lock] = []
     previous: Decimal | None = None
