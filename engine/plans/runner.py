@@ -10,10 +10,10 @@ patterns of the round are written in one more fenced transaction.
 
 On becoming leader (recovery): expire what is past due, check pattern_history (its size, any
 row confirmed in the future, the retention cleanup) and that no cancelled or expired plan has
-a signal. (plan_execution_state belongs to the positions work; its validation against the
-plans is wired by whoever merges both.)
+a signal. (plan_execution_state is not checked against the plans yet: the position manager
+does not link its rows to a plan.)
 
-For a supervisor (engine/supervision.py on h/loops): `period_ms` is the longest a healthy loop
+For the supervisor (engine/supervision.py): `period_ms` is the longest a healthy loop
 goes between beats, `beat` (given at construction, or assigned) is called after every round
 that completed, leader or not, `alive` and `restart` as the supervisor asks.
 """
