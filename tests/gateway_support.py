@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from db.urls import libpq_url
-from tests.support import REPO, free_port, wait_for
+from tests.support import REPO, free_port, wait_for, wait_stopped
 
 FAKES = REPO / "tests" / "fakes"
 TOKEN = "gw-test-token-0123456789"
@@ -123,6 +123,8 @@ class GatewayProcess:
             os.kill(self.proc.pid, sig)
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 self.proc.wait(timeout=15)
+            elif sig == signal.SIGSTOP:
+                wait_stopped(self.proc.pid)
 
     def stop(self) -> int:
         """SIGTERM and wait; the exit status."""

@@ -86,6 +86,7 @@ class ReplicaProcess:
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.proc.pid, sig)
         if sig == signal.SIGSTOP:
+            wait_stopped(self.proc.pid)
             self.paused = True
         elif sig == signal.SIGCONT:
             self.paused = False
@@ -163,6 +164,17 @@ def run_clis(
     a fresh interpreter, mostly import time, so one after another leaves a core idle."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(lambda call: run_cli(call[0], call[1], timeout_s), calls))
+
+
+def wait_stopped(pid: int, timeout_s: float = 10.0) -> None:
+    """kill(SIGSTOP) returns before the process has stopped: on a busy machine it may still
+    answer a request sent right after. Wait until the kernel says it is stopped (T)."""
+
+    def stopped() -> bool:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+    wait_for(stopped, timeout_s, f"process {pid} stopped by SIGSTOP")
 
 
 LEASE_MS = 1500  # short drills; the protocol scales every other timer from the lease
