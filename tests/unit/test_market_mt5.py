@@ -5,7 +5,7 @@ all through one worker thread with a deadline; the server clock's offset; errors
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,7 +24,8 @@ from tests.market_support import MarketClock as Clock
 
 NOW = int(datetime(2026, 3, 4, 15, 30, 20, tzinfo=UTC).timestamp() * 1000)
 OFFSET = 2 * 3_600_000  # the trade server runs at UTC+2
-DEADLINE_MS = 200
+DEADLINE_MS = 200  # the hang test's deadline: it waits it out
+ROOMY_MS = 5_000  # every other test's: a busy machine must not spend it before the call
 
 
 @pytest.fixture
@@ -44,12 +45,24 @@ def fake() -> Iterator[FakeTerminal]:
 
 
 @pytest.fixture
-def source(fake: FakeTerminal) -> Iterator[MT5Source]:
-    s = MT5Source(fake_mt5, deadline_ms=DEADLINE_MS, server_offset_ms=OFFSET, clock=Clock(NOW))
-    s.connect()
-    yield s
+def make_source(fake: FakeTerminal) -> Iterator[Callable[[int], MT5Source]]:
+    made: list[MT5Source] = []
+
+    def _make(deadline_ms: int) -> MT5Source:
+        s = MT5Source(fake_mt5, deadline_ms=deadline_ms, server_offset_ms=OFFSET, clock=Clock(NOW))
+        s.connect()
+        made.append(s)
+        return s
+
+    yield _make
     fake.release()
-    s.close()
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def source(make_source: Callable[[int], MT5Source]) -> MT5Source:
+    return make_source(ROOMY_MS)
 
 
 def test_tick_on_the_utc_clock_with_its_age(source: MT5Source) -> None:
@@ -98,7 +111,10 @@ def test_unknown_symbol_and_a_broken_link(source: MT5Source, fake: FakeTerminal)
         source.closed_bars("EURUSD", Timeframe.M1, 3)
 
 
-def test_a_hung_call_times_out_and_the_next_is_refused_at_once(source: MT5Source, fake: FakeTerminal) -> None:
+def test_a_hung_call_times_out_and_the_next_is_refused_at_once(
+    make_source: Callable[[int], MT5Source], fake: FakeTerminal
+) -> None:
+    source = make_source(DEADLINE_MS)
     source.tick("EURUSD")  # digits known: the next tick is one call
     fake.hang("symbol_info_tick")
     with pytest.raises(CallTimedOut, match=r"MT5 symbol_info_tick timed out after 200 ms"):

@@ -23,7 +23,8 @@ from tests.fakes import MetaTrader5 as fake_mt5
 from tests.fakes.MetaTrader5 import FakeTerminal, Reply
 
 MAGIC = 4242
-DEADLINE_MS = 200
+DEADLINE_MS = 200  # the hang tests' deadline: they wait it out
+ROOMY_MS = 5_000  # every other test's: a busy machine must not spend it before the call
 MARGIN_S = 0.3  # scheduling slack on top of a deadline
 TAG = "hxQ2GAYTEMZUGQ2DMNZYHE4TANB"  # 27 characters, as the engine makes them
 NOW = datetime(2026, 3, 4, 15, 30, tzinfo=UTC)
@@ -48,7 +49,7 @@ def make_broker(fake: FakeTerminal) -> Iterator[Callable[..., MT5Broker]]:
             server=fake.server,
             path=None,
             magic=MAGIC,
-            deadline_ms=DEADLINE_MS,
+            deadline_ms=ROOMY_MS,
             module=fake_mt5,
             connect_backoff_s=0,
             requote_backoff_s=0,
@@ -69,6 +70,13 @@ def make_broker(fake: FakeTerminal) -> Iterator[Callable[..., MT5Broker]]:
 @pytest.fixture
 def broker(make_broker: Callable[..., MT5Broker]) -> MT5Broker:
     b = make_broker()
+    b.connect()
+    return b
+
+
+@pytest.fixture
+def short_broker(make_broker: Callable[..., MT5Broker]) -> MT5Broker:
+    b = make_broker(deadline_ms=DEADLINE_MS)
     b.connect()
     return b
 
@@ -292,7 +300,7 @@ def test_requotes_exhausted_are_rejected(fake: FakeTerminal, broker: MT5Broker) 
 
 
 def test_requote_retries_stay_within_the_deadline(fake: FakeTerminal, make_broker: Callable[..., MT5Broker]) -> None:
-    broker = make_broker(requote_backoff_s=10.0)  # a retry would wait past the deadline
+    broker = make_broker(deadline_ms=DEADLINE_MS, requote_backoff_s=10.0)  # a retry would wait past the deadline
     broker.connect()
     fake.script(10004, 10004)
     started = time.monotonic()
@@ -467,8 +475,9 @@ def test_symbol_map(fake: FakeTerminal, make_broker: Callable[..., MT5Broker]) -
 
 
 def test_hung_order_send_is_unknown_within_the_deadline_then_busy_then_recovers(
-    fake: FakeTerminal, broker: MT5Broker
+    fake: FakeTerminal, short_broker: MT5Broker
 ) -> None:
+    broker = short_broker
     fake.hang("order_send")
     started = time.monotonic()
     r = broker.send(order())
@@ -492,7 +501,8 @@ def test_hung_order_send_is_unknown_within_the_deadline_then_busy_then_recovers(
     assert late.state == "position"
 
 
-def test_hung_read_times_out_and_blocks_nothing_forever(fake: FakeTerminal, broker: MT5Broker) -> None:
+def test_hung_read_times_out_and_blocks_nothing_forever(fake: FakeTerminal, short_broker: MT5Broker) -> None:
+    broker = short_broker
     fake.hang("positions_get")
     started = time.monotonic()
     with pytest.raises(CallTimedOut, match="positions_get timed out"):
@@ -510,7 +520,7 @@ def test_hung_read_times_out_and_blocks_nothing_forever(fake: FakeTerminal, brok
 def test_a_call_in_progress_is_waited_for_not_refused(
     fake: FakeTerminal, make_broker: Callable[..., MT5Broker]
 ) -> None:
-    broker = make_broker(deadline_ms=5_000)
+    broker = make_broker()
     broker.connect()
     fake.hang("positions_get")
     results: dict[str, Any] = {}

@@ -51,7 +51,7 @@ def make_broker(fake: FakeTerminal) -> Iterator[Callable[..., MT5Broker]]:
             module=fake_mt5,
             connect_backoff_s=0,
             requote_backoff_s=0,
-            modify_deadline_ms=MODIFY_DEADLINE_MS,
+            modify_deadline_ms=DEADLINE_MS,  # roomy: only the hang test is about the modify's deadline
             utcnow=lambda: NOW,
         )
         kwargs.update(overrides)
@@ -210,8 +210,9 @@ def test_a_netting_add_on_without_a_stop_clears_it_and_a_modify_restores_it(
 
 
 def test_a_hung_sltp_call_is_unknown_within_its_deadline_and_the_worker_is_free_after(
-    fake: FakeTerminal, broker: MT5Broker
+    fake: FakeTerminal, make_broker: Callable[..., MT5Broker]
 ) -> None:
+    broker = make_broker(modify_deadline_ms=MODIFY_DEADLINE_MS)
     ticket = opened(broker)
     fake.hang("order_send", action=fake_mt5.TRADE_ACTION_SLTP)
     fake.script(Reply(fake_mt5.TRADE_RETCODE_DONE))  # it does take effect, late

@@ -48,7 +48,7 @@ def mt5_broker(fake: FakeTerminal) -> Iterator[MT5Broker]:
 
 
 def test_market_reads_share_the_brokers_terminal_thread(fake: FakeTerminal, mt5_broker: MT5Broker) -> None:
-    source = MT5Source(run=mt5_broker.run_on_terminal, deadline_ms=200, symbols=["EURUSD"])
+    source = MT5Source(run=mt5_broker.run_on_terminal, deadline_ms=5_000, symbols=["EURUSD"])
     tick = source.tick("EURUSD")
     assert (tick.bid, tick.ask) == (Decimal("1.1"), Decimal("1.1001"))
     assert source.spec("EURUSD").contract_size == Decimal(100_000)
@@ -59,7 +59,7 @@ def test_market_reads_share_the_brokers_terminal_thread(fake: FakeTerminal, mt5_
 def test_a_hung_order_send_makes_a_market_read_fail_at_once_not_queue(
     fake: FakeTerminal, mt5_broker: MT5Broker
 ) -> None:
-    source = MT5Source(run=mt5_broker.run_on_terminal, deadline_ms=200, symbols=["EURUSD"])
+    source = MT5Source(run=mt5_broker.run_on_terminal, deadline_ms=5_000, symbols=["EURUSD"])
     source.tick("EURUSD")  # digits known
     fake.hang("order_send")
     req = OrderRequest(
