@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import os
 import shutil
 import signal
@@ -67,7 +68,8 @@ def http_status(url: str, timeout_s: float = 1.0) -> int:
     except urllib.error.HTTPError as e:
         e.read()
         return int(e.code)
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        # HTTPException: a poll of a port nobody listens on yet can connect to itself.
         return 0
 
 

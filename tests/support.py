@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -45,7 +46,9 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
     except urllib.error.HTTPError as e:
         body = e.read()
         status = e.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        # HTTPException: polling a port in the ephemeral range that nobody listens on yet can
+        # connect the socket to itself (TCP simultaneous open) and read back its own request.
         return 0, None
     try:
         return status, json.loads(body)
