@@ -4,6 +4,8 @@ one in-memory epoch store, all on one FakeClock. No threads are started, nothing
 from __future__ import annotations
 
 import random
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,3 +121,35 @@ def events(cl: Cluster) -> Iterator[Events]:
     subscriber = Events(cl.redis, cl.events)
     yield subscriber
     subscriber.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[int]:
+    """A local TCP server that sends back what it reads: the drill's fault proxy talks through
+    it, and to an HTTP client it answers as a socket connected to itself does."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while not stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    stop.set()
+    srv.close()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,36 +17,6 @@ from haexec.drill.scenarios import RANDOM_WEIGHTS, REPLICA_FAULTS, random_schedu
 from haexec.drill.timeline import leader_bands
 
 # --------------------------------------------------------------------------- proxy
-
-
-@pytest.fixture
-def echo() -> Iterator[int]:
-    srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while not stop.is_set():
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(data)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield srv.getsockname()[1]
-    stop.set()
-    srv.close()
 
 
 @pytest.fixture
