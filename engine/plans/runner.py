@@ -10,8 +10,10 @@ patterns of the round are written in one more fenced transaction.
 
 On becoming leader (recovery): expire what is past due, check pattern_history (its size, any
 row confirmed in the future, the retention cleanup) and that no cancelled or expired plan has
-a signal. (plan_execution_state is not checked against the plans yet: the position manager
-does not link its rows to a plan.)
+a signal. The retention cleanup runs again every `cleanup_every_ms` while the replica leads:
+a leader that keeps its lease for months must not let the table grow without bound.
+(plan_execution_state is not checked against the plans yet: the position manager does not
+link its rows to a plan.)
 
 For the supervisor (engine/supervision.py): `period_ms` is the longest a healthy loop
 goes between beats, `beat` (given at construction, or assigned) is called after every round
@@ -60,6 +62,7 @@ class RunnerConfig:
     full_every_ms: int = 30_000  # every plan is evaluated at least this often
     audit_every_ms: int = 60_000  # pattern_history size, executions after cancel
     pattern_keep_s: int = 30 * 86_400  # pattern_history retention
+    cleanup_every_ms: int = 3_600_000  # the retention cleanup while leading (also on becoming leader)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class PlanRunner:
         self._watching: frozenset[tuple[str, Timeframe | None]] = frozenset()
         self._next_sync_ms = 0.0
         self._next_audit_ms = 0.0
+        self._next_cleanup_ms = 0.0
         self.last_round: RoundStats = RoundStats()
 
     @property
@@ -224,6 +228,9 @@ class PlanRunner:
         if now >= self._next_audit_ms:
             self._audit()
             self._next_audit_ms = now + self.cfg.audit_every_ms
+        if now >= self._next_cleanup_ms:
+            self._cleanup()
+            self._next_cleanup_ms = now + self.cfg.cleanup_every_ms
         wall = self._wall()
         if any(h.expires_ms is not None and h.expires_ms <= wall for h in self._held.values()):
             self._expire()
@@ -243,6 +250,7 @@ class PlanRunner:
         with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, fence):
             expired = store.expire_due(cur, self.cfg.cluster)
             removed = store.cleanup_patterns(cur, self.cfg.cluster, self.cfg.pattern_keep_s)
+        self._next_cleanup_ms = self._now() + self.cfg.cleanup_every_ms
         with self.pool.connection() as conn:
             rows, suspect = store.count_patterns(conn, self.cfg.cluster)
         if suspect:
@@ -255,6 +263,12 @@ class PlanRunner:
             rows,
         )
         self._next_audit_ms = 0.0
+
+    def _cleanup(self) -> None:
+        with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):
+            removed = store.cleanup_patterns(cur, self.cfg.cluster, self.cfg.pattern_keep_s)
+        if removed:
+            log.info("plans: %d patterns older than %d s removed", removed, self.cfg.pattern_keep_s)
 
     def _audit(self) -> None:
         with self.pool.connection() as conn:

@@ -37,6 +37,7 @@ class Rig:
     runner: PlanRunner
     clock: MarketClock
     fencing: StaticFencing
+    mono: list[float]  # the runner's monotonic clock, in ms
 
     def add(self, plan_id: str, **extra: Any) -> None:
         store.create(self.conn, self.cluster, "r1", plan_id, parse_plan({**ORDER, **extra})[1])
@@ -65,7 +66,7 @@ def rig(database_url: str, cluster: str) -> Iterator[Rig]:
     runner.market = market
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         set_leader(conn, cluster, 5)
-        yield Rig(cluster, conn, runner, clock, fencing)
+        yield Rig(cluster, conn, runner, clock, fencing, mono)
     runner.stop()
     pool.close()
 
@@ -199,6 +200,37 @@ def test_confirmed_patterns_are_recorded_once(rig: Rig) -> None:
         "SELECT symbol, timeframe, kind, params FROM pattern_history WHERE cluster = %s", (rig.cluster,)
     ).fetchall()
     assert rows == [("EURUSD", "M5", "bos_up", {"level": "1.1"})]
+
+
+def pattern_bars(rig: Rig) -> list[int]:
+    rows = rig.conn.execute(
+        "SELECT bar_at FROM pattern_history WHERE cluster = %s ORDER BY bar_at", (rig.cluster,)
+    ).fetchall()
+    return [int(r[0].timestamp()) for r in rows]
+
+
+def test_old_patterns_are_removed_while_leading_not_only_on_becoming_leader(rig: Rig) -> None:
+    rig.runner.on_started_leading(5)
+    rig.runner.run_round()  # recovery: nothing to remove yet
+    keep = rig.runner.cfg.pattern_keep_s
+    for bar_s, age_s in ((1_767_225_600, keep + 60), (1_767_225_900, 60)):
+        rig.conn.execute(
+            "INSERT INTO pattern_history (cluster, symbol, timeframe, kind, bar_at, confirmed_at, params, recorded_at)"
+            " VALUES (%s, 'EURUSD', 'M5', 'bos_up', to_timestamp(%s), to_timestamp(%s), '{}',"
+            " clock_timestamp() - %s * interval '1 second')",
+            (rig.cluster, bar_s, bar_s + 300, age_s),
+        )
+    rig.runner.run_round()
+    assert pattern_bars(rig) == [1_767_225_600, 1_767_225_900]  # not due yet
+    rig.mono[0] += rig.runner.cfg.cleanup_every_ms
+    # another replica leads meanwhile: this one's epoch removes nothing
+    set_leader(rig.conn, rig.cluster, 6, "other")
+    with pytest.raises(Exception, match="superseded"):
+        rig.runner.run_round()
+    assert pattern_bars(rig) == [1_767_225_600, 1_767_225_900]
+    set_leader(rig.conn, rig.cluster, 5)
+    rig.runner.run_round()
+    assert pattern_bars(rig) == [1_767_225_900]  # the old one, past retention, gone; the fresh one kept
 
 
 def test_restart_replaces_the_thread_and_the_old_one_exits(rig: Rig) -> None:
