@@ -17,7 +17,7 @@ from tests.support import REPO
 
 PROM = REPO / "ops" / "prometheus"
 RULES = PROM / "alerts.yml"
-RULE_TESTS = PROM / "alerts.test.yml"
+RULE_TESTS = (PROM / "alerts.test.yml", PROM / "alerts.hour.test.yml")
 DASHBOARD = REPO / "ops" / "grafana" / "haexec.json"
 
 PROMTOOL = shutil.which("promtool")
@@ -79,7 +79,7 @@ def test_rules_pass_promtool_check() -> None:
 
 @needs_promtool
 def test_rules_pass_their_unit_tests() -> None:
-    result = promtool("test", "rules", str(RULE_TESTS))
+    result = promtool("test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -114,11 +114,11 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
 
 
 def rule_test_cases() -> list[tuple[str, bool]]:
-    """(alertname, fires?) for every alert_rule_test entry of alerts.test.yml. The file's
+    """(alertname, fires?) for every alert_rule_test entry of the rule test files. Their
     entries start with `- eval_time:` or `- {eval_time:`; one that expects alerts lists
     exp_labels, one that expects none says `exp_alerts: []`."""
     cases = []
-    entries = re.split(r"^\s*- \{?eval_time:", RULE_TESTS.read_text(), flags=re.M)[1:]
+    entries = [e for t in RULE_TESTS for e in re.split(r"^\s*- \{?eval_time:", t.read_text(), flags=re.M)[1:]]
     for entry in entries:
         entry = re.split(r"^\s*- (?:name|interval|series):", entry, flags=re.M)[0]
         name = re.search(r"alertname: (\w+)", entry)
