@@ -50,6 +50,7 @@ from engine.market.service import Market
 from engine.model import OrderType, Side
 from engine.venue import ledger, rules
 from engine.venue.model import Kind
+from engine.venue.model import Order as PendingOrder
 from engine.venue.model import Position as VenuePosition
 from engine.venue.model import Quote as VenueQuote
 from engine.venue.pnl import Contract
@@ -148,6 +149,10 @@ DEAL_SQL = "INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl) 
 def _stops_json(send: list[tuple[str, Decimal, VenuePosition]]) -> str:
     rows = [{"ticket": int(t), "sl": str(sl), "was": None if p.sl is None else str(p.sl)} for t, sl, p in send]
     return json.dumps(rows)
+
+
+def _no_order(ticket: str) -> OrderResult:
+    return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}", refusal=Refusal.GONE)
 
 
 def _gone(ticket: str) -> OrderResult:
@@ -559,22 +564,64 @@ class PaperBroker:
         return None if row is None else ClosingDeal(ticket, row[0], row[1], row[2], row[3], row[4])
 
     def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
-        """Cancel a pending order. Fenced when an epoch is given."""
+        """Cancel a pending order, fenced when an epoch is given. GONE for no pending order;
+        with a market, held to the venue's rules (check_cancel) as MT5 holds it: FROZEN for an
+        order within the symbol's freeze level of the market (it may fill any moment), OTHER
+        when there is no fresh price to judge by or the symbol does not trade."""
+        if not str(ticket).isdigit():
+            return _no_order(ticket)
         with self._pool.connection() as conn:
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
-                row = conn.execute(
-                    "UPDATE paper_orders SET state = 'cancelled' WHERE cluster = %s AND ticket = %s"
-                    " AND state = 'pending' RETURNING ticket",
-                    (self._cluster, int(ticket)),
-                ).fetchone()
-        if row is None:
-            return OrderResult(Outcome.REJECTED, detail=f"no pending order {ticket}", refusal=Refusal.GONE)
+                with conn.cursor() as cur:
+                    # Locked: the venue cannot fill it between the judgement and the cancel.
+                    found, order = ledger.lock_order(cur, self._cluster, int(ticket))
+                    if not found:
+                        return _no_order(ticket)
+                    if self.market is not None and order is not None:
+                        refused = self._cancel_refusal(self.market, order)
+                        if refused is not None:
+                            return refused
+                    cur.execute(
+                        "UPDATE paper_orders SET state = 'cancelled', done_at = clock_timestamp()"
+                        " WHERE cluster = %s AND ticket = %s AND state = 'pending'",
+                        (self._cluster, int(ticket)),
+                    )
         return OrderResult(Outcome.DONE, ref=ticket)
+
+    def _cancel_refusal(self, market: Market, order: PendingOrder) -> OrderResult | None:
+        try:
+            contract, quote, open_market = self._judged_at(market, order.symbol)
+        except MarketDataError as e:
+            return OrderResult(
+                Outcome.REJECTED,
+                detail=f"no fresh price to judge the cancel of {order.ticket} by: {first_line(e)}",
+                refusal=Refusal.OTHER,
+            )
+        refused = rules.check_cancel(contract, quote, order, open_market=open_market)
+        if refused is None:
+            return None
+        meaning = Refusal.FROZEN if refused.rule == "freeze_level" else Refusal.OTHER
+        return OrderResult(Outcome.REJECTED, detail=f"paper venue {refused}", refusal=meaning)
+
+    def _judged_at(self, market: Market, symbol: str) -> tuple[Contract, VenueQuote, bool]:
+        """The contract (its trade mode as the venue's settings override it), the current
+        quote and whether the venue's hours have the market open: what a cancel or a close is
+        judged by. Without venue settings the market is taken as open, as the feed's mode.
+        MarketDataError when there is no fresh price."""
+        tick = market.tick(symbol, max_age_ms=self.max_quote_age_ms)
+        spec = market.spec(symbol)
+        venue = self.venue
+        if venue is None:
+            return Contract.of(spec, self._currency), VenueQuote.of(tick), True
+        contract = Contract.of(spec, self._currency, venue.trade_mode(symbol, spec.trade_mode))
+        return contract, VenueQuote.of(tick), venue.hours.is_open(symbol, tick.time_ms)
 
     def close_position(self, ticket: str, epoch: int | None = None) -> OrderResult:
         """Close the whole position, fenced when an epoch is given: with a market at its bid
         (a buy) or ask (a sell), with its realised P&L moving the balance, through the venue's
-        ledger, which serialises with the venue's own stop-outs; without one at its entry."""
+        ledger, which serialises with the venue's own stop-outs; without one at its entry. With
+        a market, held to rules.check_close first: refused (OTHER) where the symbol's trading is
+        disabled or, with the venue's settings, its market is closed, as MT5 refuses it."""
         if self.market is not None:
             return self._close_at_market(self.market, ticket, epoch)
         with self._pool.connection() as conn:
@@ -600,17 +647,19 @@ class PaperBroker:
             if row is None:
                 return _gone(ticket)
             try:
-                tick = market.tick(row[0], max_age_ms=self.max_quote_age_ms)
-                contract = Contract.of(market.spec(row[0]), self._currency)
+                contract, quote, open_market = self._judged_at(market, row[0])
             except MarketDataError as e:  # a close is never made at a price that is not there
                 return OrderResult(
                     Outcome.REJECTED,
                     detail=f"no fresh price to close {ticket}: {first_line(e)}",
                     refusal=Refusal.OTHER,
                 )
+            refused = rules.check_close(contract, open_market=open_market)
+            if refused is not None:
+                return OrderResult(Outcome.REJECTED, detail=f"paper venue {refused}", refusal=Refusal.OTHER)
             with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
                 with conn.cursor() as cur:
-                    closed = ledger.close_position(cur, self._cluster, int(ticket), VenueQuote.of(tick), contract)
+                    closed = ledger.close_position(cur, self._cluster, int(ticket), quote, contract)
         if closed is None:
             return _gone(ticket)
         match, _balance = closed

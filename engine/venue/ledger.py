@@ -143,6 +143,13 @@ def _position(row: tuple, since_ms: int) -> Position:
     return Position(int(row[0]), row[1], Side(row[2]), row[3], row[4], row[5], row[6], since_ms)
 
 
+def lock_order(cur: psycopg.Cursor, cluster: str, ticket: int) -> tuple[bool, Order | None]:
+    """A pending order, locked until the transaction ends: (False, None) when there is none,
+    (True, None) for one of a type the venue does not fill."""
+    row = cur.execute(LOCK_ORDER_SQL, (cluster, ticket)).fetchone()
+    return (False, None) if row is None else (True, _order(row, 0))
+
+
 def _order(row: tuple, since_ms: int) -> Order | None:
     try:
         kind = Kind(row[3])

@@ -1,7 +1,8 @@
 """The paper broker's modify, close and cancel answer by meaning (`OrderResult.refusal`),
 judged by the venue's rules against the market's price: GONE for no open position,
 INVALID_STOPS for a stop on the wrong side or within the stops level, FROZEN within the
-freeze level; a change to what the position has is DONE; a superseded epoch modifies nothing."""
+freeze level (a modify of a position, a cancel of a pending order); a change to what the
+position has is DONE; a superseded epoch modifies nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from coordinator.fencing import EpochSuperseded
 from engine.brokers.base import OrderRequest, Outcome, Refusal
 from engine.brokers.paper import PaperBroker
+from engine.market.base import TradeMode
 from engine.market.sim import SimSource
 from engine.model import OrderType, Side
+from engine.venue.settings import VenueSettings
 from tests.integration.test_executor import Rig, rig  # noqa: F401 (rig is a fixture)
 from tests.integration.test_paper import lead
 from tests.integration.test_paper_prices import priced, sim  # noqa: F401 (fixtures)
@@ -58,9 +61,76 @@ def test_each_refusal_means_what_it_says(rig: Rig, sim: SimSource, priced: Paper
         assert (gone.outcome, gone.refusal) == (Outcome.REJECTED, Refusal.GONE)
     assert priced.modify("nonsense", bid - 4, None, epoch).refusal is Refusal.GONE
     assert priced.cancel_order("999999", epoch).refusal is Refusal.GONE
+    assert priced.cancel_order("nonsense", epoch).refusal is Refusal.GONE
     deal = priced.closing_deal(ticket)
     assert deal is not None and deal.kind == "close" and deal.price == sim.tick("XAUUSD").bid
     assert priced.closing_deal(frozen) is None  # still open
+
+
+def test_a_pending_order_within_the_freeze_level_is_not_cancelled(
+    rig: Rig,  # noqa: F811
+    sim: SimSource,  # noqa: F811
+    priced: PaperBroker,  # noqa: F811
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ask = sim.tick("XAUUSD").ask
+    placed = priced.send(
+        OrderRequest("HXGOLDLMT", "XAUUSD", Side.BUY, OrderType.LIMIT, Decimal("0.1"), ask - 5, ask - 15, None, epoch)
+    )
+    assert placed.outcome is Outcome.DONE and placed.ref is not None
+
+    def move_to(price: Decimal) -> None:  # the market comes to the order (the sim's clock stands still)
+        with rig.pool.connection() as conn:
+            conn.execute(
+                "UPDATE paper_orders SET price = %s WHERE cluster = %s AND ticket = %s",
+                (price, rig.cluster, int(placed.ref or 0)),
+            )
+
+    def state() -> tuple[str, bool]:
+        with rig.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT state, done_at IS NOT NULL FROM paper_orders WHERE cluster = %s AND ticket = %s",
+                (rig.cluster, int(placed.ref or 0)),
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    move_to(ask - Decimal("0.05"))  # within the freeze level (10 points of 0.01): it may fill any moment
+    frozen = priced.cancel_order(placed.ref, epoch)
+    assert (frozen.outcome, frozen.refusal) == (Outcome.REJECTED, Refusal.FROZEN) and "freeze_level" in frozen.detail
+    assert state() == ("pending", False)
+    move_to(ask - 5)
+    assert priced.cancel_order(placed.ref, epoch).outcome is Outcome.DONE
+    assert state() == ("cancelled", True)
+    assert priced.cancel_order(placed.ref, epoch).refusal is Refusal.GONE
+
+
+def test_a_symbol_whose_trading_is_disabled_closes_and_cancels_nothing(
+    rig: Rig,  # noqa: F811
+    sim: SimSource,  # noqa: F811
+    priced: PaperBroker,  # noqa: F811
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    bid, ask = sim.tick("XAUUSD").bid, sim.tick("XAUUSD").ask
+    ticket = gold(priced, epoch, "HXGOLDOFF", bid - 10)
+    placed = priced.send(
+        OrderRequest("HXGOLDOFFL", "XAUUSD", Side.BUY, OrderType.LIMIT, Decimal("0.1"), ask - 5, ask - 15, None, epoch)
+    )
+    assert placed.ref is not None
+    # the same book, as the venue's settings have it now: XAUUSD disabled
+    off = PaperBroker(
+        rig.pool,
+        rig.cluster,
+        "leader",
+        market=priced.market,
+        venue=VenueSettings(trade_modes={"XAUUSD": TradeMode.DISABLED}),
+    )
+    for refused in (off.close_position(ticket, epoch), off.cancel_order(placed.ref, epoch)):
+        assert (refused.outcome, refused.refusal) == (Outcome.REJECTED, Refusal.OTHER), refused
+        assert "trade_mode" in refused.detail
+    assert ticket in {p.ticket for p in priced.positions()}
+    assert priced.close_position(ticket, epoch).outcome is Outcome.DONE  # where it trades
+    assert priced.cancel_order(placed.ref, epoch).outcome is Outcome.DONE
 
 
 def test_a_superseded_epoch_modifies_nothing(rig: Rig, sim: SimSource, priced: PaperBroker) -> None:  # noqa: F811
