@@ -109,6 +109,7 @@ from engine.brokers.base import (
     SymbolUnavailable,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.model import OrderType, Side
 
 log = logging.getLogger("haexec.engine.mt5")
@@ -187,7 +188,10 @@ ORDER_FILLING_FOK, ORDER_FILLING_IOC, ORDER_FILLING_RETURN = 0, 1, 2
 ORDER_TIME_GTC = 0
 POSITION_TYPE_BUY = 0
 DEAL_TYPE_BUY, DEAL_TYPE_SELL = 0, 1
-DEAL_ENTRY_IN = 0
+DEAL_ENTRY_IN, DEAL_ENTRY_OUT, DEAL_ENTRY_INOUT, DEAL_ENTRY_OUT_BY = 0, 1, 2, 3
+# ENUM_DEAL_REASON, as the journal names a close (the paper venue's close_reason words)
+DEAL_REASON_SL, DEAL_REASON_TP, DEAL_REASON_SO = 4, 5, 6
+CLOSE_KINDS = {DEAL_REASON_SL: "sl", DEAL_REASON_TP: "tp", DEAL_REASON_SO: "stop_out"}
 SYMBOL_FILLING_FOK_BIT, SYMBOL_FILLING_IOC_BIT = 1, 2  # SymbolInfo.filling_mode bit mask
 RES_S_OK = 1  # last_error() code for "no error"
 _CONSTANTS = {
@@ -207,6 +211,12 @@ _CONSTANTS = {
     "DEAL_TYPE_BUY": DEAL_TYPE_BUY,
     "DEAL_TYPE_SELL": DEAL_TYPE_SELL,
     "DEAL_ENTRY_IN": DEAL_ENTRY_IN,
+    "DEAL_ENTRY_OUT": DEAL_ENTRY_OUT,
+    "DEAL_ENTRY_INOUT": DEAL_ENTRY_INOUT,
+    "DEAL_ENTRY_OUT_BY": DEAL_ENTRY_OUT_BY,
+    "DEAL_REASON_SL": DEAL_REASON_SL,
+    "DEAL_REASON_TP": DEAL_REASON_TP,
+    "DEAL_REASON_SO": DEAL_REASON_SO,
     **{f"TRADE_RETCODE_{name}": code for code, (name, _) in RETCODES.items()},
 }
 IPC_ERRORS = range(-10005, -9999)  # last_error codes of a broken link to the terminal
@@ -748,6 +758,39 @@ class MT5Broker:
         out = [v for v in (self._venue_order(g, tag) for g in groups.values()) if v is not None]
         out.sort(key=lambda v: (v.at or datetime.min.replace(tzinfo=UTC), v.ticket))
         return out
+
+    def closing_deal(self, ticket: str) -> ClosingDeal | None:
+        """How a position that is no longer open closed: its last deal that took volume out
+        (history_deals_get(position=...), which needs no date range), its reason as the kind
+        (sl, tp, stop_out; anything else is a close), its P&L the deal's profit, swap,
+        commission and fee. None when the terminal has no such deal: never opened, still
+        open, or a history the terminal has not synchronised yet (the manager then holds the
+        symbol and asks again next loop)."""
+        if not ticket.isdigit():
+            return None
+
+        def job(m: ModuleType) -> tuple[Any, ...]:
+            return self._listing(m, "history_deals_get", m.history_deals_get(position=int(ticket)))
+
+        deals = self.run_on_terminal("history_deals_get", job)
+        outs = [
+            d
+            for d in deals
+            if d.type in (DEAL_TYPE_BUY, DEAL_TYPE_SELL)
+            and d.entry in (DEAL_ENTRY_OUT, DEAL_ENTRY_INOUT, DEAL_ENTRY_OUT_BY)
+        ]
+        if not outs:
+            return None
+        last = max(outs, key=lambda d: (d.time_msc or d.time * 1000, d.ticket))
+        pnl = _dec(last.profit) + _dec(last.swap) + _dec(last.commission) + _dec(getattr(last, "fee", 0.0))
+        return ClosingDeal(
+            ticket=ticket,
+            kind=CLOSE_KINDS.get(last.reason, "close"),
+            volume=_dec(last.volume),
+            price=_dec(last.price),
+            pnl=pnl,
+            at=_at(last.time, last.time_msc),
+        )
 
     def _venue_order(self, g: _Group, tag: str) -> VenueOrder | None:
         entry_deals = [d for d in g.deals if d.entry == DEAL_ENTRY_IN] or g.deals

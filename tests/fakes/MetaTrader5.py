@@ -121,6 +121,17 @@ DEAL_ENTRY_OUT = 1
 DEAL_ENTRY_INOUT = 2
 DEAL_ENTRY_OUT_BY = 3
 
+DEAL_REASON_CLIENT = 0
+DEAL_REASON_MOBILE = 1
+DEAL_REASON_WEB = 2
+DEAL_REASON_EXPERT = 3
+DEAL_REASON_SL = 4
+DEAL_REASON_TP = 5
+DEAL_REASON_SO = 6
+DEAL_REASON_ROLLOVER = 7
+DEAL_REASON_VMARGIN = 8
+DEAL_REASON_SPLIT = 9
+
 SYMBOL_TRADE_MODE_DISABLED = 0
 SYMBOL_TRADE_MODE_LONGONLY = 1
 SYMBOL_TRADE_MODE_SHORTONLY = 2
@@ -584,6 +595,32 @@ class FakeTerminal:
         deal = TradeDeal(**fields)
         self.history_deals.append(deal)
         return deal
+
+    def trigger(self, ticket: int, reason: int = DEAL_REASON_SL) -> Any:
+        """The trade server closes a position at its stop (DEAL_REASON_SL), its take profit
+        (DEAL_REASON_TP) or the market (DEAL_REASON_SO, a stop-out): the position goes, an
+        exit deal with that reason takes its place in the history. The deal."""
+        with self.lock:
+            pos = next(p for p in self.positions if p.ticket == ticket)
+            s = self.symbols[pos.symbol]
+            long = pos.type == POSITION_TYPE_BUY
+            level = {DEAL_REASON_SL: pos.sl, DEAL_REASON_TP: pos.tp}.get(reason) or (s["bid"] if long else s["ask"])
+            profit = _profit(self, pos, level, pos.volume)
+            deal = self.add_deal(
+                type=DEAL_TYPE_SELL if long else DEAL_TYPE_BUY,
+                entry=DEAL_ENTRY_OUT,
+                magic=pos.magic,
+                position_id=pos.identifier,
+                reason=reason,
+                volume=pos.volume,
+                price=level,
+                profit=profit,
+                symbol=pos.symbol,
+                comment=f"[sl {level}]" if reason == DEAL_REASON_SL else "",
+            )
+            self.positions.remove(pos)
+            self.balance += profit
+            return deal
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -1412,6 +1449,8 @@ def _control(cmd: dict[str, Any]) -> Any:
         t.fail_next(cmd["function"], cmd["code"], cmd["text"])
     elif op == "add_position":
         t.add_position(**cmd["fields"])
+    elif op == "trigger":
+        t.trigger(cmd["ticket"], cmd.get("reason", DEAL_REASON_SL))
     elif op == "state":
         with t.lock:
             return {

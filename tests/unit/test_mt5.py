@@ -454,6 +454,33 @@ def test_cancel_order_removes_a_pending_order(fake: FakeTerminal, broker: MT5Bro
     assert again.outcome is Outcome.REJECTED and "no pending order" in again.detail
 
 
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [(fake_mt5.DEAL_REASON_SL, "sl"), (fake_mt5.DEAL_REASON_TP, "tp"), (fake_mt5.DEAL_REASON_SO, "stop_out")],
+)
+def test_a_position_the_server_closed_tells_how_from_its_exit_deal(
+    fake: FakeTerminal, broker: MT5Broker, reason: int, kind: str
+) -> None:
+    opened = broker.send(order(sl="1.09", tp="1.12"))
+    [pos] = fake.positions
+    assert broker.closing_deal(str(pos.ticket)) is None  # open: only its entry deal
+    fake.trigger(pos.ticket, reason)
+    deal = broker.closing_deal(str(pos.ticket))
+    assert deal is not None and opened.outcome is Outcome.DONE
+    level = {"sl": Decimal("1.09"), "tp": Decimal("1.12")}.get(kind, Decimal("1.1"))
+    assert (deal.ticket, deal.kind, deal.volume, deal.price) == (str(pos.ticket), kind, Decimal("0.1"), level)
+    assert deal.pnl == Decimal(str(fake.history_deals[-1].profit)) and deal.at.tzinfo is UTC
+
+
+def test_a_close_on_request_is_a_close_and_an_unknown_ticket_has_no_deal(fake: FakeTerminal, broker: MT5Broker) -> None:
+    broker.send(order(sl="1.09"))
+    [pos] = fake.positions
+    assert broker.close_position(str(pos.ticket), 7).outcome is Outcome.DONE
+    deal = broker.closing_deal(str(pos.ticket))
+    assert deal is not None and deal.kind == "close"
+    assert broker.closing_deal("424242") is None and broker.closing_deal("nonsense") is None
+
+
 @pytest.mark.parametrize("tag", ["", "hx-bad-tag", "h" * 32, "hx ABC", "hxÄBC"])
 def test_malformed_tags_are_refused_before_anything_is_sent(fake: FakeTerminal, broker: MT5Broker, tag: str) -> None:
     with pytest.raises(ValueError, match="tag must be"):

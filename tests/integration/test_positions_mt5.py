@@ -1,0 +1,141 @@
+"""The position manager at MetaTrader 5, through the fake `MetaTrader5` module, on real
+PostgreSQL, with stand-in rules (tests/positions_support.py): a stop the venue dropped set
+with one TRADE_ACTION_SLTP that keeps the take profit, a trail sent only as it changes, and a
+position the trade server closed at its stop recorded from its exit deal, not held as
+vanished (which would stop new trading on the symbol after every stop-out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from common.clock import FakeClock
+from engine.brokers.base import OrderRequest, Outcome
+from engine.brokers.mt5 import MT5Broker
+from engine.model import OrderType, Side
+from engine.positions import store
+from engine.positions.manager import ManagerConfig, PositionManager
+from engine.positions.metrics import PositionMetrics
+from engine.positions.recovery import survey
+from engine.positions.registration import Registrar
+from engine.risk import RiskLimits
+from tests.fakes import MetaTrader5 as fake_mt5
+from tests.fakes.MetaTrader5 import FakeTerminal
+from tests.integration.test_executor import Rig, rig  # noqa: F401 (rig is a fixture)
+from tests.integration.test_paper import lead
+from tests.positions_support import D, EpochFencing, Prices, TrailRules
+
+MAGIC = 4545
+ACCOUNT = "mt5"
+TAG = "hxPOSITIONSMT5TEST"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTerminal]:
+    t = fake_mt5.reset()
+    yield t
+    t.release()
+
+
+@pytest.fixture
+def mt5(fake: FakeTerminal) -> Iterator[MT5Broker]:
+    b = MT5Broker(fake.login, fake.password, fake.server, None, MAGIC, 5_000, module=fake_mt5, connect_backoff_s=0)
+    b.connect()
+    yield b
+    b.wait_idle(2.0)
+    b.close()
+
+
+@pytest.fixture
+def prices() -> Prices:
+    p = Prices()
+    p.set("EURUSD", "1.10000")  # the fake's EURUSD: bid 1.10000, ask 1.10010
+    return p
+
+
+def move(fake: FakeTerminal, prices: Prices, bid: str) -> None:
+    """The market moves, at the terminal and in the manager's feed alike."""
+    prices.set("EURUSD", bid)
+    fake.set_tick("EURUSD", float(bid), float(D(bid) + D("0.00010")))
+
+
+def opened_without_stop(fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:
+    """A bought 0.10 lot whose stop the broker dropped (market execution), its take profit kept."""
+    sent = mt5.send(
+        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), D("1.12"), epoch)
+    )
+    assert sent.outcome is Outcome.DONE
+    [pos] = fake.positions
+    fake.positions[0] = pos._replace(sl=0.0)
+    return str(pos.ticket)
+
+
+def manager(rig: Rig, mt5: MT5Broker, epoch: int, prices: Prices, alerts: list) -> PositionManager:  # noqa: F811
+    return PositionManager(
+        ManagerConfig(rig.cluster, "leader", ACCOUNT, max_in_flight=1),
+        EpochFencing(rig.cluster, epoch),
+        rig.pool,
+        mt5,
+        prices,  # type: ignore[arg-type]
+        RiskLimits(),
+        alert=lambda kind, severity, message, **f: alerts.append((kind, severity, message)),
+        rules_api=TrailRules(distance=D("0.00500")).api(),
+        clock=FakeClock(),
+        metrics=PositionMetrics(CollectorRegistry()),
+    )
+
+
+def journal(rig: Rig, ticket: str) -> list[str]:  # noqa: F811
+    with rig.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT kind FROM trade_journal WHERE cluster = %s AND ticket = %s ORDER BY id", (rig.cluster, ticket)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def sltp_requests(fake: FakeTerminal) -> list[dict]:
+    return [r for r in fake.requests if r["action"] == fake_mt5.TRADE_ACTION_SLTP]
+
+
+def test_the_manager_protects_trails_and_records_a_stop_out_at_mt5(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = opened_without_stop(fake, mt5, epoch)
+    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
+    _, created = registrar.register({"ticket": ticket, "manage": {"t": 1}, "sl": "1.09000"}, "test:operator")
+    assert created
+    alerts: list[tuple[str, str, str]] = []
+    m = manager(rig, mt5, epoch, prices, alerts)
+
+    report = m.run_once()  # the trail (1.09500) is above the stop it needs: that one goes
+    assert (report.naked, report.sent, report.verified) == (1, 1, 1)
+    [first] = sltp_requests(fake)
+    assert (first["position"], first["sl"], first["tp"]) == (int(ticket), 1.095, 1.12)  # one atomic change, TP kept
+    assert fake.positions[0].sl == 1.095
+    assert m.run_once().sent == 0 and len(sltp_requests(fake)) == 1  # nothing differs: nothing sent
+
+    move(fake, prices, "1.10300")
+    assert m.run_once().sent == 1
+    assert sltp_requests(fake)[-1]["sl"] == 1.098 and fake.positions[0].sl == 1.098
+
+    fake.trigger(int(ticket))  # the trade server closes it at its stop
+    report = m.run_once()
+    assert report.closed == 1 and m.held_symbols == {} and alerts == []
+    assert journal(rig, ticket)[-1] == "close"
+    with rig.pool.connection() as conn:
+        row = store.one(conn, rig.cluster, ACCOUNT, ticket)
+        detail = conn.execute(
+            "SELECT detail FROM trade_journal WHERE cluster = %s AND ticket = %s AND kind = 'close'",
+            (rig.cluster, ticket),
+        ).fetchone()
+    assert row is not None and row.closed_at is not None
+    assert detail is not None and detail[0]["by"] == "sl" and Decimal(detail[0]["price"]) == Decimal("1.098")
+    found = survey(rig.pool, mt5, rig.cluster, ACCOUNT)  # what `haexec reconcile` reports now
+    assert found.vanished == [] and found.ok
