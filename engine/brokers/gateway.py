@@ -47,9 +47,11 @@ from engine.brokers.base import (
     TagInDoubt,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.brokers.gateway_wire import (
     WireError,
     account_from_json,
+    closing_deal_from_json,
     listing,
     order_to_json,
     position_from_json,
@@ -201,6 +203,13 @@ class GatewayBroker:
 
     def quote(self, symbol: str) -> Quote:
         return self._decoded("quote", quote_from_json, self._read("/v1/quote", {"symbol": symbol}).get("quote"))
+
+    def closing_deal(self, ticket: str) -> ClosingDeal | None:
+        """How a position no longer open closed, from the terminal's deals (MT5Broker.closing_deal)."""
+        if not ticket.isdigit():
+            return None
+        deal = self._read("/v1/closing-deal", {"ticket": ticket}).get("deal")
+        return None if deal is None else self._decoded("closing deal", closing_deal_from_json, deal)
 
     def journal(self, tag: str) -> dict[str, Any]:
         """The gateway's journal of a tag: its calls, their attempts, and what they mean."""

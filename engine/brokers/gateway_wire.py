@@ -32,6 +32,7 @@ from engine.brokers.base import (
     SymbolSpec,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.model import OrderType, Side
 
 TAG = re.compile(r"[A-Za-z0-9]{1,31}")  # the MT5 comment a tag travels in
@@ -333,6 +334,29 @@ def position_from_json(obj: Any) -> Position:
         sl=r.decimal("sl", optional=True),
         tp=r.decimal("tp", optional=True),
         tag=r.text("tag", optional=True),
+    )
+
+
+def closing_deal_to_json(d: ClosingDeal) -> dict[str, Any]:
+    return {
+        "ticket": d.ticket,
+        "kind": d.kind,
+        "volume": str(d.volume),
+        "price": str(d.price),
+        "pnl": str(d.pnl),
+        "at": _t(d.at),
+    }
+
+
+def closing_deal_from_json(obj: Any) -> ClosingDeal:
+    r = Reader(obj, "deal", strict=False)
+    return ClosingDeal(
+        ticket=r.text("ticket", TICKET),
+        kind=r.text("kind"),
+        volume=r.decimal("volume"),
+        price=r.decimal("price"),
+        pnl=r.decimal("pnl"),
+        at=r.when("at"),
     )
 
 

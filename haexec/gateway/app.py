@@ -42,6 +42,7 @@ from engine.brokers.gateway_wire import (
     Reader,
     WireError,
     account_to_json,
+    closing_deal_to_json,
     fence_from_json,
     order_from_json,
     position_to_json,
@@ -164,6 +165,10 @@ def build_app(gw: Gateway, token: str, limits: HttpLimits, info: Callable[[], di
         symbol = query(request, "symbol", SYMBOL)
         return JSONResponse({"quote": quote_to_json(await run_in_threadpool(gw.quote, symbol))})
 
+    async def closing_deal(request: Request) -> Response:
+        deal = await run_in_threadpool(gw.closing_deal, query(request, "ticket", TICKET))
+        return JSONResponse({"deal": None if deal is None else closing_deal_to_json(deal)})
+
     async def journal(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(gw.journal_of, query(request, "tag", TAG)))
 
@@ -208,6 +213,7 @@ def build_app(gw: Gateway, token: str, limits: HttpLimits, info: Callable[[], di
             Route("/v1/orders", guarded(orders)),
             Route("/v1/quote", guarded(quote)),
             Route("/v1/journal", guarded(journal)),
+            Route("/v1/closing-deal", guarded(closing_deal)),
             Route("/v1/tags", guarded(tags)),
             Route("/v1/send", posted(send), methods=["POST"]),
             Route("/v1/modify", posted(modify), methods=["POST"]),

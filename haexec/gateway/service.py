@@ -48,6 +48,7 @@ from engine.brokers.base import (
     Quote,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.brokers.gateway_wire import Fence, call_digest, order_digest, venue_order_to_json
 from engine.brokers.mt5 import MT5Broker, SendRefused, TerminalBusy
 from haexec.gateway.journal import Attempt, Call, Journal, JournalError
@@ -278,6 +279,12 @@ class Gateway:
         with self._timed("quote"), self._terminal("quote"):
             out = self.broker.quote(symbol)
         self.count("quote", "ok")
+        return out
+
+    def closing_deal(self, ticket: str) -> ClosingDeal | None:
+        with self._timed("closing_deal"), self._terminal("closing_deal"):
+            out = self.broker.closing_deal(ticket)
+        self.count("closing_deal", "ok")
         return out
 
     def journal_of(self, tag: str) -> dict[str, Any]:

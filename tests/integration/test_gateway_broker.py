@@ -158,6 +158,20 @@ def test_modify_close_and_cancel_carry_their_meaning_and_a_superseded_epoch_neve
     assert ops == ["send"]  # the journal by tag holds sends; modify/close rows carry the ticket
 
 
+def test_a_position_the_server_closed_is_told_by_its_closing_deal(
+    gateway: GatewayProcess, cluster: str, database_url: str
+) -> None:
+    grant(database_url, cluster, 2, "r1")
+    b = broker(gateway, cluster)
+    ticket = b.send(order(tag(1), 2)).ref
+    assert ticket is not None and b.closing_deal(ticket) is None  # still open
+    gateway.control("trigger", ticket=int(ticket))  # its stop, at the trade server
+    deal = b.closing_deal(ticket)
+    assert deal is not None and (deal.ticket, deal.kind, deal.price) == (ticket, "sl", Decimal("1.095"))
+    assert deal.pnl < 0 and deal.at.tzinfo is not None
+    assert b.closing_deal("424242") is None and b.closing_deal("nonsense") is None
+
+
 def test_nothing_listening_is_a_broker_error_before_any_send(cluster: str) -> None:
     b = GatewayBroker(f"http://127.0.0.1:{free_port()}", TOKEN, cluster, "r1", DEADLINE_MS)
     with pytest.raises(BrokerError, match="nothing sent|unreachable"):

@@ -20,10 +20,13 @@ from engine.brokers.base import (
     SymbolSpec,
     VenueOrder,
 )
+from engine.brokers.deals import ClosingDeal
 from engine.brokers.gateway_wire import (
     WireError,
     account_from_json,
     account_to_json,
+    closing_deal_from_json,
+    closing_deal_to_json,
     fence_from_json,
     order_digest,
     order_from_json,
@@ -72,6 +75,22 @@ def test_every_shape_round_trips_exactly() -> None:
     assert quote_from_json(quote_to_json(quote)) == quote
     with_margin = replace(quote, margin_per_lot=Decimal("1100.10"))
     assert quote_from_json(quote_to_json(with_margin)) == with_margin
+    deal = ClosingDeal(
+        "3", "sl", Decimal("0.10"), Decimal("1.0950"), Decimal("-60.10"), datetime(2026, 3, 4, tzinfo=UTC)
+    )
+    assert closing_deal_from_json(closing_deal_to_json(deal)) == deal
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"ticket": "x1"}, "deal.ticket"), ({"pnl": 1.5}, "deal.pnl"), ({"at": "2026-03-04T00:00:00"}, "deal.at")],
+)
+def test_a_malformed_closing_deal_names_its_field(change: dict[str, Any], field: str) -> None:
+    good = closing_deal_to_json(
+        ClosingDeal("3", "tp", Decimal("0.1"), Decimal("1.1"), Decimal("5"), datetime(2026, 3, 4, tzinfo=UTC))
+    )
+    with pytest.raises(WireError, match=field):
+        closing_deal_from_json({**good, **change})
 
 
 def test_money_travels_as_strings() -> None:
