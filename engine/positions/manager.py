@@ -211,7 +211,9 @@ class PositionManager:
         self._account_at = float("-inf")
         self._max_loss: Decimal | None = None
         self._reported_at = float("-inf")
-        self.held_symbols: dict[str, str] = {}  # symbol -> why new trading on it is held
+        # ticket -> (its symbol, why): a position in the book that the venue neither has nor
+        # has a closing deal for holds new trading on its symbol
+        self._holds: dict[str, tuple[str, str]] = {}
         self._first_loop = True
         self._epoch: int | None = None
         self._stop = threading.Event()
@@ -230,7 +232,7 @@ class PositionManager:
         self._stop = stop = threading.Event()
         self._first_loop = True  # a new term begins with a stop audit of every position
         # What the last term found is found again (and alerted again) by this one's audit.
-        self.held_symbols, self._alerted, self._book = {}, set(), {}
+        self._holds, self._alerted, self._book = {}, set(), {}
         self._thread = threading.Thread(target=self._run, args=(stop,), name="haexec-positions", daemon=True)
         self._thread.start()
 
@@ -410,15 +412,34 @@ class PositionManager:
         """In the book, not at the venue: closed (from its deal), or held and alerted."""
         deals = getattr(self._broker, "closing_deal", None)
         for row in gone:
-            deal = deals(row.ticket) if deals is not None else None
+            try:
+                deal = deals(row.ticket) if deals is not None else None
+            except BrokerError as e:
+                # Held, not a failed loop: the other positions' stops must not wait on one
+                # position's history. Asked again next loop.
+                self._hold(row, f"absent at the venue; its deals cannot be read: {first_line(e)}")
+                continue
             if deal is None:
                 self._hold(row, "absent at the venue with no closing deal")
                 continue
             self._record_close(row, deal.at, {"by": deal.kind, "price": deal.price, "pnl": deal.pnl})
             report.closed += 1
+            if self._holds.pop(row.ticket, None) is not None:
+                # A venue whose deal history lags its positions (an MT5 terminal can): the
+                # close is known now, and only this ticket's hold goes with it.
+                log.warning("position %s: its closing deal arrived; its hold on %s is lifted", row.ticket, row.symbol)
+
+    @property
+    def held_symbols(self) -> dict[str, str]:
+        """symbol -> why new trading on it is held (the executor refuses a signal on it)."""
+        out: dict[str, str] = {}
+        for ticket, (symbol, why) in sorted(self._holds.items()):
+            out[symbol] = f"{out[symbol]}; " if symbol in out else ""
+            out[symbol] += f"ticket {ticket} {why}"
+        return out
 
     def _hold(self, row: store.Managed, why: str) -> None:
-        self.held_symbols[row.symbol] = f"ticket {row.ticket} {why}"
+        self._holds[row.ticket] = (row.symbol, why)
         if row.ticket in self._alerted:
             return
         self._alerted.add(row.ticket)

@@ -139,3 +139,61 @@ def test_the_manager_protects_trails_and_records_a_stop_out_at_mt5(
     assert detail is not None and detail[0]["by"] == "sl" and Decimal(detail[0]["price"]) == Decimal("1.098")
     found = survey(rig.pool, mt5, rig.cluster, ACCOUNT)  # what `haexec reconcile` reports now
     assert found.vanished == [] and found.ok
+
+
+def test_a_deal_the_history_shows_late_lifts_only_its_own_hold(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
+    tickets = []
+    for _ in range(2):
+        sent = mt5.send(
+            OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
+        )
+        assert sent.outcome is Outcome.DONE
+        tickets.append(str(fake.positions[-1].ticket))
+        registrar.register({"ticket": tickets[-1], "manage": {"t": 1}}, "test:operator")
+    alerts: list[tuple[str, str, str]] = []
+    m = manager(rig, mt5, epoch, prices, alerts)
+    m.run_once()
+    first, second = tickets
+    deals = [fake.trigger(int(t)) for t in tickets]
+    lagging = list(fake.history_deals)
+    fake.history_deals[:] = [d for d in lagging if d not in deals]  # the terminal has not synced them yet
+    m.run_once()
+    assert set(m.held_symbols) == {"EURUSD"} and [a[:2] for a in alerts] == [("position_vanished", "critical")] * 2
+    fake.history_deals.append(deals[0])  # the first one's deal arrives
+    assert m.run_once().closed == 1
+    assert m.held_symbols == {"EURUSD": f"ticket {second} absent at the venue with no closing deal"}
+    fake.history_deals.append(deals[1])
+    assert m.run_once().closed == 1 and m.held_symbols == {}
+
+
+def test_a_history_the_terminal_cannot_read_holds_one_position_and_protects_the_others(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
+    sent = mt5.send(
+        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
+    )
+    assert sent.outcome is Outcome.DONE
+    closed = str(fake.positions[-1].ticket)
+    registrar.register({"ticket": closed, "manage": {"t": 1}}, "test:operator")
+    m = manager(rig, mt5, epoch, prices, [])
+    m.run_once()
+    fake.trigger(int(closed))
+    naked = opened_without_stop(fake, mt5, epoch)
+    registrar.register({"ticket": naked, "manage": {"t": 1}, "sl": "1.09000"}, "test:operator")
+    fake.fail_next("history_deals_get")
+    report = m.run_once()
+    assert report.sent == 1 and fake.positions[0].sl == 1.095  # the naked one got its stop all the same
+    assert "deals cannot be read" in m.held_symbols["EURUSD"]
+    assert m.run_once().closed == 1 and m.held_symbols == {}
