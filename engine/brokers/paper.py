@@ -636,6 +636,46 @@ class PaperBroker:
                 conn.execute(DEAL_SQL, (self._cluster, int(ticket), "close", row[0], row[1], 0))
         return OrderResult(Outcome.DONE, ref=ticket, price=row[1])
 
+    def close_partial(self, ticket: str, volume: Decimal, epoch: int | None = None) -> OrderResult:
+        """Close `volume` lots of an open position at the market (needs one), fenced when an
+        epoch is given, held to check_close like a whole close. REJECTED (OTHER) for a volume
+        that would not leave some open; GONE for no open position."""
+        if not str(ticket).isdigit():
+            return _gone(ticket)
+        if self.market is None:
+            return OrderResult(Outcome.REJECTED, detail="a partial close needs a market price", refusal=Refusal.OTHER)
+        with self._pool.connection() as conn:
+            row = conn.execute(POSITION_SQL, (self._cluster, int(ticket))).fetchone()
+            if row is None:
+                return _gone(ticket)
+            symbol, volume_now = row[0], row[2]
+            if not 0 < volume < volume_now:
+                return OrderResult(
+                    Outcome.REJECTED,
+                    detail=f"a partial close of {volume} of position {ticket} must leave some of its {volume_now} open",
+                    refusal=Refusal.OTHER,
+                )
+            try:
+                contract, quote, open_market = self._judged_at(self.market, symbol)
+            except MarketDataError as e:
+                return OrderResult(
+                    Outcome.REJECTED, detail=f"no fresh price to close {ticket}: {first_line(e)}", refusal=Refusal.OTHER
+                )
+            refused = (
+                rules.check_close(contract, open_market=open_market)
+                or rules.check_volume(contract, volume)
+                or rules.check_volume(contract, volume_now - volume)  # what stays open is a position too
+            )
+            if refused is not None:
+                return OrderResult(Outcome.REJECTED, detail=f"paper venue {refused}", refusal=Refusal.OTHER)
+            with fenced(conn, self._cluster, epoch) if epoch is not None else conn.transaction():
+                with conn.cursor() as cur:
+                    done = ledger.close_part(cur, self._cluster, int(ticket), volume, quote, contract)
+        if done is None:
+            return OrderResult(Outcome.REJECTED, detail=f"position {ticket} changed meanwhile", refusal=Refusal.OTHER)
+        match, _balance = done
+        return OrderResult(Outcome.DONE, ref=ticket, detail=f"closed {volume}, P&L {match.pnl}", price=match.price)
+
     def _close_at_market(self, market: Market, ticket: str, epoch: int | None) -> OrderResult:
         if not str(ticket).isdigit():
             return _gone(ticket)

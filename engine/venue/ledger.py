@@ -26,7 +26,7 @@ for the lock and takes over as soon as the first one's session ends.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -88,6 +88,24 @@ WITH closed AS (
 INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl, balance, quote_ms)
 SELECT %(c)s, closed.ticket, %(kind)s, closed.volume, %(price)s, %(pnl)s, account.balance, %(q)s
 FROM closed, account
+RETURNING balance
+"""
+
+# Part of a position closed in one statement: the position's volume reduced (only as it was
+# decided on), the balance moved by the part's realised P&L, a 'partial' deal for the part.
+PARTIAL_SQL = """
+WITH reduced AS (
+    UPDATE paper_positions SET volume = volume - %(part)s
+    WHERE cluster = %(c)s AND ticket = %(ticket)s AND closed_at IS NULL AND volume = %(volume)s AND volume > %(part)s
+    RETURNING ticket
+), account AS (
+    UPDATE paper_accounts SET balance = balance + %(pnl)s
+    WHERE cluster = %(c)s AND EXISTS (SELECT 1 FROM reduced)
+    RETURNING balance
+)
+INSERT INTO paper_deals (cluster, ticket, kind, volume, price, pnl, balance, quote_ms)
+SELECT %(c)s, reduced.ticket, 'partial', %(part)s, %(price)s, %(pnl)s, account.balance, %(q)s
+FROM reduced, account
 RETURNING balance
 """
 
@@ -273,6 +291,34 @@ def close_position(
     m = close_match(held, quote, contract, action)
     after = close(cur, cluster, m, held)
     return None if after is None else (m, after)
+
+
+def close_part(
+    cur: psycopg.Cursor, cluster: str, ticket: int, volume: Decimal, quote: Quote, contract: Contract
+) -> tuple[Match, Decimal] | None:
+    """Close `volume` lots of an open position at `quote` (its exit price), leaving the rest
+    open: the part's realised P&L moves the balance, a 'partial' deal records it, inside the
+    caller's transaction. None when it is not open or `volume` is not less than its volume."""
+    row = cur.execute(LOCK_POSITION_SQL, (cluster, ticket)).fetchone()
+    if row is None:
+        return None
+    held = _position(row, 0)
+    if not volume < held.volume:
+        return None
+    m = close_match(replace(held, volume=volume), quote, contract)  # the part, at the exit price
+    done = cur.execute(
+        PARTIAL_SQL,
+        {
+            "c": cluster,
+            "ticket": ticket,
+            "part": volume,
+            "volume": held.volume,
+            "price": m.price,
+            "pnl": m.pnl,
+            "q": m.time_ms,
+        },
+    ).fetchone()
+    return None if done is None else (m, Decimal(done[0]))
 
 
 CLOSE_ATTEMPTS = 3

@@ -133,6 +133,39 @@ def test_a_symbol_whose_trading_is_disabled_closes_and_cancels_nothing(
     assert priced.cancel_order(placed.ref, epoch).outcome is Outcome.DONE
 
 
+def test_a_partial_close_books_its_part_and_leaves_the_rest_open(
+    rig: Rig,  # noqa: F811
+    sim: SimSource,  # noqa: F811
+    priced: PaperBroker,  # noqa: F811
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    bid = sim.tick("XAUUSD").bid
+    ticket = gold(priced, epoch, "HXGOLDPART", bid - 10)
+    before = priced.account().balance
+    part = priced.close_partial(ticket, Decimal("0.04"), epoch)
+    assert part.outcome is Outcome.DONE and part.price == bid, part
+    [left] = [p for p in priced.positions() if p.ticket == ticket]
+    assert left.volume == Decimal("0.06") and left.sl == bid - 10
+    with rig.pool.connection() as conn:
+        deal = conn.execute(
+            "SELECT kind, volume, price, pnl, balance FROM paper_deals WHERE cluster = %s AND ticket = %s"
+            " ORDER BY id DESC LIMIT 1",
+            (rig.cluster, int(ticket)),
+        ).fetchone()
+    assert deal is not None and deal[:3] == ("partial", Decimal("0.04"), bid)
+    assert deal[4] == before + deal[3] == priced.account().balance  # the part's P&L, in the ledger
+    assert priced.closing_deal(ticket) is None  # still open
+    for volume in (Decimal("0.06"), Decimal("0.10"), Decimal("0"), Decimal("0.055")):
+        refused = priced.close_partial(ticket, volume, epoch)
+        assert (refused.outcome, refused.refusal) == (Outcome.REJECTED, Refusal.OTHER), (volume, refused)
+    assert priced.close_partial("999999", Decimal("0.01"), epoch).refusal is Refusal.GONE
+    lead(rig.pool, rig.cluster, "other")
+    with pytest.raises(EpochSuperseded):
+        priced.close_partial(ticket, Decimal("0.01"), epoch)
+    [still] = [p for p in priced.positions() if p.ticket == ticket]
+    assert still.volume == Decimal("0.06")
+
+
 def test_a_superseded_epoch_modifies_nothing(rig: Rig, sim: SimSource, priced: PaperBroker) -> None:  # noqa: F811
     old = lead(rig.pool, rig.cluster, "leader")
     bid = sim.tick("XAUUSD").bid

@@ -26,7 +26,7 @@ from engine.brokers.paper import PaperBroker
 from engine.market.base import TradeMode
 from engine.model import OrderType, Side
 from engine.venue import ledger
-from engine.venue.model import Action
+from engine.venue.model import Action, Quote
 from engine.venue.process import Venue, VenueConfig
 from engine.venue.settings import VenueSettings
 from engine.venue.streams import Publisher, ticks_after, ticks_key
@@ -247,6 +247,32 @@ def waiting_on_a_lock(database_url: str) -> bool:
         VENUE_APP,
     )
     return bool(row and row[0])
+
+
+def test_the_rest_of_a_partly_closed_position_is_stopped_out_for_what_is_left(
+    broker: PaperBroker, epoch: int, make: Make, database_url: str, cluster: str
+) -> None:
+    booked = broker.send(market("HXPARTSTOP", epoch, Side.BUY, "1.10000", sl="1.09900"))
+    assert booked.ref
+    t0 = base_ms()
+    src = ScriptedSource(t0)
+    venue = make(src)
+    assert venue.open()
+    # a replica closes 0.4 of the lot at 1.10050 (PaperBroker.close_partial's transaction)
+    with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cur:
+        quote = Quote("EURUSD", t0, D("1.10050"), D("1.10060"))
+        done = ledger.close_part(cur, cluster, int(booked.ref), D("0.4"), quote, venue.contracts["EURUSD"])
+        assert done is not None and done[0].pnl == D("20.00")
+    src.add("EURUSD", t0 + 250, "1.09895", "1.09905")
+    src.now = t0 + 250
+    [m] = venue.step().applied  # the venue's book has heard of the partial by then
+    assert (m.action, m.volume, m.price, m.pnl) == (Action.STOP_LOSS, D("0.6"), D("1.09895"), D("-63.00"))
+    assert [(d[0], d[2]) for d in deals(database_url, booked.ref)] == [
+        ("open", 0),
+        ("partial", D("20.00")),
+        ("sl", D("-63.00")),
+    ]
+    assert broker.account().balance == D("100000") + D("20.00") - D("63.00")
 
 
 def test_one_venue_matches_a_cluster_and_a_second_takes_over_when_its_session_ends(
