@@ -275,6 +275,12 @@ class GatewayBroker:
         assert epoch is not None
         return self._mutate("/v1/close", body, epoch, retry=False)
 
+    def close_partial(self, ticket: str, volume: Decimal, epoch: int | None = None) -> OrderResult:
+        """Close `volume` lots of a position (MT5Broker.close_partial, at the gateway)."""
+        body = {"fence": self._fence(epoch, "close"), "ticket": ticket, "volume": str(volume)}
+        assert epoch is not None
+        return self._mutate("/v1/close", body, epoch, retry=False)
+
     def cancel_order(self, ticket: str, epoch: int | None = None) -> OrderResult:
         body = {"fence": self._fence(epoch, "cancel"), "ticket": ticket}
         assert epoch is not None

@@ -770,6 +770,8 @@ class MT5Broker:
             return None
 
         def job(m: ModuleType) -> tuple[Any, ...]:
+            if self._listing(m, "positions_get", m.positions_get(ticket=int(ticket))):
+                return ()  # still open: a partial close's deal is not how it closed
             return self._listing(m, "history_deals_get", m.history_deals_get(position=int(ticket)))
 
         deals = self.run_on_terminal("history_deals_get", job)
@@ -1023,6 +1025,42 @@ class MT5Broker:
 
         result = self._trade("close_position", build, attempts=self.requote_attempts, guard=guard, refusals=True)
         log.warning("MT5 close position %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
+        return result
+
+    def close_partial(
+        self, ticket: str, volume: Decimal, epoch: int | None = None, *, guard: SendGuard | None = None
+    ) -> OrderResult:
+        """Close `volume` lots of a position by an opposite market deal with `position=ticket`
+        (a hedging account reduces it; the rest keeps its ticket and stops). REJECTED, nothing
+        sent, for a volume that would not leave some open: a partial never closes the whole
+        position. One attempt: a requote is not retried (whether to take part of a position
+        off at another price is the caller's decision)."""
+
+        def build(m: ModuleType) -> dict[str, Any]:
+            p = self._position(m, ticket)
+            if not 0 < volume < _dec(p.volume):
+                raise _Refused(
+                    f"a partial close of {volume} of position {ticket} must leave some of its {p.volume} open"
+                )
+            info, tick = self._symbol(m, p.symbol, tick=True)
+            long = p.type == POSITION_TYPE_BUY
+            return {
+                "action": TRADE_ACTION_DEAL,
+                "position": int(p.ticket),
+                "symbol": p.symbol,
+                "volume": float(volume),
+                "type": ORDER_TYPE_SELL if long else ORDER_TYPE_BUY,
+                "price": float(tick.bid if long else tick.ask),
+                "deviation": int(self.deviation),
+                "magic": int(self.magic),
+                "type_time": ORDER_TIME_GTC,
+                "type_filling": self._filling(info),
+            }
+
+        result = self._trade("close_partial", build, attempts=1, guard=guard, refusals=True)
+        log.warning(
+            "MT5 close %s of position %s (epoch %s): %s %s", volume, ticket, epoch, result.outcome.value, result.detail
+        )
         return result
 
     def cancel_order(self, ticket: str, epoch: int | None = None, *, guard: SendGuard | None = None) -> OrderResult:

@@ -194,8 +194,9 @@ def build_app(gw: Gateway, token: str, limits: HttpLimits, info: Callable[[], di
     async def close(r: Reader) -> Response:
         fence = fence_from_json(r.mapping("fence"))
         ticket = r.text("ticket", TICKET)
+        volume = r.decimal("volume", optional=True, positive=True)  # a partial close
         r.done()
-        return _answer(await run_in_threadpool(gw.close, fence, ticket))
+        return _answer(await run_in_threadpool(gw.close, fence, ticket, volume))
 
     async def cancel(r: Reader) -> Response:
         fence = fence_from_json(r.mapping("fence"))

@@ -445,9 +445,18 @@ class Gateway:
             lambda g: self.broker.modify(ticket, sl, tp, fence.epoch, guard=g),
         )
 
-    def close(self, fence: Fence, ticket: str) -> Answer:
+    def close(self, fence: Fence, ticket: str, volume: Decimal | None = None) -> Answer:
+        """The whole position, or `volume` lots of it."""
+        if volume is None:
+            return self._mutate(
+                "close", fence, ticket, {}, lambda g: self.broker.close_position(ticket, fence.epoch, guard=g)
+            )
         return self._mutate(
-            "close", fence, ticket, {}, lambda g: self.broker.close_position(ticket, fence.epoch, guard=g)
+            "close",
+            fence,
+            ticket,
+            {"volume": volume},
+            lambda g: self.broker.close_partial(ticket, volume, fence.epoch, guard=g),
         )
 
     def cancel(self, fence: Fence, ticket: str) -> Answer:

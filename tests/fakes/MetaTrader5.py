@@ -1103,7 +1103,11 @@ def _execute(t: FakeTerminal, r: dict[str, Any], volume: float) -> tuple[int, in
             symbol=r["symbol"],
             comment=comment,
         )
-        t.positions.remove(pos)
+        left = round(pos.volume - volume, 8)
+        if left > 0:  # a partial close: the rest stays open under the same ticket
+            t.positions[t.positions.index(pos)] = pos._replace(volume=left, time_update=now)
+        else:
+            t.positions.remove(pos)
         t.balance += profit
         return deal.ticket, order.ticket, price
     held = next((p for p in t.positions if p.symbol == r["symbol"]), None)
@@ -1259,6 +1263,12 @@ def _sltp_refusal(t: FakeTerminal, r: dict[str, Any]) -> int | None:
     return None
 
 
+def _over_volume(t: FakeTerminal, r: dict[str, Any]) -> bool:
+    """A closing deal for more than the position holds (the server refuses it)."""
+    pos = next((p for p in t.positions if p.ticket == r["position"]), None)
+    return pos is not None and r.get("volume", 0.0) > pos.volume + 1e-9
+
+
 @_api()
 def order_check(t: FakeTerminal, request: dict[str, Any]) -> Any:
     bad = _invalid(dict(request))
@@ -1331,6 +1341,8 @@ def order_send(t: FakeTerminal, request: dict[str, Any]) -> Any:
         retcode, executes = TRADE_RETCODE_INVALID_FILL, False
     elif r["action"] == TRADE_ACTION_SLTP and (refused := _sltp_refusal(t, r)) is not None:
         retcode, executes = refused, False
+    elif r["action"] == TRADE_ACTION_DEAL and r.get("position") and _over_volume(t, r):
+        retcode, executes = TRADE_RETCODE_INVALID_VOLUME, False
     else:
         retcode = TRADE_RETCODE_PLACED if r["action"] == TRADE_ACTION_PENDING else TRADE_RETCODE_DONE
         executes = True

@@ -172,6 +172,27 @@ def test_a_position_the_server_closed_is_told_by_its_closing_deal(
     assert b.closing_deal("424242") is None and b.closing_deal("nonsense") is None
 
 
+def test_a_partial_close_goes_through_the_fence_and_leaves_the_rest_open(
+    gateway: GatewayProcess, cluster: str, database_url: str
+) -> None:
+    grant(database_url, cluster, 2, "r1")
+    b = broker(gateway, cluster)
+    ticket = b.send(order(tag(1), 2)).ref
+    assert ticket is not None
+    part = b.close_partial(ticket, Decimal("0.04"), 2)
+    assert part.outcome is Outcome.DONE, part
+    [left] = b.positions()
+    assert (left.ticket, left.volume, left.sl) == (ticket, Decimal("0.06"), Decimal("1.095"))
+    whole = b.close_partial(ticket, Decimal("0.06"), 2)
+    assert (whole.outcome, whole.refusal) == (Outcome.REJECTED, Refusal.OTHER) and "must leave some" in whole.detail
+    grant(database_url, cluster, 3, "r2")
+    assert broker(gateway, cluster, "r2").close_partial(ticket, Decimal("0.01"), 3).outcome is Outcome.DONE
+    sends = gateway.control.order_sends()
+    with pytest.raises(EpochSuperseded):
+        b.close_partial(ticket, Decimal("0.01"), 2)  # the deposed leader
+    assert gateway.control.order_sends() == sends and b.positions()[0].volume == Decimal("0.05")
+
+
 def test_nothing_listening_is_a_broker_error_before_any_send(cluster: str) -> None:
     b = GatewayBroker(f"http://127.0.0.1:{free_port()}", TOKEN, cluster, "r1", DEADLINE_MS)
     with pytest.raises(BrokerError, match="nothing sent|unreachable"):

@@ -472,6 +472,36 @@ def test_a_position_the_server_closed_tells_how_from_its_exit_deal(
     assert deal.pnl == Decimal(str(fake.history_deals[-1].profit)) and deal.at.tzinfo is UTC
 
 
+def test_a_partial_close_takes_part_off_and_keeps_the_rest_with_its_stops(
+    fake: FakeTerminal, broker: MT5Broker
+) -> None:
+    broker.send(order(sl="1.09", tp="1.12"))
+    [pos] = fake.positions
+    part = broker.close_partial(str(pos.ticket), Decimal("0.04"), 7)
+    assert part.outcome is Outcome.DONE, part
+    sent = fake.requests[-1]
+    assert (sent["action"], sent["position"], sent["volume"], sent["type"]) == (
+        fake_mt5.TRADE_ACTION_DEAL,
+        pos.ticket,
+        0.04,
+        fake_mt5.ORDER_TYPE_SELL,
+    )
+    [left] = broker.positions()
+    assert (left.ticket, left.volume, left.sl, left.tp) == (
+        str(pos.ticket),
+        Decimal("0.06"),
+        Decimal("1.09"),
+        Decimal("1.12"),
+    )
+    assert broker.closing_deal(str(pos.ticket)) is None  # still open
+    asked = len(fake.requests)
+    for volume in ("0.06", "0.10", "0"):
+        refused = broker.close_partial(str(pos.ticket), Decimal(volume), 7)
+        assert refused.outcome is Outcome.REJECTED and "must leave some" in refused.detail
+    assert len(fake.requests) == asked  # refused before anything was sent
+    assert broker.close_partial("424242", Decimal("0.01"), 7).detail.startswith("no open position")
+
+
 def test_a_close_on_request_is_a_close_and_an_unknown_ticket_has_no_deal(fake: FakeTerminal, broker: MT5Broker) -> None:
     broker.send(order(sl="1.09"))
     [pos] = fake.positions
