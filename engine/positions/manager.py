@@ -14,8 +14,12 @@ Each loop (every `period_ms`, at most `budget_ms` of work):
    every change before it is sent (a refusal is counted and journalled, never sent);
 4. the differences are sent in urgency order (closest to its stop first), up to
    `max_in_flight` at once where the venue allows it, each fenced by the epoch;
-5. a second read of the venue verifies what was sent; the stops, the state and the
-   journal rows commit in one fenced transaction.
+5. a second read of the venue verifies what was sent;
+6. a partial close the rules ask for (once per position, at its target) is sent after its
+   intent is committed (the state says it is done before the venue is asked), so a new
+   leader never sends it again; a refusal makes it due again a minute later, an unknown
+   answer never (the venue's volume, next loop, says whether it happened);
+7. the stops, the state and the journal rows commit in one fenced transaction.
 
 The guarantee: a position with no stop at the venue gets its desired stop (at least the
 initial one) at once; still none `sl_deadline_ms` after it was first seen naked, it is
@@ -44,7 +48,7 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import first_line
 from coordinator.elector import Fence
 from coordinator.fencing import EpochSuperseded, NotLeader
-from engine.brokers.base import Broker, BrokerError, Outcome, Position, SymbolSpec
+from engine.brokers.base import Broker, BrokerError, OrderResult, Outcome, Position, SymbolSpec
 from engine.market.base import Bars, MarketDataError, MarketSpec, Tick, Timeframe
 from engine.model import Side
 from engine.positions import failsafe, indicators, rules, store
@@ -61,6 +65,7 @@ Alert = Callable[..., None]
 NAKED_POSITION = "position_without_stop"
 POSITION_VANISHED = "position_vanished"
 ACCOUNT_REFRESH_MS = 5000.0
+PARTIAL_RETRY_MS = 60_000.0  # a refused partial close is due again after this
 SWING_BARS = 200  # the bars searched for the last confirmed swing
 
 
@@ -126,6 +131,7 @@ class LoopReport:
     closed: int = 0
     adopted: int = 0
     over_budget: int = 0  # changes left for the next loop
+    partials: int = 0  # partial closes done
 
 
 @dataclass
@@ -145,6 +151,7 @@ class _Step:
     verified: Decimal | None = None
     volume: Decimal = Decimal(0)
     just_sent: bool = False
+    partial: Decimal | None = None  # lots to close now (the rules' partial, at its target)
     journal: list[store.Entry] = field(default_factory=list)
 
     @property
@@ -154,6 +161,25 @@ class _Step:
             return Decimal(-1)
         gap = self.price - self.pos.sl if self.pos.side is Side.BUY else self.pos.sl - self.price
         return gap / self.price
+
+
+def _as_saved(row: store.Managed) -> store.Saved:
+    return store.Saved(
+        row.ticket,
+        row.desired_sl,
+        row.sent_sl,
+        row.verified_sl,
+        row.state,
+        row.trailing_mode_enabled,
+        row.current_rr,
+        row.high_water,
+        row.volume,
+        row.naked_since is not None,
+    )
+
+
+def _partial_result(result: OrderResult) -> str:
+    return {Outcome.DONE: "done", Outcome.REJECTED: "refused"}.get(result.outcome, "unknown")
 
 
 def _kind(why: tuple[str, ...], was: Decimal | None) -> str:
@@ -202,7 +228,8 @@ class PositionManager:
         self._naked_since: dict[str, float] = {}  # ticket -> monotonic ms first seen without a stop
         self._alerted: set[str] = set()  # tickets alerted naked / vanished (once each)
         self._foreign: set[str] = set()  # foreign tickets reported
-        self._partial_warned: set[str] = set()
+        self._partial_warned: set[str] = set()  # tickets told once that the venue cannot close a part
+        self._partial_after: dict[str, float] = {}  # ticket -> when a refused partial is due again
         self._ignored: set[str] = set()  # foreign or unregistered: not looked up again every loop
         self._refused: dict[str, Decimal] = {}  # ticket -> the last stop the fail-safe refused
         self._parsed: dict[str, tuple[dict[str, Any], rules.ManageRules]] = {}
@@ -309,6 +336,7 @@ class PositionManager:
         steps = self._plan([r for r in book if r.ticket in at_venue], at_venue, report)
         self._send(steps, started, report)
         self._verify(steps, report)
+        self._partials(steps, report)
         self._persist(steps)
         if audit:
             log.warning(
@@ -557,18 +585,24 @@ class PositionManager:
         target: Decimal = current
         why: tuple[str, ...] = ()
         if step.price is not None and spec is not None:
-            held = rules.Held(row.ticket, row.symbol, row.side, row.entry, row.initial_sl, pos.volume, spec.point)
+            held = rules.Held(
+                row.ticket,
+                row.symbol,
+                row.side,
+                row.entry,
+                row.initial_sl,
+                pos.volume,
+                spec.point,
+                spec.volume_step,
+                spec.volume_min,
+            )
             state = self._rules.load_state(row.state) if row.state else rules.TrailState()
             manage = self._rules_of(row)
             atr, swing = self._indicators(manage, row.symbol, row.side)
             decision = self._rules.decide(held, manage, state, step.price, current, atr, swing)
             step.state = decision.state
-            if decision.partial_volume is not None and row.ticket not in self._partial_warned:
-                # The Broker protocol closes whole positions only: the partial is not executed
-                # (the rules record it as done in the state, so it is asked for once).
-                self._partial_warned.add(row.ticket)
-                log.error("position %s: a partial close of %s is not supported: not executed", row.ticket,
-                          decision.partial_volume)  # fmt: skip
+            if decision.partial_volume is not None:
+                self._partial_due(step, decision.partial_volume)
             target, why = tighter(row.side, decision.stop, current) or current, decision.why
         step.desired = target
         if pos.sl is not None and target == pos.sl:
@@ -585,6 +619,57 @@ class PositionManager:
                 log.error("fail-safe refused stop %s for %s: %s", target, row.ticket, verdict.reason)
             return
         step.target, step.why = target, why
+
+    def _partial_due(self, step: _Step, volume: Decimal) -> None:
+        """The rules reached a partial's target (their state now says done)."""
+        ticket = step.row.ticket
+        if not hasattr(self._broker, "close_partial"):
+            if ticket not in self._partial_warned:  # asked for once: the state keeps it done
+                self._partial_warned.add(ticket)
+                log.error("position %s: the venue cannot close part of a position: %s not closed", ticket, volume)
+            return
+        if self._clock.now_ms() < self._partial_after.get(ticket, float("-inf")):
+            assert step.state is not None
+            step.state = replace(step.state, partial_done=False)  # due, not yet: refused a moment ago
+            return
+        step.partial = volume
+
+    def _partials(self, steps: list[_Step], report: LoopReport) -> None:
+        for step in steps:
+            if step.partial is None:
+                continue
+            row, volume = step.row, step.partial
+            # The intent first: committed as done, so neither this leader nor the next sends it
+            # again, whatever happens to the answer. A crash before the call loses the partial
+            # (logged nowhere but here): never closing a part twice is the side to err on.
+            self._save([step])
+            try:
+                result = self._broker.close_partial(row.ticket, volume, self._venue_epoch())  # type: ignore[attr-defined]
+            except BrokerError as e:
+                result = OrderResult(Outcome.UNKNOWN, detail=first_line(e))
+            self.metrics.partials.labels(_partial_result(result)).inc()
+            if result.outcome is Outcome.DONE:
+                report.partials += 1
+                step.volume = step.pos.volume - volume
+                step.journal.append(
+                    store.Entry(
+                        row.ticket, "partial", {"closed": volume, "was": step.pos.volume, "price": result.price}
+                    )
+                )
+                log.info("position %s: %s of %s closed at %s (partial)", row.ticket, volume, step.pos.volume,
+                         result.price)  # fmt: skip
+            elif result.outcome is Outcome.REJECTED:  # nothing happened at the venue: due again later
+                assert step.state is not None
+                step.state = replace(step.state, partial_done=False)
+                self._partial_after[row.ticket] = self._clock.now_ms() + PARTIAL_RETRY_MS
+                log.warning("position %s: partial close of %s refused: %s", row.ticket, volume, result.detail)
+            else:
+                log.error(
+                    "position %s: partial close of %s unknown (%s): not sent again; the venue's volume tells",
+                    row.ticket,
+                    volume,
+                    result.detail,
+                )
 
     def _indicators(self, manage: rules.ManageRules, symbol: str, side: Side) -> tuple[Decimal | None, Decimal | None]:
         """The ATR and the last swing a trailing rule reads, from closed bars, once per
@@ -731,44 +816,32 @@ class PositionManager:
     # ---- persisting ----
 
     def _persist(self, steps: list[_Step]) -> None:
-        saved, entries = [], []
-        for s in steps:
-            row = s.row
-            state = self._rules.dump_state(s.state) if s.state is not None else row.state
-            naked = s.pos.sl is None and s.verified is None
-            new = store.Saved(
-                row.ticket,
-                s.desired,
-                s.sent,
-                s.verified,
-                state,
-                s.state.trailing_active if s.state is not None else row.trailing_mode_enabled,
-                s.state.current_rr if s.state is not None else row.current_rr,
-                s.state.high_water if s.state is not None else row.high_water,
-                s.volume,
-                naked,
-            )
-            old = store.Saved(
-                row.ticket,
-                row.desired_sl,
-                row.sent_sl,
-                row.verified_sl,
-                row.state,
-                row.trailing_mode_enabled,
-                row.current_rr,
-                row.high_water,
-                row.volume,
-                row.naked_since is not None,
-            )
-            if new != old:
-                saved.append(new)
-            entries += s.journal
+        self._save(steps, [e for s in steps for e in s.journal])
+
+    def _save(self, steps: list[_Step], entries: list[store.Entry] | None = None) -> None:
+        """The steps' rows as they differ from the book, and `entries`, in one fenced transaction."""
+        saved = [new for s in steps if (new := self._saved(s)) != _as_saved(s.row)]
         if not saved and not entries:
             return
         with self._pool.connection() as conn, self._fencing.fenced(conn) as (cur, fence):
             versions = store.save(cur, self.cfg.cluster, self.cfg.account, saved)
-            store.write_journal(cur, self.cfg.cluster, fence.epoch, self.cfg.instance_id, entries)
+            store.write_journal(cur, self.cfg.cluster, fence.epoch, self.cfg.instance_id, entries or [])
         self._remember(saved, versions)
+
+    def _saved(self, s: _Step) -> store.Saved:
+        row = s.row
+        return store.Saved(
+            row.ticket,
+            s.desired,
+            s.sent,
+            s.verified,
+            self._rules.dump_state(s.state) if s.state is not None else row.state,
+            s.state.trailing_active if s.state is not None else row.trailing_mode_enabled,
+            s.state.current_rr if s.state is not None else row.current_rr,
+            s.state.high_water if s.state is not None else row.high_water,
+            s.volume,
+            s.pos.sl is None and s.verified is None,
+        )
 
     def _remember(self, saved: list[store.Saved], versions: dict[str, datetime]) -> None:
         """The cached rows as this loop left them (committed), at their new versions, so the

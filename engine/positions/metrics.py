@@ -40,8 +40,16 @@ class PositionMetrics:
             "Journal rows written to the local fallback file because the database could not take them",
             registry=registry,
         )
+        self.partials = Counter(
+            "haexec_partial_closes_total",
+            "Partial closes the rules asked for, by result (done, refused: due again later, unknown: never resent)",
+            ["result"],
+            registry=registry,
+        )
         for result in SL_RESULTS:
             self.sl_updates.labels(result)
+        for result in ("done", "refused", "unknown"):
+            self.partials.labels(result)
 
 
 _default: PositionMetrics | None = None

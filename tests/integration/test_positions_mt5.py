@@ -197,3 +197,37 @@ def test_a_history_the_terminal_cannot_read_holds_one_position_and_protects_the_
     assert report.sent == 1 and fake.positions[0].sl == 1.095  # the naked one got its stop all the same
     assert "deals cannot be read" in m.held_symbols["EURUSD"]
     assert m.run_once().closed == 1 and m.held_symbols == {}
+
+
+def test_the_rules_partial_close_at_mt5_takes_half_off_once(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    sent = mt5.send(
+        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
+    )
+    assert sent.outcome is Outcome.DONE
+    ticket = str(fake.positions[0].ticket)
+    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {})  # the real rules
+    registrar.register({"ticket": ticket, "manage": {"partial": {"at_rr": 1, "fraction": 0.5}}}, "test:operator")
+    m = PositionManager(
+        ManagerConfig(rig.cluster, "leader", ACCOUNT, max_in_flight=1),
+        EpochFencing(rig.cluster, epoch),
+        rig.pool,
+        mt5,
+        prices,  # type: ignore[arg-type]
+        RiskLimits(),
+        clock=FakeClock(),
+        metrics=PositionMetrics(CollectorRegistry()),
+    )
+    m.run_once()
+    move(fake, prices, "1.11100")  # past +1 R (entry 1.10010, stop 1.09)
+    assert m.run_once().partials == 1
+    [deal] = [r for r in fake.requests if r["action"] == fake_mt5.TRADE_ACTION_DEAL and r.get("position")]
+    assert (deal["position"], deal["volume"]) == (int(ticket), 0.05)
+    assert fake.positions[0].volume == 0.05 and fake.positions[0].sl == 1.09  # the rest keeps its stop
+    m.run_once()
+    assert len([r for r in fake.requests if r.get("position") and r["action"] == fake_mt5.TRADE_ACTION_DEAL]) == 1
