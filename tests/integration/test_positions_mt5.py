@@ -1,12 +1,15 @@
 """The position manager at MetaTrader 5, through the fake `MetaTrader5` module, on real
 PostgreSQL, with stand-in rules (tests/positions_support.py): a stop the venue dropped set
-with one TRADE_ACTION_SLTP that keeps the take profit, a trail sent only as it changes, and a
-position the trade server closed at its stop recorded from its exit deal, not held as
-vanished (which would stop new trading on the symbol after every stop-out)."""
+with one TRADE_ACTION_SLTP that keeps the take profit, a trail sent only as it changes, a
+position the trade server closed at its stop recorded from its exit deal (not held as
+vanished, which would stop new trading on the symbol after every stop-out), each answer of
+the terminal by its meaning, a netting add-on that cleared the stop, an SLTP call that hangs,
+and the real rules' partial close."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -14,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from common.clock import FakeClock
 from engine.brokers.base import OrderRequest, Outcome
-from engine.brokers.mt5 import MT5Broker
+from engine.brokers.mt5 import MT5Broker, TerminalBusy
 from engine.model import OrderType, Side
 from engine.positions import store
 from engine.positions.manager import ManagerConfig, PositionManager
@@ -40,11 +43,25 @@ def fake() -> Iterator[FakeTerminal]:
     t.release()
 
 
+MODIFY_DEADLINE_MS = 150  # the hung-call test waits it out; every other call has 5 s
+
+
 @pytest.fixture
 def mt5(fake: FakeTerminal) -> Iterator[MT5Broker]:
-    b = MT5Broker(fake.login, fake.password, fake.server, None, MAGIC, 5_000, module=fake_mt5, connect_backoff_s=0)
+    b = MT5Broker(
+        fake.login,
+        fake.password,
+        fake.server,
+        None,
+        MAGIC,
+        5_000,
+        module=fake_mt5,
+        connect_backoff_s=0,
+        modify_deadline_ms=MODIFY_DEADLINE_MS,
+    )
     b.connect()
     yield b
+    fake.release()
     b.wait_idle(2.0)
     b.close()
 
@@ -73,7 +90,14 @@ def opened_without_stop(fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:
     return str(pos.ticket)
 
 
-def manager(rig: Rig, mt5: MT5Broker, epoch: int, prices: Prices, alerts: list) -> PositionManager:  # noqa: F811
+def manager(
+    rig: Rig,  # noqa: F811
+    mt5: MT5Broker,
+    epoch: int,
+    prices: Prices,
+    alerts: list,
+    clock: FakeClock | None = None,
+) -> PositionManager:
     return PositionManager(
         ManagerConfig(rig.cluster, "leader", ACCOUNT, max_in_flight=1),
         EpochFencing(rig.cluster, epoch),
@@ -83,7 +107,7 @@ def manager(rig: Rig, mt5: MT5Broker, epoch: int, prices: Prices, alerts: list) 
         RiskLimits(),
         alert=lambda kind, severity, message, **f: alerts.append((kind, severity, message)),
         rules_api=TrailRules(distance=D("0.00500")).api(),
-        clock=FakeClock(),
+        clock=clock or FakeClock(),
         metrics=PositionMetrics(CollectorRegistry()),
     )
 
@@ -231,3 +255,99 @@ def test_the_rules_partial_close_at_mt5_takes_half_off_once(
     assert fake.positions[0].volume == 0.05 and fake.positions[0].sl == 1.09  # the rest keeps its stop
     m.run_once()
     assert len([r for r in fake.requests if r.get("position") and r["action"] == fake_mt5.TRADE_ACTION_DEAL]) == 1
+
+
+def registered(rig: Rig, fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:  # noqa: F811
+    """A bought 0.10 lot with its stop at 1.09, registered; the trail (0.005 behind) wants 1.095."""
+    sent = mt5.send(
+        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
+    )
+    assert sent.outcome is Outcome.DONE
+    ticket = str(fake.positions[-1].ticket)
+    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
+    registrar.register({"ticket": ticket, "manage": {"t": 1}}, "test:operator")
+    return ticket
+
+
+def test_each_answer_of_the_terminal_is_handled_by_its_meaning(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    registered(rig, fake, mt5, epoch)
+    clock = FakeClock()
+    m = manager(rig, mt5, epoch, prices, [], clock)
+    fake.script(fake_mt5.TRADE_RETCODE_FROZEN)
+    report = m.run_once()  # frozen: deferred, the breaker stays closed
+    assert report.deferred == 1 and m._sender.open_circuits() == 0 and fake.positions[0].sl == 1.09
+    clock.advance(1000)
+    # invalid stops, by the trade server's own check: a trail 2 points behind is inside the
+    # 10-point stops level; clamped to the level and retried once, which it takes
+    fake.symbols["EURUSD"]["stops_level"] = 10
+    m._rules = replace(m._rules, decide=TrailRules(distance=D("0.00002")).decide)
+    report = m.run_once()
+    assert report.verified == 1 and fake.positions[0].sl == 1.0999
+    assert [r["sl"] for r in sltp_requests(fake)[-2:]] == [1.09998, 1.0999]
+    clock.advance(1000)
+    m._rules = replace(m._rules, decide=TrailRules(distance=D("0.00500")).decide)
+    move(fake, prices, "1.10600")
+    fake.script(fake_mt5.TRADE_RETCODE_REJECT)  # other: a failure, the circuit opens
+    assert m.run_once().failed == 1 and m._sender.open_circuits() == 1
+    asked = len(sltp_requests(fake))
+    assert m.run_once().sent == 0 and len(sltp_requests(fake)) == asked  # skipped before any call
+    clock.advance(5000)  # the cool-off: half-open, one trial, which the terminal takes
+    assert m.run_once().verified == 1 and fake.positions[0].sl == 1.101 and m._sender.open_circuits() == 0
+
+
+def test_a_netting_add_on_that_clears_the_stop_gets_it_back_in_one_loop(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    fake.margin_mode = fake_mt5.ACCOUNT_MARGIN_MODE_RETAIL_NETTING
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = registered(rig, fake, mt5, epoch)
+    m = manager(rig, mt5, epoch, prices, [])
+    assert m.run_once().verified == 1 and fake.positions[0].sl == 1.095
+    add_on = {"action": 1, "symbol": "EURUSD", "volume": 0.1, "type": 0, "price": 1.1001, "sl": 0.0, "magic": 1}
+    assert fake_mt5.order_send(add_on).retcode == fake_mt5.TRADE_RETCODE_DONE  # a manual add-on, no stop
+    [merged] = fake.positions
+    assert (str(merged.ticket), merged.volume, merged.sl) == (ticket, 0.2, 0.0)  # naked, twice the size
+    report = m.run_once()
+    assert (report.naked, report.sent, report.verified) == (1, 1, 1)
+    assert fake.positions[0].sl == 1.095  # the database's verified stop, back at the venue
+    # the venue's volume wins (partial), the stop was seen gone (naked) and set again
+    assert journal(rig, ticket) == ["registered", "trailing", "partial", "naked", "stop_set"]
+    with rig.pool.connection() as conn:
+        row = store.one(conn, rig.cluster, ACCOUNT, ticket)
+    assert row is not None and row.volume == D("0.2") and row.verified_sl == D("1.095")
+
+
+def test_an_sltp_call_that_hangs_is_unknown_opens_the_circuit_and_nothing_queues_behind_it(
+    rig: Rig,  # noqa: F811
+    fake: FakeTerminal,
+    mt5: MT5Broker,
+    prices: Prices,
+) -> None:
+    epoch = lead(rig.pool, rig.cluster, "leader")
+    ticket = registered(rig, fake, mt5, epoch)
+    clock = FakeClock()
+    m = manager(rig, mt5, epoch, prices, [], clock)
+    fake.hang("order_send", action=fake_mt5.TRADE_ACTION_SLTP)
+    fake.script(fake_mt5.Reply(fake_mt5.TRADE_RETCODE_DONE))  # it does take effect, late
+    report = m.run_once()  # the modify's deadline (150 ms) passes: unknown, a failure
+    assert report.failed == 1 and m._sender.open_circuits() == 1
+    assert fake.entered.is_set() and mt5.busy == "order_send"
+    with pytest.raises(TerminalBusy):  # the next loop's read is refused at once: nothing queues behind it
+        m.run_once()
+    fake.release()
+    assert fake.returned.wait(2.0) and mt5.wait_idle(2.0)
+    clock.advance(5000)
+    m.run_once()  # the late change is there: verified as the venue has it, nothing sent again
+    assert fake.positions[0].sl == 1.095 and len(sltp_requests(fake)) == 1  # the hung one, and no other
+    with rig.pool.connection() as conn:
+        row = store.one(conn, rig.cluster, ACCOUNT, ticket)
+    assert row is not None and row.verified_sl == D("1.095")
