@@ -9,11 +9,12 @@ transaction fenced by the epoch (store.execute); the reason vectors and the conf
 patterns of the round are written in one more fenced transaction.
 
 On becoming leader (recovery): expire what is past due, check pattern_history (its size, any
-row confirmed in the future, the retention cleanup) and that no cancelled or expired plan has
-a signal. The retention cleanup runs again every `cleanup_every_ms` while the replica leads:
-a leader that keeps its lease for months must not let the table grow without bound.
-(plan_execution_state is not checked against the plans yet: the position manager does not
-link its rows to a plan.)
+row confirmed in the future, the retention cleanup), that no cancelled or expired plan has a
+signal, and plan_execution_state against the plans: the row of a position opened by a plan
+that is cancelled, expired or gone is removed when the position is closed and kept, with a
+CRITICAL line, while it is open (its stop is managed whatever its plan became). The
+retention cleanup runs again every `cleanup_every_ms` while the replica leads: a leader that
+keeps its lease for months must not let the table grow without bound.
 
 For the supervisor (engine/supervision.py): `period_ms` is the longest a healthy loop
 goes between beats, `beat` (given at construction, or assigned) is called after every round
@@ -46,6 +47,7 @@ from engine.plans.conditions.base import NewsEvent, Pattern, Truth
 from engine.plans.evaluator import SKIPPED, Evaluation, LeafResult, PlanIndex, RoundSnapshot, evaluate, lookbacks
 from engine.plans.metrics import PlanMetrics, default_metrics
 from engine.plans.model import Plan, PlanValidationError, parse_plan
+from engine.positions import store as positions_store
 from engine.signal import SignalValidationError
 
 log = logging.getLogger("haexec.plans")
@@ -250,6 +252,7 @@ class PlanRunner:
         with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, fence):
             expired = store.expire_due(cur, self.cfg.cluster)
             removed = store.cleanup_patterns(cur, self.cfg.cluster, self.cfg.pattern_keep_s)
+            self._check_positions(cur)
         self._next_cleanup_ms = self._now() + self.cfg.cleanup_every_ms
         with self.pool.connection() as conn:
             rows, suspect = store.count_patterns(conn, self.cfg.cluster)
@@ -263,6 +266,15 @@ class PlanRunner:
             rows,
         )
         self._next_audit_ms = 0.0
+
+    def _check_positions(self, cur: psycopg.Cursor) -> None:
+        """plan_execution_state against the plans, in the recovery's fenced transaction."""
+        for o in positions_store.plan_orphans(cur, self.cfg.cluster):
+            plan = f"plan {o.plan_id} ({o.status or 'no such plan'})"
+            if o.open:
+                log.critical("plans: position %s of %s is open: kept under management", o.ticket, plan)
+            elif positions_store.remove_closed(cur, self.cfg.cluster, o.account, o.ticket):
+                log.warning("plans: closed position %s of %s: its state row removed", o.ticket, plan)
 
     def _cleanup(self) -> None:
         with self.pool.connection() as conn, self.fencing.fenced(conn) as (cur, _):

@@ -97,6 +97,19 @@ SELECT id, ticket, kind, epoch, instance, detail, at FROM trade_journal
 WHERE cluster = %s AND at >= %s ORDER BY id LIMIT %s
 """
 # The signals a venue position's tag may belong to, and the manage block each came with.
+# Positions opened by a plan's signal whose plan is cancelled, expired or gone. The plans'
+# compare-and-set makes them impossible; the plan loop's recovery looks for them.
+PLAN_ORPHANS_SQL = """
+SELECT e.account, e.ticket, split_part(s.signal_id, ':', 1), p.status, e.closed_at IS NULL
+FROM plan_execution_state e
+JOIN signals s ON s.cluster = e.cluster AND s.fingerprint = e.fingerprint AND s.source = 'plan'
+LEFT JOIN trade_plans p ON p.cluster = e.cluster AND p.plan_id = split_part(s.signal_id, ':', 1)
+WHERE e.cluster = %s AND (p.status IS NULL OR p.status IN ('cancelled', 'expired'))
+ORDER BY e.id
+"""
+REMOVE_CLOSED_SQL = (
+    "DELETE FROM plan_execution_state WHERE cluster = %s AND account = %s AND ticket = %s AND closed_at IS NOT NULL"
+)
 SIGNAL_SL_SQL = "SELECT payload ->> 'sl' FROM signals WHERE cluster = %s AND fingerprint = %s"
 SIGNALS_BY_TAG_SQL = "SELECT tag, fingerprint, payload -> 'manage' FROM signals WHERE cluster = %s AND tag = ANY(%s)"
 
@@ -342,6 +355,24 @@ def close(
     if row is not None:
         write_journal(cur, cluster, epoch, instance, [Entry(ticket, "close", detail)])
     return row is not None
+
+
+@dataclass(frozen=True)
+class PlanOrphan:
+    account: str
+    ticket: str
+    plan_id: str
+    status: str | None  # cancelled, expired, or None: no such plan
+    open: bool
+
+
+def plan_orphans(cur: psycopg.Cursor, cluster: str) -> list[PlanOrphan]:
+    return [PlanOrphan(r[0], r[1], r[2], r[3], bool(r[4])) for r in cur.execute(PLAN_ORPHANS_SQL, (cluster,))]
+
+
+def remove_closed(cur: psycopg.Cursor, cluster: str, account: str, ticket: str) -> bool:
+    """Delete a closed position's row (its journal stays); False when it is open or absent."""
+    return cur.execute(REMOVE_CLOSED_SQL, (cluster, account, ticket)).rowcount == 1
 
 
 def write_journal(cur: psycopg.Cursor, cluster: str, epoch: int | None, instance: str, entries: list[Entry]) -> None:

@@ -255,3 +255,36 @@ def test_restart_replaces_the_thread_and_the_old_one_exits(rig: Rig) -> None:
     finally:
         runner.stop()
     assert not runner.alive
+
+
+def test_position_state_of_a_plan_cancelled_meanwhile_is_removed_when_closed_and_kept_while_open(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    for pid in ("open", "closed", "fine"):
+        rig.add(pid)
+    rig.runner.on_started_leading(5)
+    assert sorted(rig.runner.run_round().executed) == ["closed", "fine", "open"]
+    for pid, closed in (("open", False), ("closed", True), ("fine", True)):
+        rig.conn.execute(
+            "INSERT INTO plan_execution_state (cluster, account, ticket, symbol, side, entry, initial_sl, volume,"
+            " source, fingerprint, closed_at) SELECT cluster, 'paper', %s, 'EURUSD', 'buy', 1.1, 1.09, 0.01, 'signal',"
+            " fingerprint, CASE WHEN %s THEN clock_timestamp() END FROM signals WHERE cluster = %s AND signal_id = %s",
+            (f"T-{pid}", closed, rig.cluster, f"{pid}:1"),
+        )
+    # the faults the compare-and-set rules out: an executed plan shown as cancelled, and one gone
+    rig.conn.execute(
+        "UPDATE trade_plans SET status = 'cancelled', signal_fingerprint = NULL"
+        " WHERE cluster = %s AND plan_id = 'open'",
+        (rig.cluster,),
+    )
+    rig.conn.execute("DELETE FROM trade_plans WHERE cluster = %s AND plan_id = 'closed'", (rig.cluster,))
+    rig.runner.on_started_leading(5)
+    with caplog.at_level("WARNING", logger="haexec.plans"):
+        rig.runner.run_round()
+    rows = rig.conn.execute(
+        "SELECT ticket FROM plan_execution_state WHERE cluster = %s ORDER BY ticket", (rig.cluster,)
+    ).fetchall()
+    assert [r[0] for r in rows] == ["T-fine", "T-open"]  # the closed one of a cancelled plan is gone
+    critical = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert any("position T-open of plan open (cancelled) is open: kept under management" in m for m in critical)
+    assert any("closed position T-closed of plan closed (no such plan)" in r.getMessage() for r in caplog.records)
