@@ -470,7 +470,9 @@ class PaperBroker:
         A refusal says what it means (`Refusal`): GONE for no open position; with a market,
         INVALID_STOPS for a stop on the wrong side of the closing price or within the
         symbol's stops level, FROZEN when the position's stops are within its freeze level,
-        OTHER when there is no fresh price to judge by. A change to what it has already is DONE."""
+        OTHER when there is no fresh price to judge by or the symbol does not trade now (its
+        trading disabled, or, with the venue's settings, its market closed). A change to what
+        it has already is DONE."""
         if not str(ticket).isdigit():
             return _gone(ticket)
         with self._pool.connection() as conn:
@@ -537,14 +539,12 @@ class PaperBroker:
         self, market: Market, held: VenuePosition, sl: Decimal | None, tp: Decimal | None
     ) -> OrderResult | None:
         try:
-            tick = market.tick(held.symbol, max_age_ms=self.max_quote_age_ms)
-            contract = Contract.of(market.spec(held.symbol), self._currency)
+            contract, quote, open_market = self._judged_at(market, held.symbol)
         except MarketDataError as e:
             return OrderResult(
                 Outcome.REJECTED, detail=f"no fresh price to judge the stops by: {first_line(e)}", refusal=Refusal.OTHER
             )
-        # Market hours are the venue process's to enforce (it has them); here the stop rules.
-        refused = rules.check_modify(contract, VenueQuote.of(tick), held, sl, tp, open_market=True)
+        refused = rules.check_modify(contract, quote, held, sl, tp, open_market=open_market)
         if refused is None:
             return None
         meaning = MODIFY_REFUSALS.get(refused.rule, Refusal.OTHER)
@@ -605,8 +605,8 @@ class PaperBroker:
 
     def _judged_at(self, market: Market, symbol: str) -> tuple[Contract, VenueQuote, bool]:
         """The contract (its trade mode as the venue's settings override it), the current
-        quote and whether the venue's hours have the market open: what a cancel or a close is
-        judged by. Without venue settings the market is taken as open, as the feed's mode.
+        quote and whether the venue's hours have the market open: what a modify, a cancel or a
+        close is judged by. Without venue settings the market is taken as open, as the feed's mode.
         MarketDataError when there is no fresh price."""
         tick = market.tick(symbol, max_age_ms=self.max_quote_age_ms)
         spec = market.spec(symbol)

@@ -16,6 +16,7 @@ from engine.brokers.paper import PaperBroker
 from engine.market.base import TradeMode
 from engine.market.sim import SimSource
 from engine.model import OrderType, Side
+from engine.venue.hours import parse_hours
 from engine.venue.settings import VenueSettings
 from tests.integration.test_executor import Rig, rig  # noqa: F401 (rig is a fixture)
 from tests.integration.test_paper import lead
@@ -105,7 +106,7 @@ def test_a_pending_order_within_the_freeze_level_is_not_cancelled(
     assert priced.cancel_order(placed.ref, epoch).refusal is Refusal.GONE
 
 
-def test_a_symbol_whose_trading_is_disabled_closes_and_cancels_nothing(
+def test_a_symbol_whose_trading_is_disabled_closes_cancels_and_modifies_nothing(
     rig: Rig,  # noqa: F811
     sim: SimSource,  # noqa: F811
     priced: PaperBroker,  # noqa: F811
@@ -125,10 +126,21 @@ def test_a_symbol_whose_trading_is_disabled_closes_and_cancels_nothing(
         market=priced.market,
         venue=VenueSettings(trade_modes={"XAUUSD": TradeMode.DISABLED}),
     )
-    for refused in (off.close_position(ticket, epoch), off.cancel_order(placed.ref, epoch)):
+    for refused in (
+        off.close_position(ticket, epoch),
+        off.cancel_order(placed.ref, epoch),
+        off.modify(ticket, bid - 5, None, epoch),
+    ):
         assert (refused.outcome, refused.refusal) == (Outcome.REJECTED, Refusal.OTHER), refused
         assert "trade_mode" in refused.detail
     assert ticket in {p.ticket for p in priced.positions()}
+    # and as the venue's hours have it: XAUUSD's market closed
+    shut = PaperBroker(
+        rig.pool, rig.cluster, "leader", market=priced.market, venue=VenueSettings(hours=parse_hours("XAUUSD=never"))
+    )
+    for refused in (shut.close_position(ticket, epoch), shut.modify(ticket, bid - 5, None, epoch)):
+        assert (refused.outcome, refused.refusal) == (Outcome.REJECTED, Refusal.OTHER), refused
+        assert "market_closed" in refused.detail
     assert priced.close_position(ticket, epoch).outcome is Outcome.DONE  # where it trades
     assert priced.cancel_order(placed.ref, epoch).outcome is Outcome.DONE
 
