@@ -1008,20 +1008,7 @@ class MT5Broker:
 
         def build(m: ModuleType) -> dict[str, Any]:
             p = self._position(m, ticket)
-            info, tick = self._symbol(m, p.symbol, tick=True)
-            long = p.type == POSITION_TYPE_BUY
-            return {
-                "action": TRADE_ACTION_DEAL,
-                "position": int(p.ticket),
-                "symbol": p.symbol,
-                "volume": float(p.volume),
-                "type": ORDER_TYPE_SELL if long else ORDER_TYPE_BUY,
-                "price": float(tick.bid if long else tick.ask),
-                "deviation": int(self.deviation),
-                "magic": int(self.magic),
-                "type_time": ORDER_TIME_GTC,
-                "type_filling": self._filling(info),
-            }
+            return self._closing(m, p, float(p.volume))
 
         result = self._trade("close_position", build, attempts=self.requote_attempts, guard=guard, refusals=True)
         log.warning("MT5 close position %s (epoch %s): %s %s", ticket, epoch, result.outcome.value, result.detail)
@@ -1042,26 +1029,30 @@ class MT5Broker:
                 raise _Refused(
                     f"a partial close of {volume} of position {ticket} must leave some of its {p.volume} open"
                 )
-            info, tick = self._symbol(m, p.symbol, tick=True)
-            long = p.type == POSITION_TYPE_BUY
-            return {
-                "action": TRADE_ACTION_DEAL,
-                "position": int(p.ticket),
-                "symbol": p.symbol,
-                "volume": float(volume),
-                "type": ORDER_TYPE_SELL if long else ORDER_TYPE_BUY,
-                "price": float(tick.bid if long else tick.ask),
-                "deviation": int(self.deviation),
-                "magic": int(self.magic),
-                "type_time": ORDER_TIME_GTC,
-                "type_filling": self._filling(info),
-            }
+            return self._closing(m, p, float(volume))
 
         result = self._trade("close_partial", build, attempts=1, guard=guard, refusals=True)
         log.warning(
             "MT5 close %s of position %s (epoch %s): %s %s", volume, ticket, epoch, result.outcome.value, result.detail
         )
         return result
+
+    def _closing(self, m: ModuleType, p: Any, volume: float) -> dict[str, Any]:
+        """The opposite market deal that takes `volume` off position `p`, at the current price."""
+        info, tick = self._symbol(m, p.symbol, tick=True)
+        long = p.type == POSITION_TYPE_BUY
+        return {
+            "action": TRADE_ACTION_DEAL,
+            "position": int(p.ticket),
+            "symbol": p.symbol,
+            "volume": volume,
+            "type": ORDER_TYPE_SELL if long else ORDER_TYPE_BUY,
+            "price": float(tick.bid if long else tick.ask),
+            "deviation": int(self.deviation),
+            "magic": int(self.magic),
+            "type_time": ORDER_TIME_GTC,
+            "type_filling": self._filling(info),
+        }
 
     def cancel_order(self, ticket: str, epoch: int | None = None, *, guard: SendGuard | None = None) -> OrderResult:
         """Remove a pending order (TRADE_ACTION_REMOVE): REJECTED when there is no such order."""

@@ -79,15 +79,41 @@ def move(fake: FakeTerminal, prices: Prices, bid: str) -> None:
     fake.set_tick("EURUSD", float(bid), float(D(bid) + D("0.00010")))
 
 
-def opened_without_stop(fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:
-    """A bought 0.10 lot whose stop the broker dropped (market execution), its take profit kept."""
+def bought(fake: FakeTerminal, mt5: MT5Broker, epoch: int, tp: str | None = None) -> str:
+    """A bought 0.10 lot, its stop at 1.09: its ticket."""
     sent = mt5.send(
-        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), D("1.12"), epoch)
+        OrderRequest(
+            TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), D(tp) if tp else None, epoch
+        )
     )
     assert sent.outcome is Outcome.DONE
-    [pos] = fake.positions
-    fake.positions[0] = pos._replace(sl=0.0)
-    return str(pos.ticket)
+    return str(fake.positions[-1].ticket)
+
+
+def opened_without_stop(fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:
+    """A bought 0.10 lot whose stop the broker dropped (market execution), its take profit kept."""
+    ticket = bought(fake, mt5, epoch, tp="1.12")
+    i = next(i for i, p in enumerate(fake.positions) if str(p.ticket) == ticket)
+    fake.positions[i] = fake.positions[i]._replace(sl=0.0)
+    return ticket
+
+
+def register(rig: Rig, mt5: MT5Broker, ticket: str, manage: dict | None = None, sl: str | None = None) -> None:  # noqa: F811
+    """Registered for management: under the real rules with `manage`, else the stand-in's."""
+    if manage is None:
+        registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
+        manage = {"t": 1}
+    else:
+        registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {})
+    _, created = registrar.register({"ticket": ticket, "manage": manage, **({"sl": sl} if sl else {})}, "test:operator")
+    assert created
+
+
+def registered(rig: Rig, fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:  # noqa: F811
+    """A bought 0.10 lot with its stop at 1.09, registered; the trail (0.005 behind) wants 1.095."""
+    ticket = bought(fake, mt5, epoch)
+    register(rig, mt5, ticket)
+    return ticket
 
 
 def manager(
@@ -97,6 +123,7 @@ def manager(
     prices: Prices,
     alerts: list,
     clock: FakeClock | None = None,
+    real_rules: bool = False,
 ) -> PositionManager:
     return PositionManager(
         ManagerConfig(rig.cluster, "leader", ACCOUNT, max_in_flight=1),
@@ -106,7 +133,7 @@ def manager(
         prices,  # type: ignore[arg-type]
         RiskLimits(),
         alert=lambda kind, severity, message, **f: alerts.append((kind, severity, message)),
-        rules_api=TrailRules(distance=D("0.00500")).api(),
+        rules_api=None if real_rules else TrailRules(distance=D("0.00500")).api(),
         clock=clock or FakeClock(),
         metrics=PositionMetrics(CollectorRegistry()),
     )
@@ -132,9 +159,7 @@ def test_the_manager_protects_trails_and_records_a_stop_out_at_mt5(
 ) -> None:
     epoch = lead(rig.pool, rig.cluster, "leader")
     ticket = opened_without_stop(fake, mt5, epoch)
-    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
-    _, created = registrar.register({"ticket": ticket, "manage": {"t": 1}, "sl": "1.09000"}, "test:operator")
-    assert created
+    register(rig, mt5, ticket, sl="1.09000")
     alerts: list[tuple[str, str, str]] = []
     m = manager(rig, mt5, epoch, prices, alerts)
 
@@ -172,15 +197,7 @@ def test_a_deal_the_history_shows_late_lifts_only_its_own_hold(
     prices: Prices,
 ) -> None:
     epoch = lead(rig.pool, rig.cluster, "leader")
-    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
-    tickets = []
-    for _ in range(2):
-        sent = mt5.send(
-            OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
-        )
-        assert sent.outcome is Outcome.DONE
-        tickets.append(str(fake.positions[-1].ticket))
-        registrar.register({"ticket": tickets[-1], "manage": {"t": 1}}, "test:operator")
+    tickets = [registered(rig, fake, mt5, epoch) for _ in range(2)]
     alerts: list[tuple[str, str, str]] = []
     m = manager(rig, mt5, epoch, prices, alerts)
     m.run_once()
@@ -204,18 +221,12 @@ def test_a_history_the_terminal_cannot_read_holds_one_position_and_protects_the_
     prices: Prices,
 ) -> None:
     epoch = lead(rig.pool, rig.cluster, "leader")
-    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
-    sent = mt5.send(
-        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
-    )
-    assert sent.outcome is Outcome.DONE
-    closed = str(fake.positions[-1].ticket)
-    registrar.register({"ticket": closed, "manage": {"t": 1}}, "test:operator")
+    closed = registered(rig, fake, mt5, epoch)
     m = manager(rig, mt5, epoch, prices, [])
     m.run_once()
     fake.trigger(int(closed))
     naked = opened_without_stop(fake, mt5, epoch)
-    registrar.register({"ticket": naked, "manage": {"t": 1}, "sl": "1.09000"}, "test:operator")
+    register(rig, mt5, naked, sl="1.09000")
     fake.fail_next("history_deals_get")
     report = m.run_once()
     assert report.sent == 1 and fake.positions[0].sl == 1.095  # the naked one got its stop all the same
@@ -230,23 +241,9 @@ def test_the_rules_partial_close_at_mt5_takes_half_off_once(
     prices: Prices,
 ) -> None:
     epoch = lead(rig.pool, rig.cluster, "leader")
-    sent = mt5.send(
-        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
-    )
-    assert sent.outcome is Outcome.DONE
-    ticket = str(fake.positions[0].ticket)
-    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {})  # the real rules
-    registrar.register({"ticket": ticket, "manage": {"partial": {"at_rr": 1, "fraction": 0.5}}}, "test:operator")
-    m = PositionManager(
-        ManagerConfig(rig.cluster, "leader", ACCOUNT, max_in_flight=1),
-        EpochFencing(rig.cluster, epoch),
-        rig.pool,
-        mt5,
-        prices,  # type: ignore[arg-type]
-        RiskLimits(),
-        clock=FakeClock(),
-        metrics=PositionMetrics(CollectorRegistry()),
-    )
+    ticket = bought(fake, mt5, epoch)
+    register(rig, mt5, ticket, manage={"partial": {"at_rr": 1, "fraction": 0.5}})
+    m = manager(rig, mt5, epoch, prices, [], real_rules=True)
     m.run_once()
     move(fake, prices, "1.11100")  # past +1 R (entry 1.10010, stop 1.09)
     assert m.run_once().partials == 1
@@ -255,18 +252,6 @@ def test_the_rules_partial_close_at_mt5_takes_half_off_once(
     assert fake.positions[0].volume == 0.05 and fake.positions[0].sl == 1.09  # the rest keeps its stop
     m.run_once()
     assert len([r for r in fake.requests if r.get("position") and r["action"] == fake_mt5.TRADE_ACTION_DEAL]) == 1
-
-
-def registered(rig: Rig, fake: FakeTerminal, mt5: MT5Broker, epoch: int) -> str:  # noqa: F811
-    """A bought 0.10 lot with its stop at 1.09, registered; the trail (0.005 behind) wants 1.095."""
-    sent = mt5.send(
-        OrderRequest(TAG, "EURUSD", Side.BUY, OrderType.MARKET, D("0.10"), D("1.1001"), D("1.09"), None, epoch)
-    )
-    assert sent.outcome is Outcome.DONE
-    ticket = str(fake.positions[-1].ticket)
-    registrar = Registrar(rig.pool, mt5, rig.cluster, ACCOUNT, "leader", {}, canonical=lambda obj: dict(obj))
-    registrar.register({"ticket": ticket, "manage": {"t": 1}}, "test:operator")
-    return ticket
 
 
 def test_each_answer_of_the_terminal_is_handled_by_its_meaning(
